@@ -1,0 +1,605 @@
+//! The builder, its validation, and the configuration every breaker shares.
+//!
+//! [`Builder::build`] checks every value before a breaker exists, so no configuration can make a
+//! breaker panic later: a bad value comes back as a [`ConfigError`] that names the field, the value
+//! and the allowed range. The validated [`Config`] is immutable and shared behind an `Arc` by every
+//! clone of the layer, so a breaker does not carry a copy of it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::classify::DefaultClassify;
+use crate::layer::CircuitBreakerLayer;
+
+/// The largest count window, and the largest number of outcomes a time-window bucket counts.
+pub(crate) const MAX_WINDOW_CALLS: u32 = 1 << 20;
+/// The largest number of buckets in a time window.
+pub(crate) const MAX_BUCKETS: u32 = 4096;
+/// The largest number of half-open probes per episode: the probe counters share the state word.
+pub(crate) const MAX_HALF_OPEN_CALLS: u32 = crate::state::word::MAX_PROBES;
+
+// ===== Window =====
+
+/// The sliding window over which failure and slow-call rates are computed.
+///
+/// * [`Window::count`]: the last `n` recorded outcomes.
+/// * [`Window::time`]: the outcomes of the last `duration`, kept in buckets (one per second by
+///   default, see [`Window::buckets`]). An outcome recorded in bucket `i` counts until the current
+///   bucket is `i + k`; buckets are measured from the breaker's creation instant.
+///
+/// Both windows really slide: an outcome leaves the window when it is older than the window, in
+/// O(1) per call and without memory per call.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_circuit_breaker::Window;
+///
+/// let last_100_calls = Window::count(100);
+/// let last_minute = Window::time(Duration::from_secs(60)); // 60 buckets of 1 s
+/// let last_10s_fine = Window::time(Duration::from_secs(10)).buckets(100); // 100 ms buckets
+/// # let _ = (last_100_calls, last_minute, last_10s_fine);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub(crate) kind: WindowKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WindowKind {
+    Count(u32),
+    Time {
+        duration: Duration,
+        buckets: Option<u32>,
+    },
+}
+
+impl Window {
+    /// A window over the last `n` recorded outcomes (`1..=1_048_576`).
+    pub const fn count(n: u32) -> Self {
+        Window {
+            kind: WindowKind::Count(n),
+        }
+    }
+
+    /// A window over the outcomes of the last `duration`, in one bucket per second (at least one).
+    pub const fn time(duration: Duration) -> Self {
+        Window {
+            kind: WindowKind::Time {
+                duration,
+                buckets: None,
+            },
+        }
+    }
+
+    /// Sets the number of buckets of a time window (`1..=4096`, each at least 1 ms long).
+    ///
+    /// More buckets make the window slide more smoothly; each costs 24 bytes. On a count window
+    /// this does nothing.
+    pub const fn buckets(self, k: u32) -> Self {
+        match self.kind {
+            WindowKind::Count(_) => self,
+            WindowKind::Time { duration, .. } => Window {
+                kind: WindowKind::Time {
+                    duration,
+                    buckets: Some(k),
+                },
+            },
+        }
+    }
+}
+
+impl Default for Window {
+    /// The last 100 calls.
+    fn default() -> Self {
+        Window::count(100)
+    }
+}
+
+// ===== Backoff =====
+
+/// An open interval that grows with each failed recovery attempt.
+///
+/// Attempt 1 is the first opening after Closed; each reopening from HalfOpen adds one, and closing
+/// resets it. The interval is `min(max, initial * multiplier^(attempt - 1))`; jitter then moves it
+/// by at most that fraction either way, never above `max`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_circuit_breaker::Backoff;
+///
+/// // 1 s, 2 s, 4 s, ... up to 1 min, each moved by up to 10 %.
+/// let backoff = Backoff::exponential(Duration::from_secs(1), 2.0, Duration::from_secs(60)).jitter(0.1);
+/// # let _ = backoff;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub(crate) initial: Duration,
+    pub(crate) multiplier: f64,
+    pub(crate) max: Duration,
+    pub(crate) jitter: f64,
+}
+
+impl Backoff {
+    /// Exponential backoff from `initial`, multiplied by `multiplier` (at least 1) per attempt and
+    /// capped at `max` (at least `initial`).
+    pub const fn exponential(initial: Duration, multiplier: f64, max: Duration) -> Self {
+        Backoff {
+            initial,
+            multiplier,
+            max,
+            jitter: 0.0,
+        }
+    }
+
+    /// Moves each interval at random by at most `fraction` (in `[0, 1]`) of itself, never above
+    /// `max`. Jitter keeps a fleet of clients from probing a recovering dependency in lockstep.
+    pub const fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// The interval for `attempt` (1-based) before jitter.
+    pub(crate) fn base_interval(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
+        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) => d.min(self.max),
+            Err(_) => self.max,
+        }
+    }
+
+    /// The interval for `attempt` with jitter, given a uniform random number in `[0, 1)`.
+    pub(crate) fn interval(&self, attempt: u32, uniform: f64) -> Duration {
+        let base = self.base_interval(attempt);
+        if self.jitter == 0.0 {
+            return base;
+        }
+        let factor = 1.0 + self.jitter * (2.0 * uniform - 1.0);
+        match Duration::try_from_secs_f64(base.as_secs_f64() * factor) {
+            Ok(d) => d.min(self.max),
+            Err(_) => base,
+        }
+    }
+}
+
+// ===== ConfigError =====
+
+/// A configuration value out of its allowed range, returned by [`Builder::build`].
+///
+/// ```
+/// use tower_circuit_breaker::CircuitBreakerLayer;
+///
+/// let err = CircuitBreakerLayer::builder().failure_rate_threshold(1.5).build().unwrap_err();
+/// assert_eq!(err.field(), "failure_rate_threshold");
+/// assert_eq!(err.to_string(), "invalid `failure_rate_threshold`: 1.5 (allowed: (0, 1])");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    value: String,
+    allowed: String,
+}
+
+impl ConfigError {
+    fn new(field: &'static str, value: impl fmt::Debug, allowed: impl Into<String>) -> Self {
+        ConfigError {
+            field,
+            value: format!("{value:?}"),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// The name of the builder setter whose value is out of range.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The rejected value, as written with `Debug`.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The allowed range.
+    pub fn allowed(&self) -> &str {
+        &self.allowed
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid `{}`: {} (allowed: {})",
+            self.field, self.value, self.allowed
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ===== Config =====
+
+/// How long the breaker stays open.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum OpenInterval {
+    Fixed(Duration),
+    Backoff(Backoff),
+}
+
+/// The validated, immutable configuration of a breaker.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_call_rate_threshold: Option<f64>,
+    /// `Some` when slow calls are tracked (a slow-call threshold or duration was set).
+    pub(crate) slow_call_duration: Option<Duration>,
+    pub(crate) window: WindowKind,
+    /// Minimum outcomes before rates are defined; capped at the size of a count window.
+    pub(crate) minimum_calls: u64,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) open: OpenInterval,
+    pub(crate) half_open_calls: u32,
+    pub(crate) half_open_successes: u32,
+    pub(crate) half_open_max_wait: Option<Duration>,
+    pub(crate) call_timeout: Option<Duration>,
+}
+
+impl Config {
+    pub(crate) fn open_interval(&self, attempt: u32, uniform: f64) -> Duration {
+        match self.open {
+            OpenInterval::Fixed(d) => d,
+            OpenInterval::Backoff(b) => b.interval(attempt, uniform),
+        }
+    }
+}
+
+// ===== Builder =====
+
+/// Builds a [`CircuitBreakerLayer`]; made by [`CircuitBreakerLayer::builder`].
+///
+/// Every setter takes the builder by value. Nothing is checked until [`build`](Builder::build),
+/// which validates the whole configuration.
+///
+/// | setter | default |
+/// |---|---|
+/// | [`failure_rate_threshold`](Builder::failure_rate_threshold) | 0.5 |
+/// | [`slow_call_rate_threshold`](Builder::slow_call_rate_threshold) | off |
+/// | [`slow_call_duration`](Builder::slow_call_duration) | 60 s, when slow calls are tracked |
+/// | [`sliding_window`](Builder::sliding_window) | `Window::count(100)` |
+/// | [`minimum_calls`](Builder::minimum_calls) | 100 |
+/// | [`consecutive_failures`](Builder::consecutive_failures) | off |
+/// | [`open_duration`](Builder::open_duration) | 30 s |
+/// | [`half_open_calls`](Builder::half_open_calls) | 1 |
+/// | [`half_open_successes`](Builder::half_open_successes) | all of `half_open_calls` |
+/// | [`half_open_max_wait`](Builder::half_open_max_wait) | 60 s |
+/// | [`call_timeout`](Builder::call_timeout) | off |
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_circuit_breaker::{CircuitBreakerLayer, Window};
+///
+/// let layer = CircuitBreakerLayer::builder()
+///     .name("payments")
+///     .failure_rate_threshold(0.5)
+///     .sliding_window(Window::time(Duration::from_secs(30)))
+///     .minimum_calls(20)
+///     .consecutive_failures(5)
+///     .open_duration(Duration::from_secs(10))
+///     .half_open_calls(3)
+///     .build()?;
+/// # let _ = layer;
+/// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder<C = DefaultClassify> {
+    name: Option<Arc<str>>,
+    failure_rate_threshold: f64,
+    slow_call_rate_threshold: Option<f64>,
+    slow_call_duration: Option<Duration>,
+    window: Window,
+    minimum_calls: u32,
+    consecutive_failures: Option<u32>,
+    open_duration: Duration,
+    open_backoff: Option<Backoff>,
+    half_open_calls: u32,
+    half_open_successes: Option<u32>,
+    half_open_max_wait: Option<Duration>,
+    call_timeout: Option<Duration>,
+    classify: C,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            name: None,
+            failure_rate_threshold: 0.5,
+            slow_call_rate_threshold: None,
+            slow_call_duration: None,
+            window: Window::default(),
+            minimum_calls: 100,
+            consecutive_failures: None,
+            open_duration: Duration::from_secs(30),
+            open_backoff: None,
+            half_open_calls: 1,
+            half_open_successes: None,
+            half_open_max_wait: Some(Duration::from_secs(60)),
+            call_timeout: None,
+            classify: DefaultClassify,
+        }
+    }
+}
+
+impl<C> Builder<C> {
+    /// Names the breaker: the name appears in rejections, events and tracing.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.name = Some(Arc::from(name.as_ref()));
+        self
+    }
+
+    /// Opens the circuit when the failure rate in the window is at least this (in `(0, 1]`).
+    pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.failure_rate_threshold = rate;
+        self
+    }
+
+    /// Opens the circuit when the rate of slow calls in the window is at least this (in `(0, 1]`).
+    /// Setting it turns slow-call tracking on.
+    pub fn slow_call_rate_threshold(mut self, rate: f64) -> Self {
+        self.slow_call_rate_threshold = Some(rate);
+        self
+    }
+
+    /// A call is slow when it takes strictly longer than this (more than zero). Setting it turns
+    /// slow-call tracking on: slow calls are counted, and a slow probe fails.
+    pub fn slow_call_duration(mut self, duration: Duration) -> Self {
+        self.slow_call_duration = Some(duration);
+        self
+    }
+
+    /// The window over which rates are computed.
+    pub fn sliding_window(mut self, window: Window) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Rates are undefined (and cannot trip) until the window holds this many outcomes
+    /// (`1..=1_048_576`; capped at the size of a count window).
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// Also opens the circuit after `n` consecutive failures (at least 1). A success resets the
+    /// count; an ignored outcome leaves it.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = Some(n);
+        self
+    }
+
+    /// How long the circuit stays open before it lets probes through (more than zero).
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.open_duration = duration;
+        self
+    }
+
+    /// Replaces the fixed open duration with a backoff that grows with each failed recovery.
+    pub fn open_backoff(mut self, backoff: Backoff) -> Self {
+        self.open_backoff = Some(backoff);
+        self
+    }
+
+    /// The number of probe calls admitted per half-open episode (`1..=4095`).
+    pub fn half_open_calls(mut self, n: u32) -> Self {
+        self.half_open_calls = n;
+        self
+    }
+
+    /// The number of successful probes that closes the circuit (`1..=half_open_calls`; default:
+    /// all of them). The circuit reopens as soon as this became unreachable.
+    pub fn half_open_successes(mut self, n: u32) -> Self {
+        self.half_open_successes = Some(n);
+        self
+    }
+
+    /// A half-open episode still undecided after this long goes back to Open (more than zero), so
+    /// that a hung probe cannot keep the circuit half-open for ever.
+    pub fn half_open_max_wait(mut self, duration: Duration) -> Self {
+        self.half_open_max_wait = Some(duration);
+        self
+    }
+
+    /// Fails a call that takes longer than this (more than zero) with
+    /// [`tower::timeout::error::Elapsed`], counted as a failure. The inner future is dropped.
+    pub fn call_timeout(mut self, duration: Duration) -> Self {
+        self.call_timeout = Some(duration);
+        self
+    }
+
+    /// Sets the classifier that turns each result into an [`Outcome`](crate::Outcome).
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Outcome};
+    ///
+    /// // A 4xx-like answer is the caller's fault: do not count it against the dependency.
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .classify(|result: Result<&u16, &std::io::Error>| match result {
+    ///         Ok(status) if *status >= 500 => Outcome::Failure,
+    ///         Ok(status) if *status >= 400 => Outcome::Ignored,
+    ///         Ok(_) => Outcome::Success,
+    ///         Err(_) => Outcome::Failure,
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn classify<C2>(self, classify: C2) -> Builder<C2> {
+        Builder {
+            name: self.name,
+            failure_rate_threshold: self.failure_rate_threshold,
+            slow_call_rate_threshold: self.slow_call_rate_threshold,
+            slow_call_duration: self.slow_call_duration,
+            window: self.window,
+            minimum_calls: self.minimum_calls,
+            consecutive_failures: self.consecutive_failures,
+            open_duration: self.open_duration,
+            open_backoff: self.open_backoff,
+            half_open_calls: self.half_open_calls,
+            half_open_successes: self.half_open_successes,
+            half_open_max_wait: self.half_open_max_wait,
+            call_timeout: self.call_timeout,
+            classify,
+        }
+    }
+
+    /// Validates the configuration and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field whose value is out of its allowed range.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
+        let config = self.validate()?;
+        Ok(CircuitBreakerLayer::from_parts(config, self.classify))
+    }
+
+    #[cfg(all(test, loom))]
+    pub(crate) fn validate_for_tests(&self) -> Config {
+        self.validate().expect("valid test configuration")
+    }
+
+    fn validate(&self) -> Result<Config, ConfigError> {
+        fn rate(field: &'static str, value: f64) -> Result<f64, ConfigError> {
+            if value > 0.0 && value <= 1.0 {
+                Ok(value)
+            } else {
+                Err(ConfigError::new(field, value, "(0, 1]"))
+            }
+        }
+        fn positive(field: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+            if value.is_zero() {
+                Err(ConfigError::new(field, value, "more than 0"))
+            } else {
+                Ok(value)
+            }
+        }
+
+        let failure_rate_threshold = rate("failure_rate_threshold", self.failure_rate_threshold)?;
+        let slow_call_rate_threshold = self
+            .slow_call_rate_threshold
+            .map(|r| rate("slow_call_rate_threshold", r))
+            .transpose()?;
+        let slow_call_duration = self
+            .slow_call_duration
+            .map(|d| positive("slow_call_duration", d))
+            .transpose()?;
+        let slow_call_duration = match (slow_call_rate_threshold, slow_call_duration) {
+            (_, Some(d)) => Some(d),
+            (Some(_), None) => Some(Duration::from_secs(60)),
+            (None, None) => None,
+        };
+
+        let window = match self.window.kind {
+            WindowKind::Count(n) => {
+                if n == 0 || n > MAX_WINDOW_CALLS {
+                    return Err(ConfigError::new(
+                        "sliding_window",
+                        self.window,
+                        format!("Window::count(1..={MAX_WINDOW_CALLS})"),
+                    ));
+                }
+                WindowKind::Count(n)
+            }
+            WindowKind::Time { duration, buckets } => {
+                let k = buckets
+                    .unwrap_or_else(|| duration.as_secs().clamp(1, MAX_BUCKETS as u64) as u32);
+                let allowed =
+                    "Window::time(d).buckets(k) with k in 1..=4096 and d / k of at least 1 ms";
+                if k == 0 || k > MAX_BUCKETS || duration / k < Duration::from_millis(1) {
+                    return Err(ConfigError::new("sliding_window", self.window, allowed));
+                }
+                WindowKind::Time {
+                    duration,
+                    buckets: Some(k),
+                }
+            }
+        };
+
+        if self.minimum_calls == 0 || self.minimum_calls > MAX_WINDOW_CALLS {
+            return Err(ConfigError::new(
+                "minimum_calls",
+                self.minimum_calls,
+                format!("1..={MAX_WINDOW_CALLS}"),
+            ));
+        }
+        let minimum_calls = match window {
+            WindowKind::Count(n) => self.minimum_calls.min(n),
+            WindowKind::Time { .. } => self.minimum_calls,
+        };
+
+        if let Some(0) = self.consecutive_failures {
+            return Err(ConfigError::new("consecutive_failures", 0u32, "at least 1"));
+        }
+
+        let open = match self.open_backoff {
+            None => OpenInterval::Fixed(positive("open_duration", self.open_duration)?),
+            Some(b) => {
+                positive("open_backoff", b.initial)
+                    .map_err(|_| ConfigError::new("open_backoff", b, "initial more than 0"))?;
+                if !(b.multiplier >= 1.0 && b.multiplier.is_finite()) {
+                    return Err(ConfigError::new(
+                        "open_backoff",
+                        b,
+                        "multiplier finite and at least 1",
+                    ));
+                }
+                if b.max < b.initial {
+                    return Err(ConfigError::new("open_backoff", b, "max at least initial"));
+                }
+                if !(0.0..=1.0).contains(&b.jitter) {
+                    return Err(ConfigError::new("open_backoff", b, "jitter in [0, 1]"));
+                }
+                OpenInterval::Backoff(b)
+            }
+        };
+
+        if self.half_open_calls == 0 || self.half_open_calls > MAX_HALF_OPEN_CALLS {
+            return Err(ConfigError::new(
+                "half_open_calls",
+                self.half_open_calls,
+                format!("1..={MAX_HALF_OPEN_CALLS}"),
+            ));
+        }
+        let half_open_successes = self.half_open_successes.unwrap_or(self.half_open_calls);
+        if half_open_successes == 0 || half_open_successes > self.half_open_calls {
+            return Err(ConfigError::new(
+                "half_open_successes",
+                half_open_successes,
+                format!("1..={} (half_open_calls)", self.half_open_calls),
+            ));
+        }
+        let half_open_max_wait = self
+            .half_open_max_wait
+            .map(|d| positive("half_open_max_wait", d))
+            .transpose()?;
+        let call_timeout = self
+            .call_timeout
+            .map(|d| positive("call_timeout", d))
+            .transpose()?;
+
+        Ok(Config {
+            name: self.name.clone(),
+            failure_rate_threshold,
+            slow_call_rate_threshold,
+            slow_call_duration,
+            window,
+            minimum_calls: u64::from(minimum_calls),
+            consecutive_failures: self.consecutive_failures,
+            open,
+            half_open_calls: self.half_open_calls,
+            half_open_successes,
+            half_open_max_wait,
+            call_timeout,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Error types.
+//!
+//! The service's error type is [`tower::BoxError`], as for tower's own middleware that can fail
+//! (`Timeout`, `LoadShed`): layers nest, and matching on nested error enums breaks with every
+//! change of order. A rejection is a [`Rejected`], found by downcasting:
+//!
+//! ```
+//! # use tower_circuit_breaker::error::Rejected;
+//! fn is_rejection(err: &tower::BoxError) -> bool {
+//!     err.is::<Rejected>()
+//! }
+//! # let _ = is_rejection;
+//! ```
+//!
+//! A call that outlives [`call_timeout`](crate::Builder::call_timeout) fails with tower's own
+//! [`Elapsed`](tower::timeout::error::Elapsed), so code written for `tower::timeout` keeps working.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::State;
+
+/// The circuit did not admit the call.
+///
+/// It carries the state that rejected it, and a hint of when a probe will be admitted: use it for a
+/// `Retry-After` header, or to schedule a retry that will not be rejected again.
+///
+/// ```
+/// # use std::time::Duration;
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State, error::Rejected};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::builder().name("db").build().unwrap();
+/// layer.handle().force_open();
+/// let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+///
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// let rejected = err.downcast_ref::<Rejected>().expect("a rejection");
+/// assert_eq!(rejected.state(), State::ForcedOpen);
+/// assert_eq!(rejected.retry_after(), None);
+/// assert_eq!(rejected.name(), Some("db"));
+/// assert_eq!(err.to_string(), "circuit `db` forced open");
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    state: State,
+    retry_after: Option<Duration>,
+    name: Option<Arc<str>>,
+}
+
+impl Rejected {
+    pub(crate) fn new(state: State, retry_after: Option<Duration>, name: Option<Arc<str>>) -> Self {
+        Rejected {
+            state,
+            retry_after,
+            name,
+        }
+    }
+
+    /// The state that rejected the call: `Open`, `HalfOpen` (every probe permit taken) or
+    /// `ForcedOpen`.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The time left until a probe will be admitted; `None` where nobody knows (`ForcedOpen`, or
+    /// `HalfOpen` with every probe permit taken).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The name of the breaker, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("circuit ")?;
+        if let Some(name) = &self.name {
+            write!(f, "`{name}` ")?;
+        }
+        match (self.state, self.retry_after) {
+            (State::ForcedOpen, _) => f.write_str("forced open"),
+            (State::HalfOpen, None) => f.write_str("half-open; no probe permit available"),
+            (state, Some(after)) => write!(f, "{state}; retry after {after:?}"),
+            (state, None) => write!(f, "{state}"),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {}

@@ -1,0 +1,210 @@
+//! Future types.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::BoxError;
+use tower::timeout::error::Elapsed;
+
+use crate::classify::{Classify, Outcome};
+use crate::state::{Breaker, Ticket, saturating_nanos};
+
+pin_project! {
+    /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
+    ///
+    /// It records the call's outcome when the inner future completes. Dropped before that (even
+    /// unpolled), it records nothing and gives back the half-open probe permit it holds.
+    pub struct ResponseFuture<F, C, R> {
+        #[pin]
+        kind: Kind<F, C, R>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C, R> {
+        Called {
+            #[pin]
+            future: F,
+            #[pin]
+            timeout: Option<Sleep>,
+            permit: Permit,
+            classify: C,
+        },
+        Rejected {
+            #[pin]
+            future: R,
+        },
+        Done,
+    }
+}
+
+impl<F, C, R> ResponseFuture<F, C, R> {
+    pub(crate) fn called(future: F, timeout: Option<Sleep>, permit: Permit, classify: C) -> Self {
+        ResponseFuture {
+            kind: Kind::Called {
+                future,
+                timeout,
+                permit,
+                classify,
+            },
+        }
+    }
+
+    pub(crate) fn rejected(future: R) -> Self {
+        ResponseFuture {
+            kind: Kind::Rejected { future },
+        }
+    }
+}
+
+impl<F, C, R, T, E> Future for ResponseFuture<F, C, R>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+    R: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut kind = self.project().kind;
+        let output = match kind.as_mut().project() {
+            KindProj::Called {
+                future,
+                timeout,
+                permit,
+                classify,
+            } => {
+                // The inner future first, so that a response wins a tie with the timeout.
+                if let Poll::Ready(result) = future.poll(cx) {
+                    permit.complete(classify.classify(result.as_ref()));
+                    result.map_err(Into::into)
+                } else {
+                    match timeout.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                        Some(Poll::Ready(())) => {
+                            permit.complete(Outcome::Failure);
+                            Err(Elapsed::new().into())
+                        }
+                        _ => return Poll::Pending,
+                    }
+                }
+            }
+            KindProj::Rejected { future } => ready!(future.poll(cx)),
+            KindProj::Done => panic!("ResponseFuture polled after completion"),
+        };
+        // Drops the inner future (and the timer) now, not when the caller drops this future.
+        kind.set(Kind::Done);
+        Poll::Ready(output)
+    }
+}
+
+impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Called { .. } => "Called",
+            Kind::Rejected { .. } => "Rejected",
+            Kind::Done => "Done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Response future of a fallback service: the fallback's future with its error boxed.
+    pub struct FallbackFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> FallbackFuture<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        FallbackFuture { inner }
+    }
+}
+
+impl<F, T, E> Future for FallbackFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(Into::into)
+    }
+}
+
+impl<F> fmt::Debug for FallbackFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackFuture").finish_non_exhaustive()
+    }
+}
+
+// ===== Permit =====
+
+/// An admitted call's claim on the breaker: taken in `poll_ready`, carried to `call` and into the
+/// response future, and completed with the call's outcome or released when dropped. Like tower's
+/// `OwnedSemaphorePermit`, it is self-contained, so it can move into a response body later.
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    ticket: Option<Ticket>,
+    /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
+    started: Option<u64>,
+}
+
+impl Permit {
+    pub(crate) fn new(breaker: Arc<Breaker>, ticket: Ticket) -> Self {
+        Permit {
+            breaker,
+            ticket: Some(ticket),
+            started: None,
+        }
+    }
+
+    /// Notes the dispatch time, when slow calls are tracked.
+    #[inline]
+    pub(crate) fn start(&mut self) {
+        if self.breaker.tracks_duration() {
+            self.started = Some(self.breaker.now().get());
+        }
+    }
+
+    /// Records the outcome; later calls and the drop do nothing.
+    #[inline]
+    pub(crate) fn complete(&mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            let mut now = self.breaker.now();
+            let slow = match (self.breaker.config().slow_call_duration, self.started) {
+                (Some(limit), Some(started)) => {
+                    now.get().saturating_sub(started) > saturating_nanos(limit)
+                }
+                _ => false,
+            };
+            self.breaker.complete(ticket, outcome, slow, &mut now);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.breaker.release(ticket);
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,182 @@
+//! The operator's handle on a breaker.
+//!
+//! A [`Handle`] is decoupled from the service: it can be kept in an admin endpoint, a health check
+//! or a control loop, while the service itself is moved into a router or a client. Every handle
+//! and every service made by one layer see and control the same breaker.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::State;
+use crate::event::EventStream;
+use crate::state::Breaker;
+
+/// Reads and controls one breaker. Cheap to clone; `Send + Sync`.
+///
+/// ```
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// let layer = CircuitBreakerLayer::builder().build().unwrap();
+/// let handle = layer.handle();
+/// assert_eq!(handle.state(), State::Closed);
+///
+/// handle.force_open(); // e.g. during maintenance of the dependency
+/// assert_eq!(handle.state(), State::ForcedOpen);
+/// handle.reset();
+/// assert_eq!(handle.state(), State::Closed);
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    breaker: Arc<Breaker>,
+}
+
+impl Handle {
+    pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        Handle { breaker }
+    }
+
+    /// The current state. An open interval that has ended turns into HalfOpen here, as it would on
+    /// the next call.
+    pub fn state(&self) -> State {
+        self.breaker.state(&mut self.breaker.now())
+    }
+
+    /// A snapshot of the breaker's counters.
+    pub fn metrics(&self) -> Metrics {
+        self.breaker.metrics()
+    }
+
+    /// The breaker's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.breaker.name().map(|n| &**n)
+    }
+
+    /// Rejects every call until the state is changed again.
+    pub fn force_open(&self) {
+        self.breaker.force(State::ForcedOpen);
+    }
+
+    /// Admits every call and records nothing until the state is changed again.
+    pub fn disable(&self) {
+        self.breaker.force(State::Disabled);
+    }
+
+    /// Admits every call and records outcomes, but never opens, until the state is changed again.
+    /// The window starts empty.
+    pub fn metrics_only(&self) {
+        self.breaker.force(State::MetricsOnly);
+    }
+
+    /// Returns to Closed with empty metrics, from any state.
+    pub fn reset(&self) {
+        self.breaker.force(State::Closed);
+    }
+
+    /// A stream of the breaker's events, from now on.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Event, State};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    /// let mut events = handle.subscribe();
+    /// handle.force_open();
+    /// match events.next().await {
+    ///     Some(Event::StateTransition { from, to, .. }) => {
+    ///         assert_eq!((from, to), (State::Closed, State::ForcedOpen));
+    ///     }
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> EventStream {
+        self.breaker.subscribe()
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A snapshot of a breaker's counters, from [`Handle::metrics`].
+///
+/// The call counts describe the sliding window of the closed state (the window that tripped the
+/// breaker, while it is open or half-open).
+///
+/// ```
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// let metrics = CircuitBreakerLayer::builder().build().unwrap().handle().metrics();
+/// assert_eq!(metrics.state(), State::Closed);
+/// assert_eq!(metrics.calls(), 0);
+/// assert_eq!(metrics.failure_rate(), None); // below the minimum number of calls
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Metrics {
+    pub(crate) state: State,
+    pub(crate) calls: u64,
+    pub(crate) failed: u64,
+    pub(crate) slow: u64,
+    pub(crate) not_permitted: u64,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) minimum_calls: u64,
+}
+
+impl Metrics {
+    /// The state when the snapshot was taken.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Failed calls over recorded calls in the window; `None` below the minimum number of calls.
+    pub fn failure_rate(&self) -> Option<f64> {
+        self.rate(self.failed)
+    }
+
+    /// Slow calls over recorded calls in the window; `None` below the minimum number of calls.
+    pub fn slow_call_rate(&self) -> Option<f64> {
+        self.rate(self.slow)
+    }
+
+    fn rate(&self, count: u64) -> Option<f64> {
+        (self.calls > 0 && self.calls >= self.minimum_calls)
+            .then(|| count as f64 / self.calls as f64)
+    }
+
+    /// Recorded outcomes in the window (successes and failures; ignored ones are not recorded).
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Failed calls in the window.
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    /// Successful calls in the window.
+    pub fn successful(&self) -> u64 {
+        self.calls - self.failed
+    }
+
+    /// Slow calls in the window (failed or not).
+    pub fn slow(&self) -> u64 {
+        self.slow
+    }
+
+    /// Calls rejected since the last transition to Closed (including those sent to a fallback).
+    pub fn not_permitted(&self) -> u64 {
+        self.not_permitted
+    }
+
+    /// Failures recorded in a row since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+}

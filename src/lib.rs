@@ -1,0 +1,104 @@
+//! A circuit breaker for [Tower](https://docs.rs/tower) services: axum routes, tonic and hyper
+//! clients, or any `Service`.
+//!
+//! A [`CircuitBreakerLayer`] wraps a service. Every outcome of the inner service is classified
+//! (success, failure, ignored; slow calls and timeouts count too). When failures cross the
+//! configured policy the breaker **opens**: calls are rejected at once with a
+//! [`Rejected`](error::Rejected) error that carries a retry-after hint, or go to a fallback
+//! service. After the open interval a few probe calls test the dependency (**half-open**), and the
+//! breaker **closes** again when it has recovered.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Service, ServiceExt, service_fn};
+//! use tower_circuit_breaker::{CircuitBreakerLayer, State, error::Rejected};
+//! use tower::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let layer = CircuitBreakerLayer::builder()
+//!     .consecutive_failures(3)
+//!     .open_duration(Duration::from_secs(5))
+//!     .build()?;
+//! let handle = layer.handle();
+//! let mut svc = layer.layer(service_fn(|fail: bool| async move {
+//!     if fail { Err("boom") } else { Ok("fine") }
+//! }));
+//!
+//! for _ in 0..3 {
+//!     let _ = svc.ready().await?.call(true).await;
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//!
+//! // Rejected at once, without reaching the service.
+//! let err = svc.ready().await?.call(false).await.unwrap_err();
+//! let rejected = err.downcast_ref::<Rejected>().unwrap();
+//! assert_eq!(rejected.retry_after(), Some(Duration::from_secs(5)));
+//!
+//! // After the open interval one probe is admitted; its success closes the circuit.
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! assert_eq!(svc.ready().await?.call(false).await?, "fine");
+//! assert_eq!(handle.state(), State::Closed);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The contract
+//!
+//! * **Closed**: each recorded outcome goes into a sliding [`Window`] (the last `n` calls, or the
+//!   last `d` of time) and the thresholds are evaluated after each one: the failure rate and the
+//!   slow-call rate (both `>=`, undefined below [`minimum_calls`](Builder::minimum_calls)), and
+//!   optionally a number of consecutive failures.
+//! * **Open**: calls are rejected without touching the inner service, not even its `poll_ready`.
+//!   The open interval is fixed or a [`Backoff`]. The breaker becomes half-open lazily, on the
+//!   next call, readiness check or state read, at `opened_at + interval`: no background task.
+//! * **HalfOpen**: at most [`half_open_calls`](Builder::half_open_calls) probes per episode. A
+//!   probe that is ignored, dropped (even unpolled) or never used gives its permit back. It closes
+//!   when enough probes succeeded, reopens as soon as that became impossible, and goes back to
+//!   Open if undecided after [`half_open_max_wait`](Builder::half_open_max_wait).
+//! * **Always**: time comes from tokio's clock, so tests on a paused clock are exact. Each call
+//!   carries the generation of the state that admitted it, and a stale result never moves the
+//!   state. Transitions are linearizable: each happens once, and emits one [`Event`] and one
+//!   tracing event (`warn` on open, `info` otherwise; `debug` per rejection).
+//!
+//! # Performance
+//!
+//! The closed-state path takes no lock, allocates nothing and, with a count window and no
+//! slow-call tracking, reads no clock: one load of the state word to admit, and, while the window
+//! holds only successes, nothing but loads to record. See `BENCHMARKS.md` in the repository.
+//!
+//! # Composition
+//!
+//! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts
+//! count as failures, and *inside* `tower::retry` with a policy that does not retry
+//! [`Rejected`](error::Rejected) errors.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod error;
+pub mod fallback;
+pub mod future;
+
+mod classify;
+mod config;
+mod event;
+mod handle;
+mod layer;
+mod service;
+mod state;
+mod sync;
+
+pub use classify::{Classify, DefaultClassify, Outcome};
+pub use config::{Backoff, Builder, ConfigError, Window};
+pub use event::{EVENT_BUFFER, Event, EventStream};
+pub use handle::{Handle, Metrics};
+pub use layer::CircuitBreakerLayer;
+pub use service::CircuitBreaker;
+pub use state::State;

@@ -1,0 +1,177 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{BoxError, Service};
+
+use crate::classify::{Classify, DefaultClassify};
+use crate::error::Rejected;
+use crate::fallback::{Fallback, NoFallback};
+use crate::future::{Permit, ResponseFuture};
+use crate::handle::Handle;
+use crate::state::{Breaker, Decision, Rejection};
+
+/// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
+///
+/// # Where a call is rejected
+///
+/// `poll_ready` decides admission first. When the call will be admitted it then polls the inner
+/// service; when the call will be rejected it returns `Ready(Ok(()))` at once, without polling the
+/// inner service (or polls the fallback's readiness instead), and `call` returns the rejection.
+/// An open circuit is never an error from `poll_ready`: `Buffer`, balancers and tonic treat such an
+/// error as a dead service and discard it, while the breaker only says "not now".
+///
+/// The decision, and a half-open probe permit with it, is carried from `poll_ready` to `call`, as
+/// tower's `ConcurrencyLimit` carries its semaphore permit. A clone starts without one. A permit
+/// that is never used (the service dropped after `poll_ready`) is given back.
+pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
+    inner: S,
+    breaker: Arc<Breaker>,
+    classify: C,
+    fallback: F,
+    ready: Option<Ready>,
+}
+
+/// What `poll_ready` decided, for the next `call`.
+#[derive(Debug)]
+enum Ready {
+    Admitted(Permit),
+    Rejected(Rejection),
+}
+
+impl<S, C, F> CircuitBreaker<S, C, F> {
+    pub(crate) fn new(inner: S, breaker: Arc<Breaker>, classify: C, fallback: F) -> Self {
+        CircuitBreaker {
+            inner,
+            breaker,
+            classify,
+            fallback,
+            ready: None,
+        }
+    }
+
+    /// A handle to read and control this service's breaker.
+    pub fn handle(&self) -> Handle {
+        Handle::new(self.breaker.clone())
+    }
+
+    /// Gets a reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Gets a mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service. A permit taken by `poll_ready` is given back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn decide(&self) -> Decision {
+        self.breaker.admit(&mut self.breaker.now())
+    }
+}
+
+impl<S, C, F, Req> Service<Req> for CircuitBreaker<S, C, F>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+    F: Fallback<Req, S::Response>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C, F::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.ready.is_some() {
+            // Readiness is stable until `call` uses it.
+            return Poll::Ready(Ok(()));
+        }
+        match self.decide() {
+            Decision::Admit(ticket) => match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.ready = Some(Ready::Admitted(Permit::new(self.breaker.clone(), ticket)));
+                    Poll::Ready(Ok(()))
+                }
+                // Not ready: hold nothing while waiting, decide again on the next poll (the
+                // circuit may have opened meanwhile).
+                Poll::Ready(Err(e)) => {
+                    self.breaker.release(ticket);
+                    Poll::Ready(Err(e.into()))
+                }
+                Poll::Pending => {
+                    self.breaker.release(ticket);
+                    Poll::Pending
+                }
+            },
+            Decision::Reject(rejection) => {
+                let ready = self.fallback.poll_ready(cx);
+                if let Poll::Ready(Ok(())) = ready {
+                    self.ready = Some(Ready::Rejected(rejection));
+                }
+                ready
+            }
+        }
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let ready = match self.ready.take() {
+            Some(ready) => ready,
+            // `call` without `poll_ready` breaks the Service contract; decide now rather than
+            // panic, and leave the inner service to enforce its own readiness.
+            None => match self.decide() {
+                Decision::Admit(ticket) => {
+                    Ready::Admitted(Permit::new(self.breaker.clone(), ticket))
+                }
+                Decision::Reject(rejection) => Ready::Rejected(rejection),
+            },
+        };
+        match ready {
+            Ready::Admitted(mut permit) => {
+                permit.start();
+                let timeout = self.breaker.config().call_timeout.map(tokio::time::sleep);
+                let future = self.inner.call(request);
+                ResponseFuture::called(future, timeout, permit, self.classify.clone())
+            }
+            Ready::Rejected(rejection) => {
+                self.breaker.count_rejection();
+                let name = self.breaker.name();
+                tracing::debug!(
+                    breaker = name.map_or("", |n| &**n),
+                    state = %rejection.state,
+                    retry_after = ?rejection.retry_after,
+                    "call rejected"
+                );
+                let rejected = Rejected::new(rejection.state, rejection.retry_after, name.cloned());
+                ResponseFuture::rejected(self.fallback.call(request, rejected))
+            }
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
+    /// A clone shares the breaker, but not the readiness of `self`: it must be polled itself.
+    fn clone(&self) -> Self {
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            classify: self.classify.clone(),
+            fallback: self.fallback.clone(),
+            ready: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, F> fmt::Debug for CircuitBreaker<S, C, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("breaker", &self.breaker)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}

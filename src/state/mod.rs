@@ -1,0 +1,623 @@
+//! The breaker's state machine: admission, recording and transitions.
+//!
+//! # How it stays fast and correct
+//!
+//! Everything a call touches is an atomic:
+//!
+//! * the **state word** ([`word`]) holds the state, its generation, and the half-open probe
+//!   counters. Admitting a call in Closed is one load of it. Admitting a probe, counting a probe's
+//!   result and returning a probe permit are one compare-and-swap each, so a permit can never be
+//!   counted against the wrong episode;
+//! * the **window** ([`window`]) and the consecutive-failure counter record outcomes. A healthy
+//!   closed breaker only reads them;
+//! * `open_until` and `half_open_until` are deadlines in nanoseconds since the breaker's creation.
+//!
+//! Transitions are rare, so they take a short lock (`episode`), which makes each one happen
+//! exactly once and orders its side effects (deadlines, attempt number, clearing the window) before
+//! the new state word is published with `Release`. Readers load the word with `Acquire` and so see
+//! the deadlines that belong to it. The lock is never taken on the closed, open or half-open paths
+//! that do not change the state.
+//!
+//! Every admitted call carries a [`Ticket`] with the generation that admitted it. A result whose
+//! generation is no longer current is stale and is dropped: it cannot move the state, and it
+//! cannot take a probe's place.
+
+pub(crate) mod window;
+pub(crate) mod word;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+use std::fmt;
+use std::sync::Arc as StdArc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::config::{Config, WindowKind};
+use crate::event::{Event, EventStream, Subscribers};
+use crate::handle::Metrics;
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, lock};
+use window::{Sample, Window};
+use word::{FAIL_ONE, Generation, SUCC_ONE, TAKEN_ONE, Word};
+
+/// The state of a circuit breaker.
+///
+/// `Closed`, `Open` and `HalfOpen` are driven by outcomes; the other three are set by an operator
+/// through a [`Handle`](crate::Handle) and stay until changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls pass; outcomes are recorded and the thresholds evaluated.
+    Closed,
+    /// Calls are rejected (or go to the fallback) until the open interval ends.
+    Open,
+    /// A bounded number of probe calls test the dependency.
+    HalfOpen,
+    /// Calls are rejected until an operator changes the state.
+    ForcedOpen,
+    /// Calls pass and nothing is recorded.
+    Disabled,
+    /// Calls pass and outcomes are recorded, but the breaker never opens.
+    MetricsOnly,
+}
+
+impl State {
+    /// Whether calls are rejected in this state (before any probe admission).
+    pub fn is_open(self) -> bool {
+        matches!(self, State::Open | State::ForcedOpen)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+            State::ForcedOpen => "forced-open",
+            State::Disabled => "disabled",
+            State::MetricsOnly => "metrics-only",
+        })
+    }
+}
+
+// ===== Now =====
+
+/// The current time in nanoseconds since the breaker's creation, read from tokio's clock at most
+/// once, and only if something needs it.
+#[derive(Debug)]
+pub(crate) struct Now {
+    epoch: Instant,
+    value: Option<u64>,
+}
+
+impl Now {
+    /// A time that is already known (tests and models).
+    #[cfg(test)]
+    pub(crate) fn fixed(nanos: u64) -> Self {
+        Now {
+            epoch: Instant::now(),
+            value: Some(nanos),
+        }
+    }
+
+    pub(crate) fn get(&mut self) -> u64 {
+        let epoch = self.epoch;
+        *self.value.get_or_insert_with(|| {
+            saturating_nanos(Instant::now().saturating_duration_since(epoch))
+        })
+    }
+}
+
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// ===== Ticket, Decision =====
+
+/// What admitted a call: carried by the call until its result is recorded or it is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    generation: Generation,
+    kind: TicketKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TicketKind {
+    /// Admitted in Closed or MetricsOnly: the result goes into the window.
+    Recorded,
+    /// Admitted in HalfOpen: holds one probe permit.
+    Probe,
+    /// Admitted in Disabled: nothing is recorded.
+    Unrecorded,
+}
+
+/// Why a call was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    pub(crate) state: State,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// The admission decision for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Admit(Ticket),
+    Reject(Rejection),
+}
+
+// ===== Breaker =====
+
+#[derive(Debug)]
+struct Episode {
+    /// Opening attempt: 1 on Closed -> Open, +1 on each HalfOpen -> Open, 0 after closing.
+    attempt: u32,
+    /// State of the jitter generator (splitmix64).
+    rng: u64,
+}
+
+impl Episode {
+    fn next_uniform(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
+pub(crate) struct Breaker {
+    word: CachePadded<AtomicU64>,
+    window: Window,
+    consecutive: CachePadded<AtomicU32>,
+    not_permitted: CachePadded<AtomicU64>,
+    /// Deadline of the current Open state. Written under `episode` before the word is published.
+    open_until: AtomicU64,
+    /// Deadline of the current HalfOpen episode (`u64::MAX`: none).
+    half_open_until: AtomicU64,
+    episode: Mutex<Episode>,
+    subscribers: Subscribers,
+    config: StdArc<Config>,
+    epoch: Instant,
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("name", &self.config.name)
+            .field("state", &self.load().state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    pub(crate) fn new(config: StdArc<Config>) -> Self {
+        let window = match config.window {
+            WindowKind::Count(n) => Window::count(n),
+            WindowKind::Time { duration, buckets } => {
+                let k = buckets.unwrap_or(1).max(1);
+                Window::time(saturating_nanos(duration / k), k)
+            }
+        };
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        Breaker {
+            word: CachePadded(AtomicU64::new(Word::INITIAL.0)),
+            window,
+            consecutive: CachePadded(AtomicU32::new(0)),
+            not_permitted: CachePadded(AtomicU64::new(0)),
+            open_until: AtomicU64::new(0),
+            half_open_until: AtomicU64::new(u64::MAX),
+            episode: Mutex::new(Episode {
+                attempt: 0,
+                rng: seed,
+            }),
+            subscribers: Subscribers::default(),
+            config,
+            epoch: Instant::now(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn name(&self) -> Option<&StdArc<str>> {
+        self.config.name.as_ref()
+    }
+
+    /// A lazy reading of the breaker's clock.
+    #[inline]
+    pub(crate) fn now(&self) -> Now {
+        Now {
+            epoch: self.epoch,
+            value: None,
+        }
+    }
+
+    /// Whether recording needs the time a call ended (slow calls or a time window).
+    #[inline]
+    pub(crate) fn tracks_duration(&self) -> bool {
+        self.config.slow_call_duration.is_some()
+    }
+
+    #[inline]
+    fn load(&self) -> Word {
+        // Acquire: pairs with the Release of a transition, so the deadlines and the cleared window
+        // written before it are visible with the word.
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    // ===== admission =====
+
+    /// Decides whether a call may proceed, taking a probe permit in HalfOpen.
+    #[inline]
+    pub(crate) fn admit(&self, now: &mut Now) -> Decision {
+        let mut word = self.load();
+        loop {
+            let generation = word.generation();
+            let kind = match word.state() {
+                State::Closed | State::MetricsOnly => TicketKind::Recorded,
+                State::Disabled => TicketKind::Unrecorded,
+                State::ForcedOpen => {
+                    return Decision::Reject(Rejection {
+                        state: State::ForcedOpen,
+                        retry_after: None,
+                    });
+                }
+                State::Open => match self.settle(word, now) {
+                    Some(next) => {
+                        word = next;
+                        continue;
+                    }
+                    None => {
+                        let until = self.open_until.load(Ordering::Relaxed);
+                        let left = until.saturating_sub(now.get());
+                        return Decision::Reject(Rejection {
+                            state: State::Open,
+                            retry_after: Some(Duration::from_nanos(left)),
+                        });
+                    }
+                },
+                State::HalfOpen => {
+                    if let Some(next) = self.settle(word, now) {
+                        word = next;
+                        continue;
+                    }
+                    if word.taken() >= self.config.half_open_calls {
+                        return Decision::Reject(Rejection {
+                            state: State::HalfOpen,
+                            retry_after: None,
+                        });
+                    }
+                    // AcqRel on success: the permit belongs to this exact word (generation and
+                    // counters); on failure, retry with the word that won.
+                    match self.word.compare_exchange_weak(
+                        word.0,
+                        word.0 + TAKEN_ONE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => TicketKind::Probe,
+                        Err(actual) => {
+                            word = Word(actual);
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Decision::Admit(Ticket { generation, kind });
+        }
+    }
+
+    /// Applies a transition that is due by time (Open -> HalfOpen at `open_until`, HalfOpen ->
+    /// Open at `half_open_until`). Returns the word to continue with if the state moved.
+    fn settle(&self, word: Word, now: &mut Now) -> Option<Word> {
+        let (deadline, to) = match word.state() {
+            State::Open => (self.open_until.load(Ordering::Relaxed), State::HalfOpen),
+            State::HalfOpen => (self.half_open_until.load(Ordering::Relaxed), State::Open),
+            _ => return None,
+        };
+        if deadline == u64::MAX || now.get() < deadline {
+            return None;
+        }
+        let from = word.state();
+        self.transition_if(word.generation(), now, |w| {
+            (w.state() == from).then_some(to)
+        });
+        Some(self.load())
+    }
+
+    /// The current state, after applying any transition that is due by time.
+    pub(crate) fn state(&self, now: &mut Now) -> State {
+        let mut word = self.load();
+        while let Some(next) = self.settle(word, now) {
+            word = next;
+        }
+        word.state()
+    }
+
+    // ===== recording =====
+
+    /// Records the result of an admitted call. `slow` says whether it took longer than the
+    /// slow-call duration (always false when slow calls are not tracked).
+    #[inline]
+    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now) {
+        match ticket.kind {
+            TicketKind::Unrecorded => {}
+            TicketKind::Recorded => self.record(ticket.generation, outcome, slow, now),
+            TicketKind::Probe => {
+                let result = match outcome {
+                    Outcome::Ignored => ProbeResult::Returned,
+                    Outcome::Success if !slow => ProbeResult::Succeeded,
+                    Outcome::Success | Outcome::Failure => ProbeResult::Failed,
+                };
+                self.finish_probe(ticket.generation, result, now);
+            }
+        }
+    }
+
+    /// Gives back what a call that will never complete holds: its probe permit, if any. Nothing
+    /// is recorded.
+    pub(crate) fn release(&self, ticket: Ticket) {
+        if ticket.kind == TicketKind::Probe {
+            self.finish_probe(ticket.generation, ProbeResult::Returned, &mut self.now());
+        }
+    }
+
+    #[inline]
+    fn record(&self, generation: Generation, outcome: Outcome, slow: bool, now: &mut Now) {
+        let failed = match outcome {
+            Outcome::Ignored => return,
+            Outcome::Success => false,
+            Outcome::Failure => true,
+        };
+        let word = self.load();
+        if word.generation() != generation {
+            return; // stale: admitted under a state that has since changed
+        }
+        let sample = Sample { failed, slow };
+        // Relaxed throughout: these are statistics. Whether a racing outcome lands before or after
+        // this one is itself a race; the transition they may cause is decided under the lock.
+        if !failed && self.consecutive.load(Ordering::Relaxed) == 0 && self.window.absorbs(sample) {
+            return; // a healthy closed breaker: nothing changes, nothing is written
+        }
+        let consecutive = if failed {
+            self.consecutive
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            0
+        };
+        self.window.record(sample, || now.get());
+        if word.state() != State::Closed {
+            return; // MetricsOnly records but never trips
+        }
+        if !failed && !slow && !self.window.may_hold_bad(|| now.get()) {
+            return; // a success cannot raise a rate that is zero
+        }
+        if self.should_trip(consecutive, now) {
+            self.transition_if(generation, now, |w| {
+                (w.state() == State::Closed).then_some(State::Open)
+            });
+        }
+    }
+
+    fn should_trip(&self, consecutive: u32, now: &mut Now) -> bool {
+        let config = &self.config;
+        if config
+            .consecutive_failures
+            .is_some_and(|k| consecutive >= k)
+        {
+            return true;
+        }
+        let totals = self.window.totals(|| now.get());
+        if totals.calls == 0 || totals.calls < config.minimum_calls {
+            return false;
+        }
+        let calls = totals.calls as f64;
+        totals.failed as f64 / calls >= config.failure_rate_threshold
+            || config
+                .slow_call_rate_threshold
+                .is_some_and(|threshold| totals.slow as f64 / calls >= threshold)
+    }
+
+    fn finish_probe(&self, generation: Generation, result: ProbeResult, now: &mut Now) {
+        let config = &self.config;
+        let decides = |w: Word| match result {
+            ProbeResult::Returned => None,
+            ProbeResult::Succeeded => {
+                (w.succeeded() + 1 >= config.half_open_successes).then_some(State::Closed)
+            }
+            ProbeResult::Failed => (w.failed() + 1
+                > config.half_open_calls - config.half_open_successes)
+                .then_some(State::Open),
+        };
+        let mut word = self.load();
+        loop {
+            if word.generation() != generation || word.state() != State::HalfOpen {
+                return; // stale: the episode this permit belonged to is over
+            }
+            if decides(word).is_some() {
+                self.transition_if(generation, now, |w| {
+                    if w.state() == State::HalfOpen {
+                        decides(w)
+                    } else {
+                        None
+                    }
+                });
+                return;
+            }
+            let next = match result {
+                ProbeResult::Returned => word.0 - TAKEN_ONE,
+                ProbeResult::Succeeded => word.0 + SUCC_ONE,
+                ProbeResult::Failed => word.0 + FAIL_ONE,
+            };
+            // AcqRel/Acquire as for admission: the count lands in this episode or not at all.
+            match self
+                .word
+                .compare_exchange_weak(word.0, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => word = Word(actual),
+            }
+        }
+    }
+
+    /// Counts one rejected call (reported by `Metrics::not_permitted`).
+    #[inline]
+    pub(crate) fn count_rejection(&self) {
+        self.not_permitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    // ===== transitions =====
+
+    /// Moves to the state `decide` picks from the current word, provided the generation is still
+    /// `generation`. Returns whether a transition happened.
+    fn transition_if(
+        &self,
+        generation: Generation,
+        now: &mut Now,
+        decide: impl Fn(Word) -> Option<State>,
+    ) -> bool {
+        let mut episode = lock(&self.episode);
+        loop {
+            let current = self.load();
+            if current.generation() != generation {
+                return false;
+            }
+            let Some(to) = decide(current) else {
+                return false;
+            };
+            match self.apply(&mut episode, current, to, now) {
+                Ok(()) => return true,
+                // Only probe counters change without the lock: look again at the new word.
+                Err(()) => continue,
+            }
+        }
+    }
+
+    /// An operator's transition: from any state to `to`. `reset` (to Closed) always clears.
+    pub(crate) fn force(&self, to: State) {
+        let mut now = self.now();
+        let mut episode = lock(&self.episode);
+        loop {
+            let current = self.load();
+            if current.state() == to && to != State::Closed {
+                return;
+            }
+            if self.apply(&mut episode, current, to, &mut now).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Performs the side effects of entering `to`, then publishes the new word. Called with the
+    /// episode lock held. Fails (changing nothing visible) if probe counters moved meanwhile.
+    fn apply(
+        &self,
+        episode: &mut Episode,
+        current: Word,
+        to: State,
+        now: &mut Now,
+    ) -> Result<(), ()> {
+        let from = current.state();
+        let mut attempt = episode.attempt;
+        // Relaxed stores: published by the Release of the compare-and-swap below. Under the lock
+        // only the probe counters can change; if the swap fails these are written again with the
+        // same values, and no reader of the old word reads them.
+        match to {
+            State::Open => {
+                attempt = if from == State::HalfOpen {
+                    attempt.saturating_add(1)
+                } else {
+                    1
+                };
+                let interval = self.config.open_interval(attempt, episode.next_uniform());
+                let until = now.get().saturating_add(saturating_nanos(interval));
+                self.open_until.store(until, Ordering::Relaxed);
+            }
+            State::HalfOpen => {
+                let until = match self.config.half_open_max_wait {
+                    Some(wait) => now.get().saturating_add(saturating_nanos(wait)),
+                    None => u64::MAX,
+                };
+                self.half_open_until.store(until, Ordering::Relaxed);
+            }
+            State::Closed | State::MetricsOnly => {
+                self.window.clear();
+                self.consecutive.store(0, Ordering::Relaxed);
+                if to == State::Closed {
+                    self.not_permitted.store(0, Ordering::Relaxed);
+                    attempt = 0;
+                }
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        let next = current.next(to);
+        // Release: publishes the side effects above with the new word.
+        self.word
+            .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .map_err(|_| ())?;
+        episode.attempt = attempt;
+        self.announce(from, to);
+        Ok(())
+    }
+
+    fn announce(&self, from: State, to: State) {
+        let name = self.config.name.as_deref().unwrap_or("");
+        if from == to {
+            tracing::info!(breaker = name, state = %to, "circuit reset");
+            return;
+        }
+        if to.is_open() {
+            tracing::warn!(breaker = name, %from, %to, "circuit opened");
+        } else {
+            tracing::info!(breaker = name, %from, %to, "circuit state changed");
+        }
+        self.subscribers.emit(|| Event::StateTransition {
+            from,
+            to,
+            name: self.config.name.clone(),
+        });
+    }
+
+    // ===== observation =====
+
+    pub(crate) fn metrics(&self) -> Metrics {
+        let mut now = self.now();
+        let state = self.state(&mut now);
+        let totals = self.window.totals(|| now.get());
+        Metrics {
+            state,
+            calls: totals.calls,
+            failed: totals.failed,
+            slow: totals.slow,
+            not_permitted: self.not_permitted.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.load(Ordering::Relaxed),
+            minimum_calls: self.config.minimum_calls,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        self.subscribers.subscribe()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeResult {
+    Succeeded,
+    Failed,
+    /// Ignored, dropped or never used: the permit goes back and nothing is counted.
+    Returned,
+}

@@ -1,0 +1,407 @@
+//! Sliding windows of recorded outcomes, lock-free and O(1) per call.
+//!
+//! **Count window.** A ring of `n` one-byte slots and two running totals (failed, slow). Recording
+//! takes the next ring position with one `fetch_add`, swaps the outcome into its slot, and moves
+//! the totals by the difference between the new and the evicted outcome. The number of outcomes is
+//! `min(head, n)`. A window that is full of plain successes does not change when another success is
+//! recorded (the order of equal outcomes does not matter), so that case, the common one, only
+//! reads: no write touches a shared cache line on the healthy closed path.
+//!
+//! **Time window.** `k` buckets, each with three counters stamped with the bucket number they
+//! count for. Recording adds to the current bucket's counters, or restamps a counter left from an
+//! older lap with one compare-and-swap. A snapshot sums the counters whose stamp is one of the last
+//! `k` bucket numbers, so an outcome leaves the window when it is older than the window.
+//!
+//! Under concurrency two callers may record in either order; each outcome is counted once. A total
+//! may lag a slot swap for a moment (it never runs ahead of the slots), so a snapshot can read one
+//! failure less than the slots hold, never one more: a race cannot trip the breaker early.
+
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, CachePadded, Ordering::Relaxed};
+
+/// What one call added to the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    pub(crate) failed: bool,
+    pub(crate) slow: bool,
+}
+
+/// The content of a window at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) calls: u64,
+    pub(crate) failed: u64,
+    pub(crate) slow: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    pub(crate) fn count(n: u32) -> Self {
+        Window::Count(CountWindow::new(n))
+    }
+
+    pub(crate) fn time(bucket_nanos: u64, buckets: u32) -> Self {
+        Window::Time(TimeWindow::new(bucket_nanos, buckets))
+    }
+
+    /// Whether recording `sample` would leave the totals as they are (a full count window of
+    /// plain successes). Reads only.
+    #[inline]
+    pub(crate) fn absorbs(&self, sample: Sample) -> bool {
+        match self {
+            Window::Count(w) => !sample.failed && !sample.slow && w.is_full_of_successes(),
+            Window::Time(_) => false,
+        }
+    }
+
+    /// Records one outcome; `now` is the time in nanoseconds since the breaker's creation.
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample, now: impl FnOnce() -> u64) {
+        match self {
+            Window::Count(w) => w.record(sample),
+            Window::Time(w) => w.record(sample, now()),
+        }
+    }
+
+    /// Whether the window may hold a failure or a slow call, so that a success could trip it.
+    #[inline]
+    pub(crate) fn may_hold_bad(&self, now: impl FnOnce() -> u64) -> bool {
+        match self {
+            Window::Count(w) => w.failed.load(Relaxed) != 0 || w.slow.load(Relaxed) != 0,
+            Window::Time(w) => w.may_hold_bad(now()),
+        }
+    }
+
+    pub(crate) fn totals(&self, now: impl FnOnce() -> u64) -> Totals {
+        match self {
+            Window::Count(w) => w.totals(),
+            Window::Time(w) => w.totals(now()),
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        match self {
+            Window::Count(w) => w.clear(),
+            Window::Time(w) => w.clear(),
+        }
+    }
+}
+
+// ===== CountWindow =====
+
+const RECORDED: u8 = 1;
+const FAILED: u8 = 2;
+const SLOW: u8 = 4;
+
+fn encode(sample: Sample) -> u8 {
+    RECORDED | if sample.failed { FAILED } else { 0 } | if sample.slow { SLOW } else { 0 }
+}
+
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    /// Ring positions taken so far; the window holds `min(head, n)` outcomes.
+    head: CachePadded<AtomicU64>,
+    /// Running totals, as wrapping `i32`s: a total can dip below zero for a moment when an
+    /// eviction is counted before the insertion of the same outcome.
+    failed: CachePadded<AtomicU32>,
+    slow: AtomicU32,
+    slots: Box<[AtomicU8]>,
+}
+
+impl CountWindow {
+    fn new(n: u32) -> Self {
+        CountWindow {
+            head: CachePadded(AtomicU64::new(0)),
+            failed: CachePadded(AtomicU32::new(0)),
+            slow: AtomicU32::new(0),
+            slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    #[inline]
+    fn is_full_of_successes(&self) -> bool {
+        // Relaxed: the window is a statistic; ordering with other memory does not matter, and a
+        // racing failure may be counted either before or after this success.
+        self.failed.load(Relaxed) == 0
+            && self.slow.load(Relaxed) == 0
+            && self.head.load(Relaxed) >= self.len()
+    }
+
+    fn record(&self, sample: Sample) {
+        let new = encode(sample);
+        let position = self.head.fetch_add(1, Relaxed);
+        let old = self.slots[(position % self.len()) as usize].swap(new, Relaxed);
+        let delta = |bit: u8| i32::from(new & bit != 0) - i32::from(old & bit != 0);
+        let failed = delta(FAILED);
+        if failed != 0 {
+            self.failed.fetch_add(failed as u32, Relaxed);
+        }
+        let slow = delta(SLOW);
+        if slow != 0 {
+            self.slow.fetch_add(slow as u32, Relaxed);
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        let calls = self.head.load(Relaxed).min(self.len());
+        let read = |total: &AtomicU32| (total.load(Relaxed) as i32).max(0) as u64;
+        Totals {
+            calls,
+            failed: read(&self.failed).min(calls),
+            slow: read(&self.slow).min(calls),
+        }
+    }
+
+    fn clear(&self) {
+        for slot in self.slots.iter() {
+            slot.store(0, Relaxed);
+        }
+        self.failed.store(0, Relaxed);
+        self.slow.store(0, Relaxed);
+        self.head.store(0, Relaxed);
+    }
+}
+
+// ===== TimeWindow =====
+
+/// A counter stamped with the bucket number it counts for: `stamp << 32 | count`, where the stamp
+/// is the bucket number plus one, truncated to 32 bits (0 means never written). With buckets of at
+/// least 1 ms the stamp repeats after 49 days; only a counter left untouched for exactly a multiple
+/// of that could be mistaken for a current one.
+#[derive(Debug, Default)]
+struct Stamped(AtomicU64);
+
+impl Stamped {
+    fn add(&self, stamp: u32) {
+        let mut current = self.0.load(Relaxed);
+        loop {
+            let age = stamp.wrapping_sub((current >> 32) as u32) as i32;
+            if age <= 0 {
+                // Our bucket (or a newer one, when another caller read the clock later): add.
+                self.0.fetch_add(1, Relaxed);
+                return;
+            }
+            // A counter from an older lap: restamp it, counting this outcome as its first.
+            match self.0.compare_exchange_weak(
+                current,
+                (u64::from(stamp) << 32) | 1,
+                Relaxed,
+                Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn read(&self, stamp: u32, buckets: u32) -> u64 {
+        let value = self.0.load(Relaxed);
+        let age = stamp.wrapping_sub((value >> 32) as u32);
+        if (value >> 32) != 0 && age < buckets {
+            value & u64::from(u32::MAX)
+        } else {
+            0
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    calls: Stamped,
+    failed: Stamped,
+    slow: Stamped,
+}
+
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    bucket_nanos: u64,
+    buckets: Box<[CachePadded<Bucket>]>,
+    /// Stamp of the last bucket that recorded a failure or a slow call (0: none).
+    last_bad: AtomicU32,
+}
+
+impl TimeWindow {
+    fn new(bucket_nanos: u64, buckets: u32) -> Self {
+        TimeWindow {
+            bucket_nanos: bucket_nanos.max(1),
+            buckets: (0..buckets)
+                .map(|_| CachePadded(Bucket::default()))
+                .collect(),
+            last_bad: AtomicU32::new(0),
+        }
+    }
+
+    fn k(&self) -> u32 {
+        self.buckets.len() as u32
+    }
+
+    /// The stamp (bucket number + 1, truncated) and the slot of the bucket holding `now`.
+    fn locate(&self, now: u64) -> (u32, &Bucket) {
+        let number = now / self.bucket_nanos;
+        let slot = (number % self.buckets.len() as u64) as usize;
+        ((number as u32).wrapping_add(1), &self.buckets[slot].0)
+    }
+
+    fn record(&self, sample: Sample, now: u64) {
+        let (stamp, bucket) = self.locate(now);
+        bucket.calls.add(stamp);
+        if sample.failed {
+            bucket.failed.add(stamp);
+        }
+        if sample.slow {
+            bucket.slow.add(stamp);
+        }
+        if sample.failed || sample.slow {
+            self.last_bad.store(stamp, Relaxed);
+        }
+    }
+
+    fn may_hold_bad(&self, now: u64) -> bool {
+        let last = self.last_bad.load(Relaxed);
+        let (stamp, _) = self.locate(now);
+        last != 0 && stamp.wrapping_sub(last) < self.k()
+    }
+
+    fn totals(&self, now: u64) -> Totals {
+        let (stamp, _) = self.locate(now);
+        let k = self.k();
+        let mut totals = Totals::default();
+        // Bucket `i` of the ring holds bucket numbers congruent to `i`; read each against the
+        // stamp it must carry to be inside the window.
+        for bucket in self.buckets.iter() {
+            totals.calls += bucket.calls.read(stamp, k);
+            totals.failed += bucket.failed.read(stamp, k);
+            totals.slow += bucket.slow.read(stamp, k);
+        }
+        totals.failed = totals.failed.min(totals.calls);
+        totals.slow = totals.slow.min(totals.calls);
+        totals
+    }
+
+    fn clear(&self) {
+        for bucket in self.buckets.iter() {
+            bucket.calls.0.store(0, Relaxed);
+            bucket.failed.0.store(0, Relaxed);
+            bucket.slow.0.store(0, Relaxed);
+        }
+        self.last_bad.store(0, Relaxed);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const OK: Sample = Sample {
+        failed: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failed: true,
+        slow: false,
+    };
+    const SLOW_FAIL: Sample = Sample {
+        failed: true,
+        slow: true,
+    };
+
+    #[test]
+    fn count_window_keeps_only_the_last_n_outcomes() {
+        let w = Window::count(3);
+        w.record(FAIL, || 0);
+        w.record(FAIL, || 0);
+        assert_eq!(
+            w.totals(|| 0),
+            Totals {
+                calls: 2,
+                failed: 2,
+                slow: 0
+            }
+        );
+        w.record(OK, || 0);
+        w.record(OK, || 0);
+        assert_eq!(
+            w.totals(|| 0),
+            Totals {
+                calls: 3,
+                failed: 1,
+                slow: 0
+            }
+        );
+        w.record(SLOW_FAIL, || 0);
+        assert_eq!(
+            w.totals(|| 0),
+            Totals {
+                calls: 3,
+                failed: 1,
+                slow: 1
+            }
+        );
+    }
+
+    #[test]
+    fn count_window_full_of_successes_absorbs_a_success() {
+        let w = Window::count(2);
+        assert!(!w.absorbs(OK), "an empty window must count the success");
+        w.record(OK, || 0);
+        w.record(OK, || 0);
+        assert!(w.absorbs(OK));
+        assert!(!w.absorbs(FAIL));
+        w.record(FAIL, || 0);
+        assert!(!w.absorbs(OK));
+        w.record(OK, || 0);
+        assert!(!w.absorbs(OK), "the failure is still among the last 2");
+        w.record(OK, || 0);
+        assert!(w.absorbs(OK));
+    }
+
+    #[test]
+    fn time_window_drops_a_bucket_k_buckets_later() {
+        let w = Window::time(10, 3);
+        w.record(FAIL, || 5); // bucket 0
+        w.record(OK, || 15); // bucket 1
+        assert_eq!(
+            w.totals(|| 29),
+            Totals {
+                calls: 2,
+                failed: 1,
+                slow: 0
+            }
+        );
+        assert_eq!(
+            w.totals(|| 30),
+            Totals {
+                calls: 1,
+                failed: 0,
+                slow: 0
+            }
+        );
+        assert!(!w.may_hold_bad(|| 30));
+        w.record(OK, || 45); // bucket 4 reuses bucket 1's slot
+        assert_eq!(
+            w.totals(|| 45),
+            Totals {
+                calls: 1,
+                failed: 0,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn time_window_clear_forgets_everything() {
+        let w = Window::time(10, 3);
+        w.record(SLOW_FAIL, || 1);
+        w.clear();
+        assert_eq!(w.totals(|| 1), Totals::default());
+        assert!(!w.may_hold_bad(|| 1));
+    }
+}

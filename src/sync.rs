@@ -1,0 +1,37 @@
+//! Synchronisation primitives, swapped for loom's under `--cfg loom` so that the state machine's
+//! atomics can be model-checked (see `state/loom_tests.rs`).
+
+#[cfg(loom)]
+pub(crate) use loom::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+};
+
+#[cfg(not(loom))]
+pub(crate) use std::sync::{
+    Mutex, MutexGuard,
+    atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+};
+
+/// Pads and aligns a value to 128 bytes (two cache lines, for the adjacent-line prefetcher), so
+/// that the state word, which every call reads, never shares a line with counters that calls write.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section in this crate leaves the protected
+/// data consistent before anything that can panic runs, so a poisoned lock holds valid data.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
