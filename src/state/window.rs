@@ -223,7 +223,9 @@ struct Bucket {
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
-    buckets: Box<[CachePadded<Bucket>]>,
+    /// Not padded: callers share the current bucket whatever its layout, and padding would cost
+    /// 104 bytes per bucket.
+    buckets: Box<[Bucket]>,
     /// Stamp of the last bucket that recorded a failure or a slow call (0: none).
     last_bad: AtomicU32,
 }
@@ -247,7 +249,7 @@ impl TimeWindow {
     fn locate(&self, now: u64) -> (u32, &Bucket) {
         let number = now / self.bucket_nanos;
         let slot = (number % self.buckets.len() as u64) as usize;
-        ((number as u32).wrapping_add(1), &self.buckets[slot].0)
+        ((number as u32).wrapping_add(1), &self.buckets[slot])
     }
 
     fn record(&self, sample: Sample, now: u64) {
