@@ -234,9 +234,7 @@ impl TimeWindow {
     fn new(bucket_nanos: u64, buckets: u32) -> Self {
         TimeWindow {
             bucket_nanos: bucket_nanos.max(1),
-            buckets: (0..buckets)
-                .map(|_| CachePadded(Bucket::default()))
-                .collect(),
+            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             last_bad: AtomicU32::new(0),
         }
     }
