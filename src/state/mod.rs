@@ -171,7 +171,7 @@ impl Episode {
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
 pub(crate) struct Breaker {
     word: CachePadded<AtomicU64>,
-    window: Window,
+    window: CachePadded<Window>,
     consecutive: CachePadded<AtomicU32>,
     not_permitted: CachePadded<AtomicU64>,
     /// Deadline of the current Open state. Written under `episode` before the word is published.
@@ -210,7 +210,7 @@ impl Breaker {
         };
         Breaker {
             word: CachePadded(AtomicU64::new(Word::INITIAL.0)),
-            window,
+            window: CachePadded(window),
             consecutive: CachePadded(AtomicU32::new(0)),
             not_permitted: CachePadded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),

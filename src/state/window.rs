@@ -16,7 +16,7 @@
 //! may lag a slot swap for a moment (it never runs ahead of the slots), so a snapshot can read one
 //! failure less than the slots hold, never one more: a race cannot trip the breaker early.
 
-use crate::sync::{AtomicU8, AtomicU32, AtomicU64, CachePadded, Ordering::Relaxed};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// What one call added to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,9 @@ impl Window {
     #[inline]
     pub(crate) fn may_hold_bad(&self, now: impl FnOnce() -> u64) -> bool {
         match self {
-            Window::Count(w) => w.failed.load(Relaxed) != 0 || w.slow.load(Relaxed) != 0,
+            Window::Count(w) => {
+                w.counters.failed.load(Relaxed) != 0 || w.counters.slow.load(Relaxed) != 0
+            }
             Window::Time(w) => w.may_hold_bad(now()),
         }
     }
@@ -103,21 +105,29 @@ fn encode(sample: Sample) -> u8 {
 
 #[derive(Debug)]
 pub(crate) struct CountWindow {
+    /// The counters every recording reads (the breaker keeps the window on lines of its own).
+    counters: CountCounters,
+    slots: Box<[AtomicU8]>,
+}
+
+#[derive(Debug)]
+struct CountCounters {
     /// Ring positions taken so far; the window holds `min(head, n)` outcomes.
-    head: CachePadded<AtomicU64>,
+    head: AtomicU64,
     /// Running totals, as wrapping `i32`s: a total can dip below zero for a moment when an
     /// eviction is counted before the insertion of the same outcome.
-    failed: CachePadded<AtomicU32>,
+    failed: AtomicU32,
     slow: AtomicU32,
-    slots: Box<[AtomicU8]>,
 }
 
 impl CountWindow {
     fn new(n: u32) -> Self {
         CountWindow {
-            head: CachePadded(AtomicU64::new(0)),
-            failed: CachePadded(AtomicU32::new(0)),
-            slow: AtomicU32::new(0),
+            counters: CountCounters {
+                head: AtomicU64::new(0),
+                failed: AtomicU32::new(0),
+                slow: AtomicU32::new(0),
+            },
             slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
         }
     }
@@ -130,33 +140,33 @@ impl CountWindow {
     fn is_full_of_successes(&self) -> bool {
         // Relaxed: the window is a statistic; ordering with other memory does not matter, and a
         // racing failure may be counted either before or after this success.
-        self.failed.load(Relaxed) == 0
-            && self.slow.load(Relaxed) == 0
-            && self.head.load(Relaxed) >= self.len()
+        self.counters.failed.load(Relaxed) == 0
+            && self.counters.slow.load(Relaxed) == 0
+            && self.counters.head.load(Relaxed) >= self.len()
     }
 
     fn record(&self, sample: Sample) {
         let new = encode(sample);
-        let position = self.head.fetch_add(1, Relaxed);
+        let position = self.counters.head.fetch_add(1, Relaxed);
         let old = self.slots[(position % self.len()) as usize].swap(new, Relaxed);
         let delta = |bit: u8| i32::from(new & bit != 0) - i32::from(old & bit != 0);
         let failed = delta(FAILED);
         if failed != 0 {
-            self.failed.fetch_add(failed as u32, Relaxed);
+            self.counters.failed.fetch_add(failed as u32, Relaxed);
         }
         let slow = delta(SLOW);
         if slow != 0 {
-            self.slow.fetch_add(slow as u32, Relaxed);
+            self.counters.slow.fetch_add(slow as u32, Relaxed);
         }
     }
 
     fn totals(&self) -> Totals {
-        let calls = self.head.load(Relaxed).min(self.len());
+        let calls = self.counters.head.load(Relaxed).min(self.len());
         let read = |total: &AtomicU32| (total.load(Relaxed) as i32).max(0) as u64;
         Totals {
             calls,
-            failed: read(&self.failed).min(calls),
-            slow: read(&self.slow).min(calls),
+            failed: read(&self.counters.failed).min(calls),
+            slow: read(&self.counters.slow).min(calls),
         }
     }
 
@@ -164,9 +174,9 @@ impl CountWindow {
         for slot in self.slots.iter() {
             slot.store(0, Relaxed);
         }
-        self.failed.store(0, Relaxed);
-        self.slow.store(0, Relaxed);
-        self.head.store(0, Relaxed);
+        self.counters.failed.store(0, Relaxed);
+        self.counters.slow.store(0, Relaxed);
+        self.counters.head.store(0, Relaxed);
     }
 }
 
