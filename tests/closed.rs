@@ -1,0 +1,606 @@
+//! DESIGN §3, Closed: the sliding windows, the thresholds, consecutive failures and slow calls.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tower::Layer;
+use tower_circuit_breaker::{CircuitBreakerLayer, State, Window};
+
+/// A count window of `n` with `minimum_calls` and a failure-rate threshold.
+fn counting(n: u32, minimum: u32, threshold: f64) -> Harness {
+    harness(
+        builder()
+            .sliding_window(Window::count(n))
+            .minimum_calls(minimum)
+            .failure_rate_threshold(threshold)
+            .open_duration(secs(30)),
+    )
+}
+
+/// Starts a gated call, lets `latency` pass on the paused clock, then answers it.
+async fn timed(
+    svc: &mut Svc,
+    reply: Reply,
+    latency: Duration,
+) -> Result<&'static str, tower::BoxError> {
+    let (req, gate) = gated();
+    let future = start(svc, req).await;
+    advance(latency).await;
+    gate.open(reply);
+    future.await
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_rate_is_undefined_below_minimum_calls() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(20, 10, 0.5);
+
+    for results in run(&mut svc, 9, Reply::Fail).await {
+        assert_admitted(&results);
+    }
+    let metrics = handle.metrics();
+    assert_eq!(metrics.calls(), 9);
+    assert_eq!(metrics.failed(), 9);
+    assert_eq!(metrics.failure_rate(), None, "9 of 10 minimum calls");
+    assert_eq!(metrics.slow_call_rate(), None);
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "9 failures out of 9 must not trip"
+    );
+
+    call(&mut svc, fail()).await.unwrap_err();
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the 10th outcome defines the rate"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_minimum_is_capped_at_window_size() {
+    // minimum_calls 100 can never be reached by a window of 4: it is capped at 4.
+    let Harness {
+        mut svc, handle, ..
+    } = counting(4, 100, 0.5);
+
+    run(&mut svc, 3, Reply::Ok).await;
+    assert_eq!(handle.metrics().failure_rate(), None);
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(handle.metrics().failure_rate(), Some(0.0));
+
+    call(&mut svc, fail()).await.unwrap_err();
+    assert_eq!(handle.state(), State::Closed, "1 of 4 failed");
+    call(&mut svc, fail()).await.unwrap_err();
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "2 of the last 4 failed: 0.5 >= 0.5"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_when_failure_rate_reaches_threshold_exactly() {
+    let Harness {
+        mut svc,
+        handle,
+        counters,
+    } = counting(10, 10, 0.5);
+
+    run(&mut svc, 5, Reply::Ok).await;
+    for result in run(&mut svc, 4, Reply::Fail).await {
+        assert_admitted(&result);
+    }
+    assert_eq!(handle.state(), State::Closed, "4 of 9 failed");
+
+    let tripping = call(&mut svc, fail()).await;
+    assert_admitted(&tripping);
+    assert_eq!(handle.metrics().failure_rate(), Some(0.5));
+    assert_eq!(handle.state(), State::Open, "5 of 10 failed: 0.5 >= 0.5");
+
+    let inner_calls = counters.calls();
+    rejection(call(&mut svc, ok()).await);
+    assert_eq!(counters.calls(), inner_calls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn does_not_trip_below_failure_rate_threshold() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(10, 10, 0.5);
+
+    run(&mut svc, 6, Reply::Ok).await;
+    run(&mut svc, 4, Reply::Fail).await;
+    assert_eq!(handle.metrics().failure_rate(), Some(0.4));
+    assert_eq!(handle.state(), State::Closed, "4 of 10 failed: 0.4 < 0.5");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_when_failure_rate_reaches_a_threshold_of_one() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(4, 4, 1.0);
+
+    run(&mut svc, 1, Reply::Ok).await;
+    run(&mut svc, 3, Reply::Fail).await;
+    assert_eq!(handle.state(), State::Closed, "3 of 4 failed");
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "4 of the last 4 failed: 1.0 >= 1.0"
+    );
+}
+
+fn slow_tracking(threshold: f64) -> Harness {
+    harness(
+        builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(10)
+            .failure_rate_threshold(1.0)
+            .slow_call_duration(secs(1))
+            .slow_call_rate_threshold(threshold),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn trips_when_slow_call_rate_reaches_threshold_exactly() {
+    let Harness {
+        mut svc, handle, ..
+    } = slow_tracking(0.5);
+
+    run(&mut svc, 5, Reply::Ok).await;
+    for _ in 0..4 {
+        timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed, "4 of 9 slow");
+    timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+    let metrics = handle.metrics();
+    assert_eq!(metrics.slow(), 5);
+    assert_eq!(metrics.failed(), 0);
+    assert_eq!(metrics.slow_call_rate(), Some(0.5));
+    assert_eq!(handle.state(), State::Open, "5 of 10 slow: 0.5 >= 0.5");
+}
+
+#[tokio::test(start_paused = true)]
+async fn does_not_trip_below_slow_call_rate_threshold() {
+    let Harness {
+        mut svc, handle, ..
+    } = slow_tracking(0.5);
+
+    run(&mut svc, 6, Reply::Ok).await;
+    for _ in 0..4 {
+        timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+    }
+    assert_eq!(handle.metrics().slow_call_rate(), Some(0.4));
+    assert_eq!(handle.state(), State::Closed, "4 of 10 slow: 0.4 < 0.5");
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_trips_when_it_brings_the_window_to_the_minimum() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(10, 10, 0.5);
+
+    run(&mut svc, 5, Reply::Fail).await;
+    run(&mut svc, 4, Reply::Ok).await;
+    assert_eq!(handle.state(), State::Closed, "9 outcomes: rate undefined");
+
+    let result = call(&mut svc, ok()).await;
+    assert_eq!(
+        result.unwrap(),
+        "ok",
+        "the tripping call keeps its own result"
+    );
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the 10th outcome, a success, makes 5/10"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_trips_a_time_window_when_it_brings_the_window_to_the_minimum() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::time(secs(10)))
+            .minimum_calls(4)
+            .failure_rate_threshold(0.5),
+    );
+
+    run(&mut svc, 2, Reply::Fail).await;
+    advance(secs(1)).await;
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(handle.state(), State::Closed);
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(handle.state(), State::Open, "2 of 4 failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_success_trips_when_it_brings_the_window_to_the_minimum() {
+    let Harness {
+        mut svc, handle, ..
+    } = slow_tracking(0.5);
+
+    for _ in 0..5 {
+        timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+    }
+    run(&mut svc, 4, Reply::Ok).await;
+    assert_eq!(handle.state(), State::Closed, "9 outcomes: rate undefined");
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "a fast success makes 5 slow of 10"
+    );
+}
+
+fn consecutive(n: u32) -> Harness {
+    // The default window (100 calls, minimum 100) never trips in these tests.
+    harness(builder().consecutive_failures(n))
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_failures_trip() {
+    let Harness {
+        mut svc, handle, ..
+    } = consecutive(3);
+
+    run(&mut svc, 2, Reply::Fail).await;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().consecutive_failures(), 2);
+    assert_admitted(&call(&mut svc, fail()).await);
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_resets_the_consecutive_failure_count() {
+    let Harness {
+        mut svc, handle, ..
+    } = consecutive(3);
+
+    run(&mut svc, 2, Reply::Fail).await;
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(handle.metrics().consecutive_failures(), 0);
+    run(&mut svc, 2, Reply::Fail).await;
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "only 2 in a row since the success"
+    );
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_outcome_leaves_the_consecutive_failure_count() {
+    let Harness {
+        mut svc, handle, ..
+    } = consecutive(3);
+
+    run(&mut svc, 2, Reply::Fail).await;
+    run(&mut svc, 3, Reply::Ignore).await;
+    assert_eq!(handle.metrics().consecutive_failures(), 2);
+    assert_eq!(handle.state(), State::Closed);
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "ignored outcomes neither reset nor count"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_is_slow_only_when_strictly_longer_than_slow_call_duration() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(10)
+            .slow_call_duration(secs(1)),
+    );
+
+    timed(&mut svc, Reply::Ok, secs(1)).await.unwrap();
+    assert_eq!(
+        handle.metrics().slow(),
+        0,
+        "exactly the slow-call duration is not slow"
+    );
+    timed(&mut svc, Reply::Ok, secs(1) + NS).await.unwrap();
+    assert_eq!(handle.metrics().slow(), 1, "one nanosecond more is slow");
+    timed(&mut svc, Reply::Ok, secs(1) - NS).await.unwrap();
+    assert_eq!(handle.metrics().slow(), 1);
+    assert_eq!(handle.metrics().calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_failure_counts_as_both_failure_and_slow() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::count(2))
+            .minimum_calls(2)
+            .failure_rate_threshold(1.0)
+            .slow_call_duration(secs(1))
+            .slow_call_rate_threshold(0.5),
+    );
+
+    run(&mut svc, 1, Reply::Ok).await;
+    timed(&mut svc, Reply::Fail, secs(2)).await.unwrap_err();
+    let metrics = handle.metrics();
+    assert_eq!(
+        (metrics.calls(), metrics.failed(), metrics.slow()),
+        (2, 1, 1)
+    );
+    assert_eq!(metrics.successful(), 1);
+    assert_eq!(metrics.failure_rate(), Some(0.5));
+    assert_eq!(metrics.slow_call_rate(), Some(0.5));
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the slow failure tripped the slow-call rate"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_failure_trips_the_failure_rate() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::count(2))
+            .minimum_calls(2)
+            .failure_rate_threshold(0.5)
+            .slow_call_duration(secs(1))
+            .slow_call_rate_threshold(1.0),
+    );
+
+    run(&mut svc, 1, Reply::Ok).await;
+    timed(&mut svc, Reply::Fail, secs(2)).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn count_window_keeps_only_the_last_n_outcomes() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(4, 4, 1.0);
+
+    run(&mut svc, 1, Reply::Fail).await;
+    run(&mut svc, 3, Reply::Ok).await;
+    let metrics = handle.metrics();
+    assert_eq!(
+        (metrics.calls(), metrics.failed()),
+        (4, 1),
+        "3 later outcomes"
+    );
+
+    run(&mut svc, 1, Reply::Ok).await;
+    let metrics = handle.metrics();
+    assert_eq!(
+        (metrics.calls(), metrics.failed()),
+        (4, 0),
+        "the failure is evicted by the 4th later outcome"
+    );
+
+    // And the evicted failures no longer count toward a trip.
+    let Harness {
+        mut svc, handle, ..
+    } = counting(4, 4, 0.75);
+    run(&mut svc, 2, Reply::Fail).await;
+    run(&mut svc, 3, Reply::Ok).await; // [F O O O]
+    run(&mut svc, 2, Reply::Fail).await; // [O O F F]
+    assert_eq!(
+        handle.state(),
+        State::Closed,
+        "2 of the last 4, though 4 of 7 overall"
+    );
+    run(&mut svc, 1, Reply::Fail).await; // [O F F F]
+    assert_eq!(handle.state(), State::Open);
+}
+
+fn timed_window(window: Window) -> Harness {
+    // minimum_calls is high: these tests only read the window.
+    harness(
+        builder()
+            .sliding_window(window)
+            .minimum_calls(1000)
+            .failure_rate_threshold(1.0),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_outcome_counts_until_current_bucket_is_i_plus_k() {
+    // 10 buckets of 1 s.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(secs(10)));
+
+    advance(ms(300)).await; // bucket 0
+    run(&mut svc, 1, Reply::Fail).await;
+    advance(secs(2)).await; // bucket 2
+    run(&mut svc, 1, Reply::Ok).await;
+
+    advance(secs(10) - ms(2300) - NS).await; // last instant of bucket 9
+    let metrics = handle.metrics();
+    assert_eq!((metrics.calls(), metrics.failed()), (2, 1));
+
+    advance(NS).await; // bucket 10 = 0 + k
+    let metrics = handle.metrics();
+    assert_eq!((metrics.calls(), metrics.failed()), (1, 0), "bucket 0 left");
+
+    advance(secs(2) - NS).await; // last instant of bucket 11
+    assert_eq!(handle.metrics().calls(), 1);
+    advance(NS).await; // bucket 12 = 2 + k
+    assert_eq!(handle.metrics().calls(), 0, "bucket 2 left");
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_with_explicit_buckets_slides_per_bucket() {
+    // 4 buckets of 250 ms.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(secs(1)).buckets(4));
+
+    advance(ms(300)).await; // bucket 1
+    run(&mut svc, 1, Reply::Fail).await;
+    advance(ms(1250) - ms(300) - NS).await; // last instant of bucket 4
+    assert_eq!(handle.metrics().failed(), 1);
+    advance(NS).await; // bucket 5 = 1 + k
+    assert_eq!(handle.metrics().failed(), 0);
+    assert_eq!(handle.metrics().calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_defaults_to_one_bucket_per_second_at_least_one() {
+    // Half a second: one bucket of 500 ms.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(ms(500)));
+    advance(ms(100)).await;
+    run(&mut svc, 1, Reply::Ok).await;
+    advance(ms(400) - NS).await;
+    assert_eq!(handle.metrics().calls(), 1);
+    advance(NS).await;
+    assert_eq!(handle.metrics().calls(), 0, "bucket 1 = 0 + 1");
+
+    // 2.5 s: two buckets of 1.25 s.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(ms(2500)));
+    advance(ms(1300)).await; // bucket 1
+    run(&mut svc, 1, Reply::Ok).await;
+    advance(ms(3750) - ms(1300) - NS).await; // last instant of bucket 2
+    assert_eq!(handle.metrics().calls(), 1);
+    advance(NS).await; // bucket 3 = 1 + k
+    assert_eq!(handle.metrics().calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_buckets_are_measured_from_breaker_creation() {
+    // 3 buckets of 1 s, counted from `build`, not from the first call.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(secs(3)));
+
+    advance(ms(500)).await;
+    run(&mut svc, 1, Reply::Fail).await; // bucket 0: [0.5 s, 1 s) after creation
+    advance(ms(2500) - NS).await;
+    assert_eq!(handle.metrics().failed(), 1);
+    advance(NS).await; // 3 s after creation, 2.5 s after the call
+    assert_eq!(handle.metrics().failed(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_trips_on_failures_within_the_window_only() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::time(secs(2)))
+            .minimum_calls(2)
+            .failure_rate_threshold(0.5),
+    );
+
+    run(&mut svc, 1, Reply::Fail).await;
+    run(&mut svc, 1, Reply::Ok).await;
+    assert_eq!(handle.state(), State::Open, "1 of 2 failed");
+
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::time(secs(2)))
+            .minimum_calls(2)
+            .failure_rate_threshold(0.5),
+    );
+    run(&mut svc, 1, Reply::Fail).await;
+    advance(secs(2)).await; // the failure's bucket left the window
+    run(&mut svc, 2, Reply::Ok).await;
+    assert_eq!(handle.metrics().failed(), 0);
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ignored_outcomes_are_never_recorded() {
+    let Harness {
+        mut svc, handle, ..
+    } = counting(2, 1, 0.5);
+
+    run(&mut svc, 5, Reply::Ignore).await;
+    let metrics = handle.metrics();
+    assert_eq!(metrics.calls(), 0);
+    assert_eq!(metrics.failure_rate(), None);
+    assert_eq!(handle.state(), State::Closed);
+
+    // Nor do they evict anything from a count window.
+    let Harness {
+        mut svc, handle, ..
+    } = counting(2, 2, 1.0);
+    run(&mut svc, 1, Reply::Fail).await;
+    run(&mut svc, 4, Reply::Ignore).await;
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the first failure is still in the window"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_classifier_counts_ok_as_success_and_err_as_failure() {
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(Window::count(10))
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Inner::default());
+
+    call(&mut svc, ok()).await.unwrap();
+    call(&mut svc, fail()).await.unwrap_err();
+    call(&mut svc, ignored()).await.unwrap_err(); // an Err: a failure for the default
+    let metrics = handle.metrics();
+    assert_eq!(
+        (metrics.calls(), metrics.failed(), metrics.successful()),
+        (3, 2, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_rate_threshold_is_inclusive_for_every_tenth() {
+    const THRESHOLDS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+    for (i, threshold) in THRESHOLDS.into_iter().enumerate() {
+        let failures = i + 1;
+
+        let Harness {
+            mut svc, handle, ..
+        } = counting(10, 10, threshold);
+        run(&mut svc, 10 - failures, Reply::Ok).await;
+        run(&mut svc, failures, Reply::Fail).await;
+        assert_eq!(
+            handle.state(),
+            State::Open,
+            "{failures}/10 with threshold {threshold}"
+        );
+
+        let Harness {
+            mut svc, handle, ..
+        } = counting(10, 10, threshold);
+        run(&mut svc, 11 - failures, Reply::Ok).await;
+        run(&mut svc, failures - 1, Reply::Fail).await;
+        assert_eq!(
+            handle.state(),
+            State::Closed,
+            "{}/10 with threshold {threshold}",
+            failures - 1
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Shared helpers for the semantics tests (`closed`, `open`, `half_open`, `always`, `config`).
+//!
+//! The inner service is [`Inner`]: each request says how the call ends ([`Req`]) and after how
+//! long, so a test controls every outcome and every latency on tokio's paused clock. [`Counters`]
+//! count the inner service's `poll_ready` and `call` invocations, so a test can prove that a
+//! rejection never touched it. The classifier [`classify`] maps [`TestError::Ignore`] to
+//! [`Outcome::Ignored`], every other error to a failure and `Ok` to a success.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::oneshot;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_circuit_breaker::error::Rejected;
+use tower_circuit_breaker::{
+    Builder, CircuitBreaker, CircuitBreakerLayer, Event, EventStream, Handle, Outcome, State,
+};
+
+// ===== requests =====
+
+/// How a call to [`Inner`] ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `Ok("ok")`: a success.
+    Ok,
+    /// `Err(TestError::Fail)`: a failure.
+    Fail,
+    /// `Err(TestError::Ignore)`: ignored by [`classify`].
+    Ignore,
+}
+
+/// One request to [`Inner`]: the reply, and when it comes.
+#[derive(Debug)]
+pub struct Req {
+    reply: Reply,
+    latency: Duration,
+    gate: Option<oneshot::Receiver<Reply>>,
+}
+
+impl Req {
+    /// Waits `latency` (on tokio's clock) before replying.
+    pub fn after(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+}
+
+/// A request that succeeds at once.
+pub fn ok() -> Req {
+    reply(Reply::Ok)
+}
+
+/// A request that fails at once.
+pub fn fail() -> Req {
+    reply(Reply::Fail)
+}
+
+/// A request whose outcome [`classify`] ignores.
+pub fn ignored() -> Req {
+    reply(Reply::Ignore)
+}
+
+pub fn reply(reply: Reply) -> Req {
+    Req {
+        reply,
+        latency: Duration::ZERO,
+        gate: None,
+    }
+}
+
+/// A request that stays pending until the test opens its [`Gate`] with a reply.
+pub fn gated() -> (Req, Gate) {
+    let (tx, rx) = oneshot::channel();
+    let req = Req {
+        reply: Reply::Fail,
+        latency: Duration::ZERO,
+        gate: Some(rx),
+    };
+    (req, Gate(tx))
+}
+
+/// Decides how a [`gated`] request ends.
+#[derive(Debug)]
+pub struct Gate(oneshot::Sender<Reply>);
+
+impl Gate {
+    pub fn open(self, reply: Reply) {
+        self.0.send(reply).expect("the call is still in flight");
+    }
+}
+
+// ===== the inner service =====
+
+/// The error of [`Inner`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestError {
+    Fail,
+    Ignore,
+}
+
+impl fmt::Display for TestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TestError::Fail => f.write_str("inner failure"),
+            TestError::Ignore => f.write_str("inner ignorable error"),
+        }
+    }
+}
+
+impl std::error::Error for TestError {}
+
+/// The classifier of these tests: `Ok` succeeds, `TestError::Ignore` is ignored, other errors fail.
+pub fn classify(result: Result<&&'static str, &TestError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(TestError::Ignore) => Outcome::Ignored,
+        Err(TestError::Fail) => Outcome::Failure,
+    }
+}
+
+pub type Classifier = fn(Result<&&'static str, &TestError>) -> Outcome;
+
+/// How often the inner service was touched.
+#[derive(Debug, Default)]
+pub struct Counters {
+    polls: AtomicUsize,
+    calls: AtomicUsize,
+    completed: AtomicUsize,
+}
+
+impl Counters {
+    /// Calls of the inner `poll_ready`.
+    pub fn polls(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of the inner `call`.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Inner futures that ran to completion.
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+}
+
+/// The inner service: replies as each [`Req`] says, and counts what it was asked.
+#[derive(Clone, Debug, Default)]
+pub struct Inner {
+    counters: Arc<Counters>,
+}
+
+impl Inner {
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+}
+
+impl Service<Req> for Inner {
+    type Response = &'static str;
+    type Error = TestError;
+    type Future = Pin<Box<dyn Future<Output = Result<&'static str, TestError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TestError>> {
+        self.counters.polls.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.counters.calls.fetch_add(1, Ordering::SeqCst);
+        let counters = self.counters.clone();
+        Box::pin(async move {
+            if !req.latency.is_zero() {
+                tokio::time::sleep(req.latency).await;
+            }
+            let reply = match req.gate {
+                Some(gate) => gate.await.expect("the test dropped the gate"),
+                None => req.reply,
+            };
+            counters.completed.fetch_add(1, Ordering::SeqCst);
+            match reply {
+                Reply::Ok => Ok("ok"),
+                Reply::Fail => Err(TestError::Fail),
+                Reply::Ignore => Err(TestError::Ignore),
+            }
+        })
+    }
+}
+
+// ===== building =====
+
+/// The breaker-wrapped service of these tests.
+pub type Svc = CircuitBreaker<Inner, Classifier>;
+
+/// A builder with the test classifier.
+pub fn builder() -> Builder<Classifier> {
+    CircuitBreakerLayer::builder().classify(classify as Classifier)
+}
+
+/// Everything a test needs: the service, a handle on its breaker, and the inner counters.
+pub struct Harness {
+    pub svc: Svc,
+    pub handle: Handle,
+    pub counters: Arc<Counters>,
+}
+
+/// Builds the breaker and wraps a fresh [`Inner`].
+pub fn harness(builder: Builder<Classifier>) -> Harness {
+    let layer = builder.build().expect("valid configuration");
+    let inner = Inner::default();
+    let counters = inner.counters();
+    let svc = layer.layer(inner);
+    Harness {
+        handle: svc.handle(),
+        svc,
+        counters,
+    }
+}
+
+// ===== driving =====
+
+/// `svc.ready().await?.call(req).await`.
+pub async fn call<S>(svc: &mut S, req: Req) -> Result<&'static str, BoxError>
+where
+    S: Service<Req, Response = &'static str, Error = BoxError>,
+{
+    svc.ready().await?.call(req).await
+}
+
+/// Waits for readiness and calls, returning the response future without polling it.
+pub async fn start<S>(svc: &mut S, req: Req) -> S::Future
+where
+    S: Service<Req, Response = &'static str, Error = BoxError>,
+{
+    svc.ready()
+        .await
+        .expect("poll_ready never fails here")
+        .call(req)
+}
+
+/// Runs `n` calls, each answered with `reply`, and returns their results.
+pub async fn run<S>(svc: &mut S, n: usize, reply: Reply) -> Vec<Result<&'static str, BoxError>>
+where
+    S: Service<Req, Response = &'static str, Error = BoxError>,
+{
+    let mut results = Vec::with_capacity(n);
+    for _ in 0..n {
+        results.push(call(svc, self::reply(reply)).await);
+    }
+    results
+}
+
+/// The rejection in `result`; panics if the call was not rejected.
+#[track_caller]
+pub fn rejection<T: fmt::Debug>(result: Result<T, BoxError>) -> Rejected {
+    match result {
+        Err(e) => match e.downcast_ref::<Rejected>() {
+            Some(r) => r.clone(),
+            None => panic!("expected a rejection, got the error {e:?}"),
+        },
+        Ok(v) => panic!("expected a rejection, got Ok({v:?})"),
+    }
+}
+
+/// Panics unless `result` was admitted (an inner success or an inner error, not a rejection).
+#[track_caller]
+pub fn assert_admitted<T: fmt::Debug>(result: &Result<T, BoxError>) {
+    if let Err(e) = result {
+        assert!(!e.is::<Rejected>(), "expected an admitted call, got {e}");
+    }
+}
+
+/// Moves tokio's paused clock forward.
+pub async fn advance(d: Duration) {
+    tokio::time::advance(d).await;
+}
+
+pub const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+pub const NS: Duration = Duration::from_nanos(1);
+
+// ===== events =====
+
+/// The transitions that are already in `events`, without waiting.
+pub fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
+    let mut seen = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        match event {
+            Event::StateTransition { from, to, .. } => seen.push((from, to)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    seen
+}
