@@ -17,6 +17,10 @@ use crate::State;
 use crate::sync::{AtomicUsize, Mutex, Ordering, lock};
 
 /// How many events a subscriber's buffer holds.
+///
+/// ```
+/// assert_eq!(tower_circuit_breaker::EVENT_BUFFER, 64);
+/// ```
 pub const EVENT_BUFFER: usize = 64;
 
 /// Something a breaker did.
@@ -50,6 +54,22 @@ pub enum Event {
 /// A stream of a breaker's [`Event`]s, from [`Handle::subscribe`](crate::Handle::subscribe).
 ///
 /// It ends when the breaker is gone.
+///
+/// ```
+/// use futures::StreamExt;
+/// use tower_circuit_breaker::{CircuitBreakerLayer, Event};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let handle = CircuitBreakerLayer::builder().name("db").build().unwrap().handle();
+/// let events = handle.subscribe();
+/// tokio::spawn(events.for_each(|event| async move {
+///     if let Event::StateTransition { from, to, name, .. } = event {
+///         println!("{name:?}: {from} -> {to}");
+///     }
+/// }));
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct EventStream {
     receiver: mpsc::Receiver<Event>,

@@ -22,6 +22,23 @@ mod sealed {
 }
 
 /// How a rejected call is answered (sealed): [`NoFallback`] or [`WithFallback`].
+///
+/// It appears in bounds only; write it as in:
+///
+/// ```
+/// use tower::Service;
+/// use tower_circuit_breaker::{CircuitBreaker, Classify, fallback::Fallback};
+///
+/// fn assert_service<S, C, F>(_: &CircuitBreaker<S, C, F>)
+/// where
+///     S: Service<u32>,
+///     S::Error: Into<tower::BoxError>,
+///     C: Classify<S::Response, S::Error> + Clone,
+///     F: Fallback<u32, S::Response>,
+/// {
+/// }
+/// # let _ = assert_service::<tower::util::ServiceFn<fn(u32) -> std::future::Ready<Result<u32, std::io::Error>>>, tower_circuit_breaker::DefaultClassify, tower_circuit_breaker::fallback::NoFallback>;
+/// ```
 pub trait Fallback<Req, Res>: sealed::Sealed {
     /// The future of a rejected call.
     type Future: Future<Output = Result<Res, BoxError>>;
@@ -34,6 +51,21 @@ pub trait Fallback<Req, Res>: sealed::Sealed {
 }
 
 /// Rejected calls fail with [`Rejected`]. The default.
+///
+/// ```
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, DefaultClassify, error::Rejected};
+/// use tower_circuit_breaker::fallback::NoFallback;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::builder().build().unwrap();
+/// layer.handle().force_open();
+/// let inner = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+/// let svc: CircuitBreaker<_, DefaultClassify, NoFallback> = layer.layer(inner);
+/// assert!(svc.oneshot(()).await.unwrap_err().is::<Rejected>());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoFallback;
 
@@ -53,7 +85,17 @@ impl<Req, Res> Fallback<Req, Res> for NoFallback {
     }
 }
 
-/// Rejected calls go to the service `S`.
+/// Rejected calls go to the service `S`; made by
+/// [`CircuitBreakerLayer::with_fallback`](crate::CircuitBreakerLayer::with_fallback).
+///
+/// ```
+/// use tower::service_fn;
+/// use tower_circuit_breaker::CircuitBreakerLayer;
+///
+/// let stale = service_fn(|_: u32| async { Ok::<_, std::io::Error>("stale but available") });
+/// let layer = CircuitBreakerLayer::builder().build().unwrap().with_fallback(stale);
+/// # let _ = layer;
+/// ```
 #[derive(Clone, Debug)]
 pub struct WithFallback<S> {
     service: S,

@@ -24,6 +24,25 @@ use crate::state::{Breaker, Decision, Rejection};
 /// The decision, and a half-open probe permit with it, is carried from `poll_ready` to `call`, as
 /// tower's `ConcurrencyLimit` carries its semaphore permit. A clone starts without one. A permit
 /// that is never used (the service dropped after `poll_ready`) is given back.
+///
+/// ```
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let layer = CircuitBreakerLayer::builder().build()?;
+/// let mut svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x * 2) }));
+///
+/// // Clones share the breaker.
+/// let other = svc.clone();
+/// assert_eq!(svc.ready().await?.call(21).await?, 42);
+/// assert_eq!(other.handle().metrics().calls(), 1);
+/// assert_eq!(svc.get_ref().clone().oneshot(1).await?, 2); // the inner service itself
+/// assert_eq!(svc.handle().state(), State::Closed);
+/// # Ok(())
+/// # }
+/// ```
 pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     inner: S,
     breaker: Arc<Breaker>,

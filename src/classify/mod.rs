@@ -14,6 +14,19 @@
 //! it cheap to clone: a closure, a unit struct, or an `Arc` around anything larger.
 
 /// What a call's result means for the health of the dependency.
+///
+/// ```
+/// use tower_circuit_breaker::Outcome;
+///
+/// fn classify_status(status: u16) -> Outcome {
+///     match status {
+///         500.. => Outcome::Failure,
+///         400..=499 => Outcome::Ignored, // the caller's mistake, not the dependency's
+///         _ => Outcome::Success,
+///     }
+/// }
+/// assert_eq!(classify_status(503), Outcome::Failure);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The dependency worked.

@@ -46,6 +46,17 @@ use word::{FAIL_ONE, Generation, SUCC_ONE, TAKEN_ONE, Word};
 ///
 /// `Closed`, `Open` and `HalfOpen` are driven by outcomes; the other three are set by an operator
 /// through a [`Handle`](crate::Handle) and stay until changed.
+///
+/// ```
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+/// assert_eq!(handle.state(), State::Closed);
+/// handle.disable();
+/// assert_eq!(handle.state(), State::Disabled);
+/// assert_eq!(State::HalfOpen.to_string(), "half-open");
+/// assert!(State::ForcedOpen.is_open());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum State {
     /// Calls pass; outcomes are recorded and the thresholds evaluated.
