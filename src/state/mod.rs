@@ -459,6 +459,11 @@ impl Breaker {
             if word.generation() != generation || word.state() != State::HalfOpen {
                 return; // stale: the episode this permit belonged to is over
             }
+            if self.settle(word, now).is_some() {
+                // `half_open_max_wait` ended the episode before this result arrived (nobody had
+                // looked since): the result is stale, as if the transition had happened on time.
+                return;
+            }
             if decides(word).is_some() {
                 self.transition_if(generation, now, |w| {
                     if w.state() == State::HalfOpen {
