@@ -1,0 +1,373 @@
+//! Many tasks on a multi-thread runtime racing through one breaker (DESIGN.md §3 "Always":
+//! transitions are linearizable; HalfOpen admits at most `half_open_calls` probes).
+//!
+//! Every race is set up so that all callers decide before any call completes: the inner service
+//! counts its calls and then waits at a gate (a `watch` channel) that opens only once every task
+//! has been admitted or rejected. Each race runs for several rounds to give the scheduler a chance
+//! to interleave differently.
+//!
+//! A multi-thread runtime cannot pause its clock, so these tests never wait on time. They reach
+//! HalfOpen with an open interval of one nanosecond (over by the time anyone looks again), and
+//! keep it open afterwards with a backoff whose second interval is an hour. Nothing sleeps.
+
+use std::future::{Future, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{Barrier, Notify, watch};
+use tokio::task::JoinHandle;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_circuit_breaker::error::Rejected;
+use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, Event, EventStream, Handle, State};
+
+const TASKS: usize = 1_000;
+const ROUNDS: usize = 20;
+/// Long enough never to end during a test; short enough not to look like "forever".
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The first open interval is 1 ns (HalfOpen at once); every reopening lasts an hour.
+fn one_nanosecond_then_an_hour() -> Backoff {
+    Backoff::exponential(Duration::from_nanos(1), 1e13, HOUR)
+}
+
+/// An inner service that counts its calls, then waits for `gate` to open and answers `result`.
+fn gated(
+    calls: Arc<AtomicUsize>,
+    gate: watch::Receiver<bool>,
+    result: Result<(), &'static str>,
+) -> impl Service<
+    (),
+    Response = (),
+    Error = BoxError,
+    Future = impl Future<Output = Result<(), BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(move |()| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let mut gate = gate.clone();
+        async move {
+            gate.wait_for(|open| *open)
+                .await
+                .expect("the gate outlives the calls");
+            result.map_err(BoxError::from)
+        }
+    })
+}
+
+/// Spawns `TASKS` tasks that pass a barrier together and then each make one call through the
+/// service `make(i)` returns. Returns once every task has been admitted or rejected (admitted
+/// calls are then waiting in the inner service), with the tasks to join.
+async fn race<S>(make: impl Fn(usize) -> S) -> Vec<JoinHandle<Result<(), BoxError>>>
+where
+    S: Service<(), Response = (), Error = BoxError> + Send + 'static,
+    S::Future: Send,
+{
+    let barrier = Arc::new(Barrier::new(TASKS));
+    let decided = Arc::new(AtomicUsize::new(0));
+    let all_decided = Arc::new(Notify::new());
+    let tasks = (0..TASKS)
+        .map(|i| {
+            let mut service = make(i);
+            let (barrier, decided, all_decided) =
+                (barrier.clone(), decided.clone(), all_decided.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let response = service.ready().await.map(|ready| ready.call(()));
+                if decided.fetch_add(1, Ordering::SeqCst) + 1 == TASKS {
+                    all_decided.notify_one();
+                }
+                response?.await
+            })
+        })
+        .collect();
+    // A guard against a hang, not a wait on time: every task decides at once.
+    tokio::time::timeout(Duration::from_secs(60), all_decided.notified())
+        .await
+        .expect("every task was admitted or rejected");
+    tasks
+}
+
+/// Joins the tasks: (admitted and answered `Ok`, admitted and failed, rejected in `state`).
+async fn outcomes(tasks: Vec<JoinHandle<Result<(), BoxError>>>) -> (usize, usize, Vec<State>) {
+    let (mut ok, mut failed, mut rejected) = (0, 0, Vec::new());
+    for task in tasks {
+        match task.await.expect("no task panicked") {
+            Ok(()) => ok += 1,
+            Err(err) => match err.downcast_ref::<Rejected>() {
+                Some(rejection) => rejected.push(rejection.state()),
+                None => failed += 1,
+            },
+        }
+    }
+    (ok, failed, rejected)
+}
+
+/// The transitions buffered in `events` so far.
+fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
+    let mut seen = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        match event {
+            Event::StateTransition { from, to, .. } => seen.push((from, to)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    seen
+}
+
+/// Opens the breaker with one failure through a service of `layer`.
+async fn trip(layer: &CircuitBreakerLayer) {
+    let failing = layer.layer(service_fn(|()| ready(Err::<(), BoxError>("down".into()))));
+    let err = failing.oneshot(()).await.expect_err("the call fails");
+    assert!(!err.is::<Rejected>(), "admitted, not rejected");
+}
+
+/// Waits for a 1 ns open interval to end: the clock moves on while we look.
+fn await_half_open(handle: &Handle) {
+    loop {
+        match handle.state() {
+            State::HalfOpen => return,
+            State::Open => std::hint::spin_loop(),
+            other => panic!("expected Open or HalfOpen, found {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_callers_get_exactly_the_probe_permits() {
+    const PROBES: usize = 5;
+    let layer = CircuitBreakerLayer::builder()
+        .name("probes")
+        .consecutive_failures(1)
+        .open_backoff(one_nanosecond_then_an_hour())
+        .half_open_calls(PROBES as u32)
+        .half_open_max_wait(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+
+    for round in 0..ROUNDS {
+        trip(&layer).await;
+        await_half_open(&handle);
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, closed_gate) = watch::channel(false);
+        let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+        let tasks = race(|_| service.clone()).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            PROBES,
+            "round {round}: probes admitted"
+        );
+
+        gate.send_replace(true);
+        let (ok, failed, rejected) = outcomes(tasks).await;
+        assert_eq!((ok, failed), (PROBES, 0), "round {round}");
+        assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
+        assert!(
+            rejected.iter().all(|&s| s == State::HalfOpen),
+            "round {round}"
+        );
+        assert_eq!(
+            handle.state(),
+            State::Closed,
+            "round {round}: all probes succeeded"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), PROBES);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_failures_open_the_circuit_once() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("trip")
+        .failure_rate_threshold(0.5)
+        .minimum_calls(10)
+        .consecutive_failures(5)
+        .open_duration(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+
+    for round in 0..ROUNDS {
+        handle.reset();
+        let mut events = handle.subscribe();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, closed_gate) = watch::channel(false);
+        let service = layer.layer(gated(calls.clone(), closed_gate, Err("down")));
+        let tasks = race(|_| service.clone()).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            TASKS,
+            "closed: everyone admitted"
+        );
+
+        // A thousand failures land together; many of them cross the thresholds.
+        gate.send_replace(true);
+        let (ok, failed, rejected) = outcomes(tasks).await;
+        assert_eq!((ok, failed, rejected.len()), (0, TASKS, 0), "round {round}");
+        assert_eq!(
+            transitions(&mut events),
+            [(State::Closed, State::Open)],
+            "round {round}: one transition, one event"
+        );
+        assert_eq!(handle.state(), State::Open);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_successful_probes_close_the_circuit_once() {
+    const PROBES: usize = 50;
+    let layer = CircuitBreakerLayer::builder()
+        .name("close")
+        .consecutive_failures(1)
+        .open_backoff(one_nanosecond_then_an_hour())
+        .half_open_calls(PROBES as u32)
+        .half_open_successes(1)
+        .half_open_max_wait(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+
+    for round in 0..ROUNDS {
+        handle.reset();
+        let mut events = handle.subscribe();
+        trip(&layer).await;
+
+        // No waiting for HalfOpen here: the racing callers themselves end the open interval,
+        // so Open -> HalfOpen is raced too.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, closed_gate) = watch::channel(false);
+        let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+        let tasks = race(|_| service.clone()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), PROBES, "round {round}");
+
+        // Every probe succeeds at once; any one of them is enough to close.
+        gate.send_replace(true);
+        let (ok, failed, rejected) = outcomes(tasks).await;
+        assert_eq!((ok, failed), (PROBES, 0), "round {round}");
+        assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
+        assert_eq!(
+            transitions(&mut events),
+            [
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Closed),
+            ],
+            "round {round}: each transition once"
+        );
+        assert_eq!(handle.state(), State::Closed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_failing_probes_reopen_the_circuit_once() {
+    const PROBES: usize = 50;
+    let layer = CircuitBreakerLayer::builder()
+        .name("reopen")
+        .consecutive_failures(1)
+        .open_backoff(one_nanosecond_then_an_hour())
+        .half_open_calls(PROBES as u32)
+        .half_open_max_wait(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+
+    for round in 0..ROUNDS {
+        handle.reset();
+        let mut events = handle.subscribe();
+        trip(&layer).await;
+        await_half_open(&handle);
+
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, closed_gate) = watch::channel(false);
+        let service = layer.layer(gated(calls.clone(), closed_gate, Err("still down")));
+        let tasks = race(|_| service.clone()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), PROBES, "round {round}");
+
+        gate.send_replace(true);
+        let (ok, failed, rejected) = outcomes(tasks).await;
+        assert_eq!((ok, failed), (0, PROBES), "round {round}");
+        assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
+        assert_eq!(
+            transitions(&mut events),
+            [
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Open),
+            ],
+            "round {round}: each transition once"
+        );
+        assert_eq!(
+            handle.state(),
+            State::Open,
+            "the second interval is an hour"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clones_and_services_of_one_layer_share_one_state() {
+    // Trips only when every one of the thousand outcomes is in the one shared window.
+    let layer = CircuitBreakerLayer::builder()
+        .name("shared")
+        .failure_rate_threshold(1.0)
+        .sliding_window(tower_circuit_breaker::Window::count(TASKS as u32))
+        .minimum_calls(TASKS as u32)
+        .open_duration(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+
+    for round in 0..ROUNDS {
+        handle.reset();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (gate, closed_gate) = watch::channel(false);
+        let inner = gated(calls.clone(), closed_gate, Err("down"));
+        let cloned = layer.layer(inner.clone());
+        // Half the tasks use clones of one service, half a service of their own from the layer
+        // (as axum makes them).
+        let tasks = race(|i| {
+            if i % 2 == 0 {
+                cloned.clone()
+            } else {
+                layer.layer(inner.clone())
+            }
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), TASKS);
+        assert_eq!(handle.metrics().calls(), 0, "nothing completed yet");
+
+        gate.send_replace(true);
+        let (_, failed, _) = outcomes(tasks).await;
+        assert_eq!(failed, TASKS, "round {round}");
+        let metrics = handle.metrics();
+        assert_eq!(
+            metrics.failed(),
+            TASKS as u64,
+            "round {round}: no outcome lost"
+        );
+        assert_eq!(metrics.state(), State::Open, "round {round}");
+
+        // Now every clone and every new service rejects, and each rejection is counted.
+        let tasks = race(|i| {
+            if i % 2 == 0 {
+                cloned.clone()
+            } else {
+                layer.layer(inner.clone())
+            }
+        })
+        .await;
+        let (ok, failed, rejected) = outcomes(tasks).await;
+        assert_eq!((ok, failed, rejected.len()), (0, 0, TASKS), "round {round}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            TASKS,
+            "no call reached the inner"
+        );
+        assert_eq!(handle.metrics().not_permitted(), TASKS as u64);
+    }
+}
