@@ -122,6 +122,12 @@ const SLOW_BODY_DELAY: Duration = Duration::from_millis(20);
 const HANG_LIMIT: Duration = Duration::from_secs(60);
 /// How long a client waits after a rejection or a fallback before its next request.
 const CLIENT_BACKOFF: Duration = Duration::from_millis(5);
+/// Impatient clients (half of them) give up on a request after this, dropping its future before
+/// the breaker's call timeout would end it: their half-open probes must give their permits back.
+/// They also, every few requests, take readiness and drop the service without calling it.
+const IMPATIENCE: Duration = Duration::from_millis(600);
+/// Every this many requests, an impatient client takes readiness and drops it unused.
+const DROP_READINESS_EVERY: u64 = 5;
 
 /// The overall deadline of one request, head and body: generous, many times the call timeout.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
@@ -412,17 +418,21 @@ enum ErrorKind {
     Transport,
     /// The body failed after the head arrived.
     Body,
+    /// An impatient client gave up first and dropped the request.
+    Cancelled,
 }
 
-const ERROR_KINDS: [ErrorKind; 4] = [
+const ERROR_KINDS: [ErrorKind; 5] = [
     ErrorKind::Status,
     ErrorKind::Timeout,
     ErrorKind::Transport,
     ErrorKind::Body,
+    ErrorKind::Cancelled,
 ];
 
-/// Sends one request through `service` and reads the whole answer, within the overall deadline.
-async fn exchange<S>(service: &mut S, uri: &Uri, fault: Fault) -> Reply
+/// Sends one request through `service` and reads the whole answer, within the overall deadline
+/// (and within `patience`, if given, after which the request is dropped).
+async fn exchange<S>(service: &mut S, uri: &Uri, fault: Fault, patience: Option<Duration>) -> Reply
 where
     S: Service<ClientRequest, Response = ClientResponse, Error = BoxError>,
 {
@@ -457,6 +467,14 @@ where
             Ok(_) => Reply::Success,
         }
     };
+    let attempt = async {
+        match patience {
+            Some(patience) => tokio::time::timeout(patience, attempt)
+                .await
+                .unwrap_or(Reply::Error(ErrorKind::Cancelled)),
+            None => attempt.await,
+        }
+    };
     tokio::time::timeout(REQUEST_DEADLINE, attempt)
         .await
         .unwrap_or(Reply::Hung)
@@ -482,6 +500,8 @@ struct StepStats {
     opens: AtomicU64,
     closes: AtomicU64,
     half_opens: AtomicU64,
+    /// Readiness taken and dropped without a call.
+    readiness_dropped: AtomicU64,
     /// Recoveries: half-open rejections while nothing else was in flight (a leaked permit).
     leaked_permits: AtomicU64,
     /// Recoveries: how long the breaker took to close, in microseconds (`u64::MAX`: never).
@@ -506,6 +526,7 @@ impl StepStats {
             opens: AtomicU64::new(0),
             closes: AtomicU64::new(0),
             half_opens: AtomicU64::new(0),
+            readiness_dropped: AtomicU64::new(0),
             leaked_permits: AtomicU64::new(0),
             closed_after_micros: AtomicU64::new(u64::MAX),
             wall_micros: AtomicU64::new(0),
@@ -578,9 +599,14 @@ impl Events {
 // ===== load =====
 
 /// One client: sends requests of `step` until its quota is used up.
-async fn client<S>(mut service: S, uri: Uri, step: Arc<StepStats>, events: Arc<Events>)
-where
-    S: Service<ClientRequest, Response = ClientResponse, Error = BoxError>,
+async fn client<S>(
+    mut service: S,
+    uri: Uri,
+    step: Arc<StepStats>,
+    events: Arc<Events>,
+    patience: Option<Duration>,
+) where
+    S: Service<ClientRequest, Response = ClientResponse, Error = BoxError> + Clone,
 {
     loop {
         let index = step.started.fetch_add(1, Ordering::Relaxed);
@@ -588,7 +614,17 @@ where
             step.started.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let reply = exchange(&mut service, &uri, step.fault).await;
+        if patience.is_some() && index % DROP_READINESS_EVERY == 0 {
+            // Readiness (maybe a probe permit) taken, then the service dropped without a call.
+            let mut unused = service.clone();
+            tokio::time::timeout(REQUEST_DEADLINE, unused.ready())
+                .await
+                .expect("readiness within the deadline")
+                .expect("the breaker is always ready");
+            drop(unused);
+            step.readiness_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        let reply = exchange(&mut service, &uri, step.fault, patience).await;
         step.count(index, reply);
         events.drain(&step);
         if matches!(reply, Reply::Fallback | Reply::Rejected { .. }) {
@@ -614,10 +650,11 @@ async fn run_load<A, B>(
     let mut clients = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
         let (uri, step, events) = (uri.clone(), step.clone(), events.clone());
+        let patience = (i % 4 >= 2).then_some(IMPATIENCE);
         clients.push(if i % 2 == 0 {
-            tokio::spawn(client(with_fallback.clone(), uri, step, events))
+            tokio::spawn(client(with_fallback.clone(), uri, step, events, patience))
         } else {
-            tokio::spawn(client(plain.clone(), uri, step, events))
+            tokio::spawn(client(plain.clone(), uri, step, events, patience))
         });
     }
     for c in clients {
@@ -650,7 +687,7 @@ where
             break; // reported and asserted by the caller
         }
         let index = step.started.fetch_add(1, Ordering::Relaxed);
-        let reply = exchange(&mut service, uri, Fault::Healthy).await;
+        let reply = exchange(&mut service, uri, Fault::Healthy, None).await;
         step.count(index, reply);
         match reply {
             Reply::Rejected {
@@ -831,7 +868,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
 
     println!("\n== chaos soak: {sent} requests ({total} asked), {CLIENTS} clients ==");
     println!(
-        "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>9} {:>9} {:>5} {:>5} {:>9}",
+        "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9}",
         "step",
         "sent",
         "ok",
@@ -841,7 +878,9 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
         "tmout",
         "conn",
         "body",
+        "cancel",
         "hung",
+        "rdrop",
         "open@",
         "reject@",
         "opens",
@@ -850,7 +889,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     );
     for s in &stats {
         println!(
-            "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>9} {:>9} {:>5} {:>5} {:>9.1}",
+            "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9.1}",
             s.name,
             get(&s.started),
             get(&s.successes),
@@ -860,7 +899,9 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
             get(&s.errors[ErrorKind::Timeout as usize]),
             get(&s.errors[ErrorKind::Transport as usize]),
             get(&s.errors[ErrorKind::Body as usize]),
+            get(&s.errors[ErrorKind::Cancelled as usize]),
             get(&s.hung),
+            get(&s.readiness_dropped),
             at_str(get(&s.first_open_at)),
             at_str(get(&s.first_rejection_at)),
             get(&s.opens),
