@@ -1,0 +1,283 @@
+//! Allocations per call, counted by a `#[global_allocator]` that exists in this test binary only.
+//!
+//! The closed-state path allocates nothing (DESIGN.md §4): `poll_ready`, `call` and the response
+//! future are plain values, the state is atomics behind an `Arc` made when the layer was built,
+//! and no event or tracing record is made while nobody listens. The same holds in `Disabled`,
+//! in `MetricsOnly`, and with a time window and slow-call tracking (which only read the clock).
+//!
+//! What allocates on the rejection path, and why:
+//!
+//! * Without a fallback, a rejected call fails with `Rejected` boxed into a `tower::BoxError`:
+//!   **one allocation**, the box. `Rejected` itself holds the state, the retry-after hint and the
+//!   breaker's name as an `Arc<str>` (a reference count, no copy); its future is a
+//!   `std::future::Ready`. Boxing is the price of tower's error convention (`err.is::<Rejected>()`
+//!   through any number of layers), and `Timeout` and `LoadShed` pay it in the same way.
+//! * With a fallback, nothing is boxed: the fallback answers, so **no allocation** beyond what the
+//!   fallback service itself does (none, for an always-ready `service_fn` returning `ready(Ok)`).
+//!
+//! Each call is driven by hand with a no-op waker, so no executor allocates on our behalf. The
+//! counter is per thread, so tests running in parallel do not see each other's allocations.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::noop_waker;
+use tower::{BoxError, Layer, Service, service_fn};
+use tower_circuit_breaker::error::Rejected;
+use tower_circuit_breaker::{CircuitBreakerLayer, State, Window};
+
+// ===== the counting allocator =====
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: the allocator also runs while this thread's locals are being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
+// touches only a `const`-initialized thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ===== driving calls by hand =====
+
+const WARM_UP: u64 = 100;
+const CALLS: u64 = 10_000;
+
+/// One call: `poll_ready`, `call`, and the response future polled to completion, all with a
+/// no-op waker. Everything here must be ready at once.
+fn call_once<S: Service<u64>>(service: &mut S, request: u64) -> Result<S::Response, S::Error> {
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    match service.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(_)) => panic!("poll_ready failed"),
+        Poll::Pending => panic!("poll_ready was not ready at once"),
+    }
+    let mut future = pin!(service.call(request));
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(result) => result,
+        Poll::Pending => panic!("the response future was not ready at once"),
+    }
+}
+
+/// Allocations made by `CALLS` calls of `one`, after `WARM_UP` calls (lazy thread-locals and the
+/// like).
+fn allocations_of(mut one: impl FnMut(u64)) -> u64 {
+    for i in 0..WARM_UP {
+        one(i);
+    }
+    let before = allocations();
+    for i in 0..CALLS {
+        one(i);
+    }
+    allocations() - before
+}
+
+type Echo = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, Infallible>>>;
+
+/// An always-ready service that answers at once.
+fn echo() -> Echo {
+    service_fn(|request: u64| ready(Ok(request)))
+}
+
+fn assert_closed_path_allocates_nothing(layer: &CircuitBreakerLayer, expected: State) {
+    let mut service = layer.layer(echo());
+    let allocated = allocations_of(|i| {
+        let response = call_once(&mut service, i).expect("the call succeeds");
+        assert_eq!(response, i);
+    });
+    assert_eq!(allocated, 0, "allocations in {CALLS} calls");
+    assert_eq!(layer.handle().state(), expected);
+}
+
+// ===== tests =====
+
+#[test]
+fn the_counter_sees_allocations() {
+    let before = allocations();
+    let boxed = std::hint::black_box(Box::new(7u64));
+    assert_eq!(allocations() - before, 1);
+    drop(boxed);
+}
+
+#[test]
+fn closed_success_path_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .build()
+        .unwrap();
+    assert_closed_path_allocates_nothing(&layer, State::Closed);
+    assert_eq!(
+        layer.handle().metrics().successful(),
+        100,
+        "a full window of successes"
+    );
+}
+
+#[test]
+fn closed_success_path_with_every_threshold_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .failure_rate_threshold(0.5)
+        .consecutive_failures(5)
+        .sliding_window(Window::count(1_000))
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    assert_closed_path_allocates_nothing(&layer, State::Closed);
+}
+
+#[test]
+fn closed_path_with_a_time_window_and_slow_calls_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .sliding_window(Window::time(Duration::from_secs(10)).buckets(10))
+        .slow_call_duration(Duration::from_secs(1))
+        .slow_call_rate_threshold(0.5)
+        .minimum_calls(10)
+        .build()
+        .unwrap();
+    assert_closed_path_allocates_nothing(&layer, State::Closed);
+    assert!(
+        layer.handle().metrics().calls() > 0,
+        "outcomes were recorded"
+    );
+}
+
+#[test]
+fn closed_path_with_a_subscriber_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    // Events are made only on transitions; a healthy call makes none.
+    let _events = layer.handle().subscribe();
+    assert_closed_path_allocates_nothing(&layer, State::Closed);
+}
+
+#[test]
+fn disabled_path_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    layer.handle().disable();
+    assert_closed_path_allocates_nothing(&layer, State::Disabled);
+}
+
+#[test]
+fn metrics_only_path_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    layer.handle().metrics_only();
+    assert_closed_path_allocates_nothing(&layer, State::MetricsOnly);
+    assert_eq!(layer.handle().metrics().calls(), 100);
+}
+
+#[test]
+fn metrics_only_with_failures_allocates_only_the_boxed_errors() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    layer.handle().metrics_only();
+    // An `io::Error` made from a kind is not allocated; the breaker boxes it into a `BoxError`:
+    // one allocation a call, and nothing else.
+    let mut service = layer.layer(service_fn(|_: u64| {
+        ready(Err::<u64, _>(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+    }));
+    let allocated = allocations_of(|i| {
+        call_once(&mut service, i).expect_err("the call fails");
+    });
+    assert_eq!(allocated, CALLS);
+    assert_eq!(layer.handle().state(), State::MetricsOnly, "never trips");
+}
+
+#[test]
+fn open_rejection_allocates_the_boxed_error_only() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut failing = layer.layer(service_fn(|_: u64| ready(Err::<u64, _>("down"))));
+    call_once(&mut failing, 0).expect_err("the call fails");
+    assert_eq!(layer.handle().state(), State::Open);
+
+    let mut service = layer.layer(echo());
+    let allocated = allocations_of(|i| {
+        let err: BoxError = call_once(&mut service, i).expect_err("rejected");
+        assert!(err.is::<Rejected>());
+    });
+    assert_eq!(allocated, CALLS, "one allocation per rejection: the box");
+    assert_eq!(layer.handle().metrics().not_permitted(), WARM_UP + CALLS);
+}
+
+#[test]
+fn forced_open_rejection_allocates_the_boxed_error_only() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .build()
+        .unwrap();
+    layer.handle().force_open();
+    let mut service = layer.layer(echo());
+    let allocated = allocations_of(|i| {
+        let err: BoxError = call_once(&mut service, i).expect_err("rejected");
+        assert!(err.is::<Rejected>());
+    });
+    assert_eq!(allocated, CALLS, "one allocation per rejection: the box");
+}
+
+#[test]
+fn fallback_rejection_allocates_nothing() {
+    let layer = CircuitBreakerLayer::builder()
+        .name("alloc")
+        .build()
+        .unwrap()
+        .with_fallback(service_fn(|request: u64| {
+            ready(Ok::<_, Infallible>(request + 1))
+        }));
+    layer.handle().force_open();
+    let mut service = layer.layer(echo());
+    let allocated = allocations_of(|i| {
+        assert_eq!(
+            call_once(&mut service, i).expect("the fallback answers"),
+            i + 1
+        );
+    });
+    assert_eq!(allocated, 0);
+    assert_eq!(layer.handle().metrics().not_permitted(), WARM_UP + CALLS);
+}
