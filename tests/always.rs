@@ -438,6 +438,8 @@ async fn each_transition_emits_one_state_transition_event() {
         ],
         "setting the state it is already in is not a transition"
     );
+    h.handle.reset();
+    assert_eq!(transitions(&mut events), [], "a reset of a closed breaker");
 }
 
 #[tokio::test(start_paused = true)]

@@ -604,3 +604,61 @@ async fn failure_rate_threshold_is_inclusive_for_every_tenth() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn time_window_reuses_bucket_slots_across_laps() {
+    // 3 buckets of 1 s: bucket 3 reuses the slot of bucket 0.
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(secs(3)));
+
+    run(&mut svc, 2, Reply::Fail).await; // bucket 0
+    advance(secs(3)).await; // bucket 3
+    run(&mut svc, 1, Reply::Ok).await;
+    let metrics = handle.metrics();
+    assert_eq!(
+        (metrics.calls(), metrics.failed()),
+        (1, 0),
+        "the old lap is gone"
+    );
+
+    advance(secs(3) - NS).await; // last instant of bucket 5
+    assert_eq!(handle.metrics().calls(), 1);
+    advance(NS).await; // bucket 6 = 3 + k
+    assert_eq!(handle.metrics().calls(), 0);
+
+    // After a long idle time, old laps do not come back.
+    run(&mut svc, 1, Reply::Fail).await; // bucket 6
+    advance(secs(1_000_002)).await; // bucket 1_000_008, the same slot
+    assert_eq!(handle.metrics().calls(), 0);
+    run(&mut svc, 1, Reply::Ok).await;
+    let metrics = handle.metrics();
+    assert_eq!((metrics.calls(), metrics.failed()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_window_is_evaluated_as_of_each_outcome() {
+    // Successes that leave the window raise the failure rate: the next outcome, even a success,
+    // is judged against the window as it is then.
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::time(secs(2)))
+            .minimum_calls(2)
+            .failure_rate_threshold(0.5),
+    );
+
+    run(&mut svc, 3, Reply::Ok).await; // bucket 0
+    advance(secs(1)).await;
+    run(&mut svc, 1, Reply::Fail).await; // bucket 1: 1 of 4
+    assert_eq!(handle.state(), State::Closed);
+    advance(secs(1)).await; // bucket 2: bucket 0 left
+    assert_eq!(
+        handle.metrics().failure_rate(),
+        None,
+        "1 outcome, minimum 2"
+    );
+    run(&mut svc, 1, Reply::Ok).await; // 1 of 2
+    assert_eq!(handle.state(), State::Open);
+}

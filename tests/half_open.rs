@@ -387,3 +387,21 @@ async fn probe_completing_after_max_wait_is_stale_even_if_nobody_looked() {
     hung.await.unwrap();
     assert_eq!(h.handle.state(), State::Open, "the episode ended at 5 s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn half_open_max_wait_counts_as_a_failed_attempt_for_backoff() {
+    let backoff = tower_circuit_breaker::Backoff::exponential(secs(1), 2.0, secs(60));
+    let mut h = harness(
+        builder()
+            .consecutive_failures(1)
+            .open_backoff(backoff)
+            .half_open_max_wait(secs(5)),
+    );
+    call(&mut h.svc, fail()).await.unwrap_err(); // attempt 1: 1 s
+    advance(secs(1)).await;
+    let (req, _gate) = gated();
+    let _hung = start(&mut h.svc, req).await;
+    advance(secs(5)).await; // HalfOpen -> Open: attempt 2
+    let rejected = rejection(call(&mut h.svc, ok()).await);
+    assert_eq!(rejected.retry_after(), Some(secs(2)));
+}
