@@ -181,6 +181,63 @@ async fn racing_callers_get_exactly_the_probe_permits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_probes_return_their_permits_under_a_race() {
+    const PROBES: usize = 5;
+    let layer = CircuitBreakerLayer::builder()
+        .name("cancel")
+        .consecutive_failures(1)
+        .open_backoff(one_nanosecond_then_an_hour())
+        .half_open_calls(PROBES as u32)
+        .half_open_max_wait(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    trip(&layer).await;
+    await_half_open(&handle);
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (gate, closed_gate) = watch::channel(false);
+    let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+    for round in 1..=ROUNDS {
+        let tasks = race(|_| service.clone()).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            PROBES * round,
+            "round {round}: every permit came back from the round before"
+        );
+        // Cancel every task: the probes' futures are dropped while they wait in the inner service.
+        for task in &tasks {
+            task.abort();
+        }
+        let mut cancelled = 0;
+        for task in tasks {
+            match task.await {
+                Err(join) if join.is_cancelled() => cancelled += 1,
+                Err(join) => panic!("round {round}: {join}"),
+                Ok(Ok(())) => panic!("round {round}: a probe completed behind a closed gate"),
+                Ok(Err(err)) => assert!(err.is::<Rejected>(), "round {round}: {err}"),
+            }
+        }
+        assert!(
+            cancelled >= PROBES,
+            "round {round}: the probes were cancelled"
+        );
+        assert_eq!(
+            handle.state(),
+            State::HalfOpen,
+            "round {round}: nothing recorded"
+        );
+    }
+
+    // And the permits still admit probes that complete.
+    let tasks = race(|_| service.clone()).await;
+    gate.send_replace(true);
+    let (ok, _, rejected) = outcomes(tasks).await;
+    assert_eq!((ok, rejected.len()), (PROBES, TASKS - PROBES));
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_failures_open_the_circuit_once() {
     let layer = CircuitBreakerLayer::builder()
         .name("trip")

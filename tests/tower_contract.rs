@@ -476,6 +476,49 @@ async fn panicking_probe_returns_its_permit_and_the_panic_propagates() {
     assert_eq!(breaker.state(), State::Closed, "the permit came back");
 }
 
+#[tokio::test(start_paused = true)]
+async fn probe_whose_inner_call_panics_returns_its_permit() {
+    let layer = layer(1);
+    let breaker = layer.handle();
+    let failing = layer.layer(service_fn(|_: Req| ready(Err::<Res, _>("boom"))));
+    assert!(failing.oneshot("fail").await.is_err());
+    tokio::time::advance(OPEN).await;
+
+    let mut panicking = layer.layer(service_fn(|_: Req| -> Ready<Result<Res, BoxError>> {
+        panic!("the inner call panicked")
+    }));
+    panicking.ready().await.unwrap();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| panicking.call("probe")));
+    assert!(outcome.is_err(), "the panic propagates");
+    assert_eq!(breaker.state(), State::HalfOpen, "a panic records nothing");
+
+    assert_eq!(layer.layer(echo()).oneshot("probe").await.unwrap(), "probe");
+    assert_eq!(breaker.state(), State::Closed, "the permit came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_outside_the_breaker_drops_the_probe_and_returns_its_permit() {
+    let layer = layer(1);
+    let breaker = layer.handle();
+    let failing = layer.layer(service_fn(|_: Req| ready(Err::<Res, _>("boom"))));
+    assert!(failing.oneshot("fail").await.is_err());
+    tokio::time::advance(OPEN).await;
+
+    // Outside the breaker, a timeout only drops the breaker's future: nothing is recorded.
+    let hanging = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_secs(1)))
+        .layer(layer.clone())
+        .service(service_fn(|_: Req| {
+            futures::future::pending::<Result<Res, BoxError>>()
+        }));
+    let err = hanging.oneshot("probe").await.unwrap_err();
+    assert!(err.is::<Elapsed>());
+    assert_eq!(breaker.state(), State::HalfOpen);
+
+    assert_eq!(layer.layer(echo()).oneshot("probe").await.unwrap(), "probe");
+    assert_eq!(breaker.state(), State::Closed, "the permit came back");
+}
+
 // ===== readiness of the inner service =====
 
 #[tokio::test]
