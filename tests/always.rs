@@ -199,6 +199,22 @@ async fn many_failures_in_flight_open_the_circuit_once() {
     assert_eq!(rejected.retry_after(), Some(OPEN));
 }
 
+#[tokio::test(start_paused = true)]
+async fn result_admitted_before_a_reset_is_stale() {
+    let mut h = tripping();
+    let (req, gate) = gated();
+    let late = start(&mut h.svc, req).await;
+    h.handle.reset();
+    gate.open(Reply::Fail);
+    late.await.unwrap_err();
+    assert_eq!(
+        h.handle.state(),
+        State::Closed,
+        "one failure would trip if recorded"
+    );
+    assert_eq!(h.handle.metrics().calls(), 0);
+}
+
 // ===== operator states =====
 
 #[tokio::test(start_paused = true)]

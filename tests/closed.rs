@@ -662,3 +662,36 @@ async fn time_window_is_evaluated_as_of_each_outcome() {
     run(&mut svc, 1, Reply::Ok).await; // 1 of 2
     assert_eq!(handle.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_call_duration_defaults_to_sixty_seconds_with_a_slow_rate_threshold() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(10)
+            .slow_call_rate_threshold(0.5),
+    );
+    timed(&mut svc, Reply::Ok, secs(60)).await.unwrap();
+    assert_eq!(handle.metrics().slow(), 0);
+    timed(&mut svc, Reply::Ok, secs(60) + NS).await.unwrap();
+    assert_eq!(handle.metrics().slow(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_without_a_slow_rate_threshold_are_counted_but_never_trip() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(10)
+            .slow_call_duration(secs(1)),
+    );
+    for _ in 0..10 {
+        timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+    }
+    assert_eq!(handle.metrics().slow_call_rate(), Some(1.0));
+    assert_eq!(handle.state(), State::Closed);
+}

@@ -405,3 +405,18 @@ async fn half_open_max_wait_counts_as_a_failed_attempt_for_backoff() {
     let rejected = rejection(call(&mut h.svc, ok()).await);
     assert_eq!(rejected.retry_after(), Some(secs(2)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_failed_probe_counts_as_one_failure() {
+    // 3 probes, 2 successes needed: one failure is allowed.
+    let mut h = half_open(slow_probing().half_open_calls(3).half_open_successes(2)).await;
+    timed_probe(&mut h, Reply::Fail, secs(2)).await;
+    assert_eq!(
+        h.handle.state(),
+        State::HalfOpen,
+        "slow and failed, but one probe"
+    );
+    call(&mut h.svc, ok()).await.unwrap();
+    call(&mut h.svc, ok()).await.unwrap();
+    assert_eq!(h.handle.state(), State::Closed);
+}
