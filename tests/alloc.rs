@@ -281,3 +281,18 @@ fn fallback_rejection_allocates_nothing() {
     assert_eq!(allocated, 0);
     assert_eq!(layer.handle().metrics().not_permitted(), WARM_UP + CALLS);
 }
+
+#[test]
+fn closed_path_with_a_call_timeout_allocates_nothing() {
+    // The timeout is a `tokio::time::Sleep`, made per call: it needs a runtime's timer in context.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _context = runtime.enter();
+    let layer = CircuitBreakerLayer::builder()
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_closed_path_allocates_nothing(&layer, State::Closed);
+}

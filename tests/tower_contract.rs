@@ -358,6 +358,22 @@ async fn clone_does_not_hold_the_original_probe_permit() {
     assert_eq!(response.await.unwrap(), "ok");
 }
 
+#[tokio::test]
+async fn clone_does_not_inherit_a_rejection() {
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let breaker = service.get_ref().handle();
+    breaker.force_open();
+    assert_ready_ok!(service.poll_ready(), "holds a rejection");
+    breaker.reset();
+
+    let mut clone = clone_of(&service);
+    assert_ready_ok!(clone.poll_ready(), "decides for itself: admitted");
+    let response = clone.call("clone");
+    assert_request_eq!(mock, "clone").send_response("ok");
+    assert_eq!(response.await.unwrap(), "ok");
+    assert!(service.call("original").await.unwrap_err().is::<Rejected>());
+}
+
 // ===== permits come back =====
 
 #[tokio::test(start_paused = true)]
@@ -672,6 +688,47 @@ async fn fallback_readiness_is_polled_instead_of_the_inner_while_rejecting() {
     assert_eq!(response.await.unwrap(), "cached");
     assert_eq!(inner_counts.calls(), 1);
     assert_eq!(fallback_counts.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fallback_serves_half_open_calls_without_a_permit() {
+    let fallback_counts = Counts::default();
+    let fallback = Counted {
+        inner: service_fn(|_: Req| ready(Ok::<Res, BoxError>("cached"))),
+        counts: fallback_counts.clone(),
+    };
+    let layer = layer(1).with_fallback(fallback);
+    let (inner, mut mock) = mock::pair::<Req, Res>();
+    let inner_counts = Counts::default();
+    let inner = Counted {
+        inner,
+        counts: inner_counts.clone(),
+    };
+    let mut service = mock::Spawn::new(layer.layer(inner.clone()));
+    assert_ready_ok!(service.poll_ready());
+    let response = service.call("fail");
+    assert_request_eq!(mock, "fail").send_error("boom");
+    assert!(response.await.is_err());
+    tokio::time::advance(OPEN).await;
+    assert_eq!(layer.handle().state(), State::HalfOpen);
+
+    assert_ready_ok!(service.poll_ready(), "the probe");
+    let mut other = mock::Spawn::new(layer.layer(inner));
+    let inner_ready = inner_counts.ready();
+    assert_ready_ok!(other.poll_ready());
+    assert_eq!(
+        inner_counts.ready(),
+        inner_ready,
+        "no permit: the inner is not polled"
+    );
+    assert_eq!(fallback_counts.ready(), 1);
+    assert_eq!(other.call("other").await.unwrap(), "cached");
+
+    let response = service.call("probe");
+    assert_request_eq!(mock, "probe").send_response("live");
+    assert_eq!(response.await.unwrap(), "live");
+    assert_eq!(fallback_counts.calls(), 1);
+    assert_eq!(layer.handle().state(), State::Closed);
 }
 
 #[tokio::test]
