@@ -1,0 +1,675 @@
+//! Rows and scenarios shared by the criterion benches (`benches/compare.rs`), the instruction
+//! counter (`src/bin/cg.rs`) and the allocation counter (`src/bin/mem.rs`).
+//!
+//! Every row wraps the same inner service: a zero-sized `tower::service_fn` over the fn item
+//! [`inner_call`], which bumps a thread-local counter and returns `std::future::ready`. Every row is
+//! driven the same way: [`block_on`] of `ready().await` + `call().await` (the
+//! futures-only peers, failsafe and recloser, guard a future that does both, so that an open
+//! breaker never touches the inner service).
+//!
+//! Common targets (peer-perf.md §4): trip at 50 % failures over 100 calls, or 5 consecutive
+//! failures, open 30 s. Each peer gets the closest configuration it supports.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::{Ready, ready};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+pub const OPEN: Duration = Duration::from_secs(30);
+
+// ===== driving a call =====
+
+/// Runs a future to completion on this thread: one poll with a no-op waker (every future here is
+/// ready at once unless a breaker makes it wait), then `futures::executor::block_on` for a future
+/// that is not (tower-resilience's mutex under contention).
+#[inline]
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => futures::executor::block_on(future),
+    }
+}
+
+// ===== inner service =====
+
+thread_local! {
+    static INNER_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Calls of the inner service on this thread so far.
+pub fn inner_calls() -> u64 {
+    INNER_CALLS.with(Cell::get)
+}
+
+/// The inner service's error; `Rejected` is only made by seatbelt's `rejected_input_error`
+/// (seatbelt's rejection must have the inner service's error type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerErr {
+    Failed,
+    Rejected,
+}
+
+impl fmt::Display for InnerErr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for InnerErr {}
+
+/// The inner service's body. `#[inline]` so that every row can inline it equally.
+#[inline]
+pub fn inner_call(fail: bool) -> Ready<Result<u64, InnerErr>> {
+    INNER_CALLS.with(|c| c.set(c.get() + 1));
+    if fail {
+        ready(Err(InnerErr::Failed))
+    } else {
+        ready(Ok(1))
+    }
+}
+
+/// What one call gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Res {
+    Ok,
+    Failed,
+    Rejected,
+}
+
+/// One breaker (or none) in front of the inner service.
+pub trait Row: Clone + Send + 'static {
+    /// One call, driven to completion on this thread.
+    fn call(&mut self, fail: bool) -> Res;
+    /// The breaker's state as the crate reports it (for the checks).
+    fn state(&self) -> String;
+}
+
+// ===== scenarios =====
+
+/// The scenarios: A closed, all succeed; B closed, every 10th fails; C open, rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    A,
+    B,
+    C,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "A" => Some(Scenario::A),
+            "B" => Some(Scenario::B),
+            "C" => Some(Scenario::C),
+            _ => None,
+        }
+    }
+
+    /// Whether call number `i` of the scenario fails.
+    #[inline]
+    pub fn fails(self, i: u64) -> bool {
+        match self {
+            Scenario::A => false,
+            Scenario::B => i % 10 == 9,
+            Scenario::C => true,
+        }
+    }
+
+    /// What call number `i` must give.
+    #[inline]
+    pub fn expected(self, i: u64) -> Res {
+        match self {
+            Scenario::A => Res::Ok,
+            Scenario::B if i % 10 == 9 => Res::Failed,
+            Scenario::B => Res::Ok,
+            Scenario::C => Res::Rejected,
+        }
+    }
+}
+
+/// Brings `row` into the state `scenario` claims and checks it: warm-up successes for A and B
+/// (the window is full), failures until it rejects for C. Panics if the row is not there.
+pub fn prepare<R: Row>(name: &str, row: &mut R, scenario: Scenario) {
+    match scenario {
+        Scenario::A | Scenario::B => {
+            for i in 0..1_000 {
+                let r = row.call(scenario.fails(i));
+                assert_eq!(
+                    r,
+                    scenario.expected(i),
+                    "{name} {scenario:?}: warm-up call {i}"
+                );
+            }
+        }
+        Scenario::C => {
+            let mut failures = 0;
+            while row.call(true) != Res::Rejected {
+                failures += 1;
+                assert!(failures <= 1_000, "{name}: does not trip");
+            }
+            // Three probes, rejected without reaching the inner service.
+            let before = inner_calls();
+            for _ in 0..3 {
+                assert_eq!(row.call(true), Res::Rejected, "{name}: not open");
+            }
+            assert_eq!(
+                inner_calls(),
+                before,
+                "{name}: open, but the inner service was called"
+            );
+        }
+    }
+    check_state(name, row, scenario);
+}
+
+/// Asserts the state the scenario claims, where the row reports one.
+pub fn check_state<R: Row>(name: &str, row: &R, scenario: Scenario) {
+    let state = row.state();
+    let ok = match scenario {
+        Scenario::A | Scenario::B => matches!(state.as_str(), "closed" | "n/a"),
+        Scenario::C => matches!(state.as_str(), "open" | "n/a"),
+    };
+    assert!(ok, "{name} {scenario:?}: state is {state}");
+}
+
+/// Runs `iters` calls of `scenario` and checks every outcome and the inner call count.
+#[inline]
+pub fn run<R: Row>(row: &mut R, scenario: Scenario, iters: u64) {
+    let before = inner_calls();
+    let mut wrong = 0u64;
+    for i in 0..iters {
+        let r = row.call(scenario.fails(i));
+        wrong += u64::from(r != scenario.expected(i));
+    }
+    assert_eq!(wrong, 0, "{scenario:?}: {wrong} unexpected outcomes");
+    let calls = inner_calls() - before;
+    let expected = if scenario == Scenario::C { 0 } else { iters };
+    assert_eq!(calls, expected, "{scenario:?}: inner calls");
+}
+
+// ===== baseline: the raw service =====
+
+pub fn baseline() -> impl Row {
+    #[derive(Clone)]
+    struct Baseline<S>(S);
+    impl<S> Row for Baseline<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            let svc = &mut self.0;
+            block_on(async move { svc.ready().await?.call(fail).await }).into_res()
+        }
+        fn state(&self) -> String {
+            "n/a".into()
+        }
+    }
+    Baseline(service_fn(inner_call))
+}
+
+trait IntoRes {
+    fn into_res(self) -> Res;
+}
+
+impl IntoRes for Result<u64, InnerErr> {
+    #[inline]
+    fn into_res(self) -> Res {
+        match self {
+            Ok(_) => Res::Ok,
+            Err(InnerErr::Failed) => Res::Failed,
+            Err(InnerErr::Rejected) => Res::Rejected,
+        }
+    }
+}
+
+// ===== floor: one shared atomic load + one fetch_add, as a Tower middleware =====
+
+#[repr(align(128))]
+struct FloorShared {
+    state: AtomicU8,
+    calls: AtomicU64,
+}
+
+/// The cost floor: `poll_ready` loads a shared state byte, `call` bumps a shared counter. It does
+/// not record outcomes (its future is the inner future).
+pub fn floor() -> impl Row {
+    #[derive(Clone)]
+    struct Floor<S> {
+        inner: S,
+        shared: Arc<FloorShared>,
+    }
+    impl<S: Service<bool>> Service<bool> for Floor<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+        #[inline]
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            if self.shared.state.load(Ordering::Acquire) != 0 {
+                return Poll::Pending;
+            }
+            self.inner.poll_ready(cx)
+        }
+        #[inline]
+        fn call(&mut self, req: bool) -> S::Future {
+            self.shared.calls.fetch_add(1, Ordering::Relaxed);
+            self.inner.call(req)
+        }
+    }
+    impl<S> Row for Floor<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            block_on(async move { Service::call(self.ready().await?, fail).await }).into_res()
+        }
+        fn state(&self) -> String {
+            "closed".into()
+        }
+    }
+    Floor {
+        inner: service_fn(inner_call),
+        shared: Arc::new(FloorShared {
+            state: AtomicU8::new(0),
+            calls: AtomicU64::new(0),
+        }),
+    }
+}
+
+// ===== ours =====
+
+use tower_circuit_breaker::{CircuitBreakerLayer, State, Window, error::Rejected};
+
+/// Our configuration variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ours {
+    /// Count window of 100, 50 % or 5 consecutive, open 30 s; no slow calls (the default shape).
+    Count,
+    /// The same on a 30 s time window (30 one-second buckets).
+    Time,
+    /// Count window plus slow-call detection (1 s, 50 %).
+    Slow,
+    /// The count configuration with a fallback service that answers rejected calls.
+    Fallback,
+}
+
+fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
+    let b = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window(Window::count(100))
+        .minimum_calls(100)
+        .consecutive_failures(5)
+        .open_duration(OPEN);
+    match variant {
+        Ours::Count | Ours::Fallback => b,
+        Ours::Time => b.sliding_window(Window::time(Duration::from_secs(30))),
+        Ours::Slow => b
+            .slow_call_duration(Duration::from_secs(1))
+            .slow_call_rate_threshold(0.5),
+    }
+}
+
+fn state_name(s: State) -> String {
+    match s {
+        State::Closed => "closed",
+        State::Open => "open",
+        State::HalfOpen => "half-open",
+        State::ForcedOpen => "forced-open",
+        State::Disabled => "disabled",
+        State::MetricsOnly => "metrics-only",
+    }
+    .into()
+}
+
+/// Our service as a row. A fallback answers rejected calls with `Ok(0)` (the inner service never
+/// does), counted as a rejection.
+#[derive(Clone)]
+struct Our<S>(S, tower_circuit_breaker::Handle);
+
+impl<S> Row for Our<S>
+where
+    S: Service<bool, Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
+{
+    #[inline]
+    fn call(&mut self, fail: bool) -> Res {
+        let svc = &mut self.0;
+        match block_on(async move { svc.ready().await?.call(fail).await }) {
+            Ok(0) => Res::Rejected,
+            Ok(_) => Res::Ok,
+            Err(e) if e.is::<Rejected>() => Res::Rejected,
+            Err(_) => Res::Failed,
+        }
+    }
+    fn state(&self) -> String {
+        state_name(self.1.state())
+    }
+}
+
+/// Our breaker in the count, time or slow-call variant (one type: the configuration is data).
+pub fn ours(variant: Ours) -> impl Row {
+    assert_ne!(variant, Ours::Fallback, "use ours_fallback()");
+    let layer = ours_builder(variant).build().expect("valid configuration");
+    let handle = layer.handle();
+    Our(layer.layer(service_fn(inner_call)), handle)
+}
+
+/// Our count configuration with a fallback service for rejected calls.
+pub fn ours_fallback() -> impl Row {
+    let layer = ours_builder(Ours::Fallback)
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    let fallback = service_fn(|_: bool| ready(Ok::<u64, InnerErr>(0)));
+    Our(
+        layer.with_fallback(fallback).layer(service_fn(inner_call)),
+        handle,
+    )
+}
+
+// ===== failsafe 1.3 =====
+
+/// failsafe: EMA success rate >= 0.5 over a 30 s window with >= 100 requests, or 5 consecutive
+/// failures; constant 30 s backoff. (It has no count window.) futures API around the inner call.
+pub fn failsafe() -> impl Row {
+    use failsafe::failure_policy::FailurePolicy as _;
+    use failsafe::futures::CircuitBreaker as _;
+    use failsafe::{backoff, failure_policy};
+
+    struct Failsafe<S, P> {
+        inner: S,
+        cb: failsafe::StateMachine<P, ()>,
+    }
+    // By hand: the state machine is an `Arc` (cloned without `P: Clone`).
+    impl<S: Clone, P> Clone for Failsafe<S, P> {
+        fn clone(&self) -> Self {
+            Failsafe {
+                inner: self.inner.clone(),
+                cb: self.cb.clone(),
+            }
+        }
+    }
+    impl<S, P> Row for Failsafe<S, P>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+        P: failsafe::FailurePolicy + Send + Sync + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            let Failsafe { inner, cb } = self;
+            // The inner service is driven inside the guarded future, so that an open breaker
+            // touches neither its `poll_ready` nor its `call`.
+            let r = block_on(cb.call(async move { inner.ready().await?.call(fail).await }));
+            match r {
+                Ok(_) => Res::Ok,
+                Err(failsafe::Error::Rejected) => Res::Rejected,
+                Err(failsafe::Error::Inner(_)) => Res::Failed,
+            }
+        }
+        fn state(&self) -> String {
+            // `StateMachine { state: "open", .. }`; `is_call_permitted()` could transition.
+            let debug = format!("{:?}", self.cb);
+            ["half_open", "closed", "open"]
+                .into_iter()
+                .find(|s| debug.contains(&format!("\"{s}\"")))
+                .unwrap_or("unknown")
+                .replace('_', "-")
+        }
+    }
+    let rate = failure_policy::success_rate_over_time_window(
+        0.5,
+        100,
+        Duration::from_secs(30),
+        backoff::constant(OPEN),
+    );
+    let consecutive = failure_policy::consecutive_failures(5, backoff::constant(OPEN));
+    let cb = failsafe::Config::new()
+        .failure_policy(rate.or_else(consecutive))
+        .instrument(())
+        .build();
+    Failsafe {
+        inner: service_fn(inner_call),
+        cb,
+    }
+}
+
+// ===== recloser 1.4 =====
+
+/// recloser: a ring of 100 outcomes, trip at >= 50 % once full, open 30 s (no consecutive
+/// policy). futures API (`AsyncRecloser`) around the inner call.
+pub fn recloser() -> impl Row {
+    #[derive(Clone)]
+    struct Recl<S> {
+        inner: S,
+        cb: recloser::AsyncRecloser,
+    }
+    impl<S> Row for Recl<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            let Recl { inner, cb } = self;
+            // The inner service is driven inside the guarded future, so that an open breaker
+            // touches neither its `poll_ready` nor its `call`.
+            let r = block_on(cb.call(async move { inner.ready().await?.call(fail).await }));
+            match r {
+                Ok(_) => Res::Ok,
+                Err(recloser::Error::Rejected) => Res::Rejected,
+                Err(recloser::Error::Inner(_)) => Res::Failed,
+            }
+        }
+        fn state(&self) -> String {
+            // No public state getter (its Debug prints a pointer): checked by behaviour.
+            "n/a".into()
+        }
+    }
+    let cb = recloser::Recloser::custom()
+        .error_rate(0.5)
+        .closed_len(100)
+        .open_wait(OPEN)
+        .build();
+    Recl {
+        inner: service_fn(inner_call),
+        cb: recloser::AsyncRecloser::from(cb),
+    }
+}
+
+// ===== tower-resilience-circuitbreaker 0.14 =====
+
+/// tower-resilience: count-based window 100, rate >= 50 % once >= 100 calls, open 30 s, rejection
+/// mode, no listeners, no slow calls, default name.
+pub fn tower_resilience() -> impl Row {
+    use tower_resilience_circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer, CircuitState};
+
+    #[derive(Clone)]
+    struct TrRow<T>(T);
+    trait Gate {
+        fn state_sync(&self) -> CircuitState;
+    }
+    impl<S, C> Gate for tower_resilience_circuitbreaker::CircuitBreaker<S, C> {
+        fn state_sync(&self) -> CircuitState {
+            tower_resilience_circuitbreaker::CircuitBreaker::state_sync(self)
+        }
+    }
+    impl<T> Row for TrRow<T>
+    where
+        T: Service<bool, Response = u64, Error = CircuitBreakerError<InnerErr>>
+            + Gate
+            + Clone
+            + Send
+            + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            let svc = &mut self.0;
+            match block_on(async move { svc.ready().await?.call(fail).await }) {
+                Ok(_) => Res::Ok,
+                Err(CircuitBreakerError::OpenCircuit) => Res::Rejected,
+                Err(_) => Res::Failed,
+            }
+        }
+        fn state(&self) -> String {
+            match self.0.state_sync() {
+                CircuitState::Closed => "closed",
+                CircuitState::Open => "open",
+                CircuitState::HalfOpen => "half-open",
+                #[allow(unreachable_patterns)]
+                _ => "other",
+            }
+            .into()
+        }
+    }
+    let layer = CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(100)
+        .wait_duration_in_open(OPEN)
+        .permitted_calls_in_half_open(1)
+        .build()
+        .expect("valid configuration");
+    TrRow(layer.layer(service_fn(inner_call)))
+}
+
+// ===== seatbelt 0.11 (tower-service) =====
+
+/// seatbelt: failure rate >= 50 % over a 30 s sampling window once >= 100 calls, break 30 s (no
+/// count window, no consecutive policy). Tower `Service` impl (feature `tower-service`); the
+/// clock is tick's system clock, no driver (the breaker never waits on a timer).
+pub fn seatbelt() -> impl Row {
+    use layered::Layer as _;
+    use seatbelt::breaker::Breaker;
+    use seatbelt::{RecoveryInfo, ResilienceContext};
+
+    #[derive(Clone)]
+    struct Seat<S> {
+        svc: S,
+        opened: Arc<AtomicBool>,
+    }
+    impl<S> Row for Seat<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            let svc = &mut self.svc;
+            block_on(async move { svc.ready().await?.call(fail).await }).into_res()
+        }
+        fn state(&self) -> String {
+            // No public state getter: `on_opened` / `on_closed` callbacks keep a flag.
+            if self.opened.load(Ordering::SeqCst) {
+                "open"
+            } else {
+                "closed"
+            }
+            .into()
+        }
+    }
+    let (clock, _driver) =
+        tick::runtime::InactiveClock::default().activate(std::task::Waker::noop().clone());
+    let context: ResilienceContext<bool, Result<u64, InnerErr>> = ResilienceContext::new(&clock);
+    let opened = Arc::new(AtomicBool::new(false));
+    let (on_open, on_close) = (opened.clone(), opened.clone());
+    let layer = Breaker::layer("bench", &context)
+        .recovery_with(|r: &Result<u64, InnerErr>, _| match r {
+            Ok(_) => RecoveryInfo::never(),
+            Err(_) => RecoveryInfo::retry(),
+        })
+        .rejected_input_error(|_, _| InnerErr::Rejected)
+        .failure_threshold(0.5)
+        .min_throughput(100)
+        .sampling_duration(Duration::from_secs(30))
+        .break_duration(OPEN)
+        .on_opened(move |_, _| on_open.store(true, Ordering::SeqCst))
+        .on_closed(move |_, _| on_close.store(false, Ordering::SeqCst));
+    Seat {
+        svc: layer.layer(service_fn(inner_call)),
+        opened,
+    }
+}
+
+// ===== the list =====
+
+/// Row names, in table order.
+pub const ROWS: &[&str] = &[
+    "baseline",
+    "floor",
+    "ours",
+    "ours-time",
+    "ours-slow",
+    "ours-fallback",
+    "failsafe",
+    "recloser",
+    "tower-resilience",
+    "seatbelt",
+];
+
+/// Evaluates `body` with `make` bound to the constructor of the row named `name`.
+#[macro_export]
+macro_rules! with_make {
+    ($name:expr, |$make:ident| $body:expr) => {
+        match $name {
+            "baseline" => {
+                let $make = $crate::baseline;
+                $body
+            }
+            "floor" => {
+                let $make = $crate::floor;
+                $body
+            }
+            "ours" => {
+                let $make = || $crate::ours($crate::Ours::Count);
+                $body
+            }
+            "ours-time" => {
+                let $make = || $crate::ours($crate::Ours::Time);
+                $body
+            }
+            "ours-slow" => {
+                let $make = || $crate::ours($crate::Ours::Slow);
+                $body
+            }
+            "ours-fallback" => {
+                let $make = $crate::ours_fallback;
+                $body
+            }
+            "failsafe" => {
+                let $make = $crate::failsafe;
+                $body
+            }
+            "recloser" => {
+                let $make = $crate::recloser;
+                $body
+            }
+            "tower-resilience" => {
+                let $make = $crate::tower_resilience;
+                $body
+            }
+            "seatbelt" => {
+                let $make = $crate::seatbelt;
+                $body
+            }
+            other => panic!("unknown row {other}"),
+        }
+    };
+}
+
+/// Evaluates `body` with `row` bound to a new row named `name`.
+#[macro_export]
+macro_rules! with_row {
+    ($name:expr, |$row:ident| $body:expr) => {
+        $crate::with_make!($name, |make| {
+            let $row = make();
+            $body
+        })
+    };
+}
