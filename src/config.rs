@@ -40,7 +40,7 @@ pub(crate) const MAX_HALF_OPEN_CALLS: u32 = crate::state::word::MAX_PROBES;
 /// let last_10s_fine = Window::time(Duration::from_secs(10)).buckets(100); // 100 ms buckets
 /// # let _ = (last_100_calls, last_minute, last_10s_fine);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     pub(crate) kind: WindowKind,
 }
@@ -85,6 +85,22 @@ impl Window {
                     buckets: Some(k),
                 },
             },
+        }
+    }
+}
+
+impl fmt::Debug for Window {
+    /// Written as the expression that builds it, e.g. `Window::time(10s).buckets(100)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            WindowKind::Count(n) => write!(f, "Window::count({n})"),
+            WindowKind::Time { duration, buckets } => {
+                write!(f, "Window::time({duration:?})")?;
+                match buckets {
+                    Some(k) => write!(f, ".buckets({k})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }

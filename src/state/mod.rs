@@ -104,8 +104,8 @@ pub(crate) struct Now {
 }
 
 impl Now {
-    /// A time that is already known (tests and models).
-    #[cfg(test)]
+    /// A time that is already known (loom models).
+    #[cfg(all(test, loom))]
     pub(crate) fn fixed(nanos: u64) -> Self {
         Now {
             epoch: Instant::now(),

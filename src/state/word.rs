@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn generation_wraps_without_touching_the_tag() {
-        let mut w = Word(u64::MAX & !TAG_MASK);
+        let mut w = Word(!TAG_MASK);
         w = w.next(State::Open);
         assert_eq!(w.generation(), Generation(0));
         assert_eq!(w.state(), State::Open);
