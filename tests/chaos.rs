@@ -149,20 +149,28 @@ const FALLBACK_HEADER: &str = "x-fallback";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     Healthy,
+    /// Every answer is a 500.
     Errors,
+    /// Two answers in three are 500s, so the breaker opens and closes again within the phase.
+    Flaky,
     Latency,
     Hang,
     Reset,
+    /// Requests go to a loopback port nobody listens on: connection refused.
+    Refused,
     Panic,
     SlowBody,
 }
 
-const FAULTS: [Fault; 7] = [
+/// Every fault, in the order of the schedule.
+const FAULTS: [Fault; 9] = [
     Fault::Healthy,
     Fault::Errors,
+    Fault::Flaky,
     Fault::Latency,
     Fault::Hang,
     Fault::Reset,
+    Fault::Refused,
     Fault::Panic,
     Fault::SlowBody,
 ];
@@ -172,6 +180,8 @@ impl Fault {
         match self {
             Fault::Healthy => "healthy",
             Fault::Errors => "errors",
+            Fault::Flaky => "flaky",
+            Fault::Refused => "refused",
             Fault::Latency => "latency",
             Fault::Hang => "hang",
             Fault::Reset => "reset",
@@ -187,10 +197,18 @@ impl Fault {
             .unwrap_or(Fault::Healthy)
     }
 
-    /// Whether the breaker must open in a phase of this fault. A trickling body does not: the
-    /// breaker classifies the response head, which arrives on time with a 200.
-    fn must_open(self) -> bool {
-        !matches!(self, Fault::Healthy | Fault::SlowBody)
+    /// Within how many requests of its phase this fault must open the breaker, if it must. A
+    /// trickling body does not: the breaker classifies the response head, which arrives on time
+    /// with a 200.
+    fn must_open_within(self) -> Option<u64> {
+        match self {
+            Fault::Healthy | Fault::SlowBody => None,
+            // Until the breaker trips, every window of 20 completions holds at most 9 failures,
+            // while the server fails 2 in 3 of the requests it gets and at most CLIENTS of them
+            // are still in flight: both hold for at most about 200 completions.
+            Fault::Flaky => Some(OPEN_WITHIN_CALLS + 200),
+            _ => Some(OPEN_WITHIN_CALLS),
+        }
     }
 }
 
@@ -207,6 +225,7 @@ struct ServerStats {
     accepted: AtomicU64,
     live_connections: AtomicU64,
     panics_caught: AtomicU64,
+    flaky_answers: AtomicU64,
     connections_reset: AtomicU64,
 }
 
@@ -250,6 +269,15 @@ async fn handle_request(
     let response = match fault {
         Fault::Healthy => respond(StatusCode::OK, full("ok")),
         Fault::Errors => respond(StatusCode::INTERNAL_SERVER_ERROR, full("injected error")),
+        Fault::Flaky => {
+            if stats.flaky_answers.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+                respond(StatusCode::OK, full("ok"))
+            } else {
+                respond(StatusCode::INTERNAL_SERVER_ERROR, full("injected error"))
+            }
+        }
+        // The client never reaches this server.
+        Fault::Refused => respond(StatusCode::OK, full("ok")),
         Fault::Latency => {
             tokio::time::sleep(ADDED_LATENCY).await;
             respond(StatusCode::OK, full("late"))
@@ -414,18 +442,21 @@ enum ErrorKind {
     Status,
     /// The breaker's call timeout.
     Timeout,
-    /// The connection failed (reset, closed mid-request, refused).
+    /// The connection failed after it was made (reset, closed mid-request).
     Transport,
+    /// The connection could not be made.
+    Connect,
     /// The body failed after the head arrived.
     Body,
     /// An impatient client gave up first and dropped the request.
     Cancelled,
 }
 
-const ERROR_KINDS: [ErrorKind; 5] = [
+const ERROR_KINDS: [ErrorKind; 6] = [
     ErrorKind::Status,
     ErrorKind::Timeout,
     ErrorKind::Transport,
+    ErrorKind::Connect,
     ErrorKind::Body,
     ErrorKind::Cancelled,
 ];
@@ -454,6 +485,12 @@ where
                         retry_after: r.retry_after(),
                     },
                     None if e.is::<Elapsed>() => Reply::Error(ErrorKind::Timeout),
+                    None if e
+                        .downcast_ref::<ClientError>()
+                        .is_some_and(|e| e.is_connect()) =>
+                    {
+                        Reply::Error(ErrorKind::Connect)
+                    }
                     None => Reply::Error(ErrorKind::Transport),
                 };
             }
@@ -765,6 +802,13 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     let total = requested_total();
     let server = start_server().await;
     let uri: Uri = format!("http://{}/", server.addr).parse().expect("uri");
+    // A loopback port that was just free: nothing listens there, connections are refused.
+    let refused_uri: Uri = {
+        let unused = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a loopback port");
+        let addr = unused.local_addr().expect("local address");
+        format!("http://{addr}/").parse().expect("uri")
+    };
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -822,7 +866,11 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     for step in &steps {
         match step {
             Step::Load(stats) => {
-                run_load(&with_fallback, &plain, &uri, stats, &events).await;
+                let target = match stats.fault {
+                    Fault::Refused => &refused_uri,
+                    _ => &uri,
+                };
+                run_load(&with_fallback, &plain, target, stats, &events).await;
                 if stats.fault == Fault::Hang {
                     server.release_hangs.send_replace(true);
                 }
@@ -868,7 +916,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
 
     println!("\n== chaos soak: {sent} requests ({total} asked), {CLIENTS} clients ==");
     println!(
-        "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9}",
+        "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9}",
         "step",
         "sent",
         "ok",
@@ -877,6 +925,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
         "5xx",
         "tmout",
         "conn",
+        "refusd",
         "body",
         "cancel",
         "hung",
@@ -889,7 +938,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     );
     for s in &stats {
         println!(
-            "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9.1}",
+            "{:<32} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>7} {:>7} {:>5} {:>5} {:>9.1}",
             s.name,
             get(&s.started),
             get(&s.successes),
@@ -898,6 +947,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
             get(&s.errors[ErrorKind::Status as usize]),
             get(&s.errors[ErrorKind::Timeout as usize]),
             get(&s.errors[ErrorKind::Transport as usize]),
+            get(&s.errors[ErrorKind::Connect as usize]),
             get(&s.errors[ErrorKind::Body as usize]),
             get(&s.errors[ErrorKind::Cancelled as usize]),
             get(&s.hung),
@@ -913,6 +963,8 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     for f in FAULTS {
         print!(" {}={}", f.name(), injected[f as usize]);
     }
+    let refused = sum(&|s| get(&s.errors[ErrorKind::Connect as usize]));
+    print!("; refused connections (client): {refused}");
     println!(
         "\nserver: {} connections accepted, {} panics caught, {} connections reset, alive={server_alive}",
         get(&server.stats.accepted),
@@ -950,11 +1002,11 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     );
     assert_eq!(leaked, 0, "half-open rejections with nothing in flight");
     for s in &stats {
-        if s.fault.must_open() {
+        if let Some(bound) = s.fault.must_open_within() {
             let at = get(&s.first_open_at);
             assert!(
-                at <= OPEN_WITHIN_CALLS,
-                "{}: the breaker opened at request {} of the phase (bound {OPEN_WITHIN_CALLS})",
+                at <= bound,
+                "{}: the breaker opened at request {} of the phase (bound {bound})",
                 s.name,
                 at_str(at),
             );
@@ -979,7 +1031,13 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
         injected[Fault::Reset as usize],
         "every injected reset drops its connection"
     );
-    assert!(injected.iter().all(|&n| n > 0), "every fault was injected");
+    for f in FAULTS {
+        let n = match f {
+            Fault::Refused => sum(&|s| get(&s.errors[ErrorKind::Connect as usize])),
+            _ => injected[f as usize],
+        };
+        assert!(n > 0, "fault {} was injected", f.name());
+    }
     let final_load = stats
         .iter()
         .find(|s| s.name.starts_with("final (recovery)"))
@@ -995,7 +1053,11 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     assert!(metrics.failed() <= metrics.calls() && metrics.slow() <= metrics.calls());
     assert!(metrics.failure_rate().is_none_or(|r| r < 0.5));
     assert!(metrics.not_permitted() <= fallbacks + rejections);
-    assert!(opens >= 5, "each fault that must open did");
+    let must_open = FAULTS.iter().filter(|f| f.must_open_within().is_some());
+    assert!(
+        opens >= must_open.count() as u64,
+        "each fault that must open did"
+    );
     assert!(closes >= opens.min(1), "the breaker closed after opening");
 
     assert!(idle_at_end, "connections still open at the end");
