@@ -308,7 +308,7 @@ impl Config {
 /// # let _ = layer;
 /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Builder<C = DefaultClassify> {
     name: Option<Arc<str>>,
     failure_rate_threshold: f64,
@@ -324,6 +324,27 @@ pub struct Builder<C = DefaultClassify> {
     half_open_max_wait: Option<Duration>,
     call_timeout: Option<Duration>,
     classify: C,
+}
+
+impl<C> fmt::Debug for Builder<C> {
+    /// Every setting but the classifier (a closure has no `Debug`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("failure_rate_threshold", &self.failure_rate_threshold)
+            .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
+            .field("slow_call_duration", &self.slow_call_duration)
+            .field("sliding_window", &self.window)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("consecutive_failures", &self.consecutive_failures)
+            .field("open_duration", &self.open_duration)
+            .field("open_backoff", &self.open_backoff)
+            .field("half_open_calls", &self.half_open_calls)
+            .field("half_open_successes", &self.half_open_successes)
+            .field("half_open_max_wait", &self.half_open_max_wait)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Builder {
