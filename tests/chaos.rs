@@ -604,17 +604,33 @@ impl StepStats {
 
 /// The breaker's events, read after every request so that each transition is tied to the step,
 /// and the request count, at which it happened.
+///
+/// Transitions are linearizable and each is announced once, in order, so the events form one
+/// chain: each starts from the state the previous one entered. A break in the chain is counted.
 struct Events {
-    stream: Mutex<EventStream>,
+    stream: Mutex<(EventStream, State)>,
+    broken_chain: AtomicU64,
 }
 
 impl Events {
+    fn new(stream: EventStream) -> Self {
+        Events {
+            stream: Mutex::new((stream, State::Closed)),
+            broken_chain: AtomicU64::new(0),
+        }
+    }
+
     fn drain(&self, step: &StepStats) {
-        let mut stream = self.stream.lock().expect("events lock");
+        let mut guard = self.stream.lock().expect("events lock");
+        let (stream, last) = &mut *guard;
         while let Some(Some(event)) = stream.next().now_or_never() {
-            let Event::StateTransition { to, .. } = event else {
+            let Event::StateTransition { from, to, .. } = event else {
                 continue;
             };
+            if from != *last || from == to {
+                self.broken_chain.fetch_add(1, Ordering::Relaxed);
+            }
+            *last = to;
             match to {
                 State::Open => {
                     step.opens.fetch_add(1, Ordering::Relaxed);
@@ -845,9 +861,7 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
         .build()
         .expect("a valid configuration");
     let handle = layer.handle();
-    let events = Arc::new(Events {
-        stream: Mutex::new(handle.subscribe()),
-    });
+    let events = Arc::new(Events::new(handle.subscribe()));
     let to_boxed = |response: Response<Incoming>| response.map(|body| body.boxed_unsync());
     // Two stacks, one breaker: the layer's clones share it.
     let fallback =
@@ -912,6 +926,8 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
     let leaked = sum(&|s| get(&s.leaked_permits));
     let opens = sum(&|s| get(&s.opens));
     let closes = sum(&|s| get(&s.closes));
+    let half_opens = sum(&|s| get(&s.half_opens));
+    let broken_chain = get(&events.broken_chain);
     let injected: Vec<u64> = server.stats.injected.iter().map(get).collect();
 
     println!("\n== chaos soak: {sent} requests ({total} asked), {CLIENTS} clients ==");
@@ -976,9 +992,8 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
          lost={lost} hung={hung} leaked_permits={leaked}"
     );
     println!(
-        "breaker: opens={opens} closes={closes} half-opens={} final={:?}",
-        sum(&|s| get(&s.half_opens)),
-        metrics,
+        "breaker: opens={opens} closes={closes} half-opens={half_opens} broken event chain={broken_chain} \
+         final={metrics:?}",
     );
     println!(
         "heap: after warm-up={} KiB, end={} KiB (growth {} KiB), peak={} KiB; idle at end={idle_at_end}",
@@ -1001,6 +1016,14 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
         "every request is counted once"
     );
     assert_eq!(leaked, 0, "half-open rejections with nothing in flight");
+    assert_eq!(
+        broken_chain, 0,
+        "each transition is announced once, in order"
+    );
+    assert_eq!(
+        half_opens, opens,
+        "each opening ended in a half-open episode"
+    );
     for s in &stats {
         if let Some(bound) = s.fault.must_open_within() {
             let at = get(&s.first_open_at);
