@@ -6,12 +6,16 @@ pub(crate) use loom::sync::{
     Mutex, MutexGuard,
     atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
 };
+#[cfg(loom)]
+pub(crate) use loom::thread::yield_now;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     Mutex, MutexGuard,
     atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
 };
+#[cfg(not(loom))]
+pub(crate) use std::thread::yield_now;
 
 /// Pads and aligns a value to 128 bytes (two cache lines, for the adjacent-line prefetcher), so
 /// that the state word, which every call reads, never shares a line with counters that calls write.

@@ -38,7 +38,7 @@ use crate::classify::Outcome;
 use crate::config::{Config, WindowKind};
 use crate::event::{Event, EventStream, Subscribers};
 use crate::handle::Metrics;
-use crate::sync::{AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, lock};
+use crate::sync::{AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, lock, yield_now};
 use window::{Sample, Window};
 use word::{FAIL_ONE, Generation, SUCC_ONE, TAKEN_ONE, Word};
 
@@ -179,11 +179,17 @@ impl Episode {
     }
 }
 
+/// Set in `Breaker::recording` while a transition clears the window.
+const CLEARING: u32 = 1 << 31;
+
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
 pub(crate) struct Breaker {
     word: CachePadded<AtomicU64>,
     window: CachePadded<Window>,
     consecutive: CachePadded<AtomicU32>,
+    /// Recorders between their generation check and the end of their window writes, plus
+    /// `CLEARING` while a transition clears the window (see `while_recording`).
+    recording: CachePadded<AtomicU32>,
     not_permitted: CachePadded<AtomicU64>,
     /// Deadline of the current Open state. Written under `episode` before the word is published.
     open_until: AtomicU64,
@@ -223,6 +229,7 @@ impl Breaker {
             word: CachePadded(AtomicU64::new(Word::INITIAL.0)),
             window: CachePadded(window),
             consecutive: CachePadded(AtomicU32::new(0)),
+            recording: CachePadded(AtomicU32::new(0)),
             not_permitted: CachePadded(AtomicU64::new(0)),
             open_until: AtomicU64::new(0),
             half_open_until: AtomicU64::new(u64::MAX),
@@ -400,17 +407,25 @@ impl Breaker {
         if !failed && self.consecutive.load(Ordering::Relaxed) == 0 && self.window.absorbs(sample) {
             return; // a healthy closed breaker: nothing changes, nothing is written
         }
-        let consecutive = if failed {
-            self.consecutive
-                .fetch_add(1, Ordering::Relaxed)
-                .saturating_add(1)
-        } else {
-            if self.consecutive.load(Ordering::Relaxed) != 0 {
-                self.consecutive.store(0, Ordering::Relaxed);
-            }
-            0
+        // A stale outcome never lands in a window that a transition cleared meanwhile (it would
+        // count toward the next trip); and of two outcomes recorded at once, the later one to
+        // finish sees both when it evaluates the thresholds.
+        let Some(consecutive) = self.while_recording(generation, || {
+            let consecutive = if failed {
+                self.consecutive
+                    .fetch_add(1, Ordering::Relaxed)
+                    .saturating_add(1)
+            } else {
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                0
+            };
+            self.window.record(sample, || now.get());
+            consecutive
+        }) else {
+            return; // stale
         };
-        self.window.record(sample, || now.get());
         if word.state() != State::Closed {
             return; // MetricsOnly records but never trips
         }
@@ -422,6 +437,22 @@ impl Breaker {
                 (w.state() == State::Closed).then_some(State::Open)
             });
         }
+    }
+
+    /// Runs `write` (recording one outcome) unless `generation` is stale, registered in
+    /// `recording`, so that a transition that clears the window waits for the write to end, and
+    /// a write that starts during such a transition waits for it and then finds itself stale.
+    fn while_recording<T>(&self, generation: Generation, write: impl FnOnce() -> T) -> Option<T> {
+        // SeqCst read-modify-writes on one location: either this registration precedes the
+        // transition's `CLEARING` (which then waits for it), or it sees `CLEARING`. The final
+        // decrements also order every recorder's writes before the next one's threshold check.
+        while self.recording.fetch_add(1, Ordering::SeqCst) & CLEARING != 0 {
+            self.recording.fetch_sub(1, Ordering::SeqCst);
+            drop(lock(&self.episode)); // the clearing transition holds it until it is published
+        }
+        let result = (self.load().generation() == generation).then(write);
+        self.recording.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     fn should_trip(&self, consecutive: u32, now: &mut Now) -> bool {
@@ -571,6 +602,11 @@ impl Breaker {
                 self.half_open_until.store(until, Ordering::Relaxed);
             }
             State::Closed | State::MetricsOnly => {
+                // Wait for the recorders that checked the old generation; new ones wait for us.
+                self.recording.fetch_or(CLEARING, Ordering::SeqCst);
+                while self.recording.load(Ordering::SeqCst) & !CLEARING != 0 {
+                    yield_now();
+                }
                 self.window.clear();
                 self.consecutive.store(0, Ordering::Relaxed);
                 if to == State::Closed {
@@ -582,9 +618,13 @@ impl Breaker {
         }
         let next = current.next(to);
         // Release: publishes the side effects above with the new word.
-        self.word
-            .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
-            .map_err(|_| ())?;
+        let published =
+            self.word
+                .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire);
+        if matches!(to, State::Closed | State::MetricsOnly) {
+            self.recording.fetch_and(!CLEARING, Ordering::SeqCst);
+        }
+        published.map_err(|_| ())?;
         episode.attempt = attempt;
         self.announce(from, to);
         Ok(())
