@@ -18,6 +18,13 @@
 //! the deadlines that belong to it. The lock is never taken on the closed, open or half-open paths
 //! that do not change the state.
 //!
+//! An outcome that changes the window registers in `recording` around its generation check and
+//! its writes: a transition that clears the window (reset, metrics-only, closing) waits for the
+//! registered writers, so a stale outcome can never land in the fresh window, and a writer that
+//! arrives during the clear is stale and records nothing. The registration's `SeqCst` decrement
+//! also makes the last of two racing writers see both outcomes when it evaluates the thresholds.
+//! A healthy closed breaker (a count window of successes) skips all of this: it only reads.
+//!
 //! Every admitted call carries a [`Ticket`] with the generation that admitted it. A result whose
 //! generation is no longer current is stale and is dropped: it cannot move the state, and it
 //! cannot take a probe's place.
@@ -440,15 +447,17 @@ impl Breaker {
     }
 
     /// Runs `write` (recording one outcome) unless `generation` is stale, registered in
-    /// `recording`, so that a transition that clears the window waits for the write to end, and
-    /// a write that starts during such a transition waits for it and then finds itself stale.
+    /// `recording`, so that a transition that clears the window waits for the write to end. A
+    /// write that starts during such a transition is stale: the transition publishes a new
+    /// generation (a clearing transition from Closed or MetricsOnly cannot fail, as nothing but
+    /// the lock holder changes their word), so it records nothing and never waits.
     fn while_recording<T>(&self, generation: Generation, write: impl FnOnce() -> T) -> Option<T> {
         // SeqCst read-modify-writes on one location: either this registration precedes the
         // transition's `CLEARING` (which then waits for it), or it sees `CLEARING`. The final
         // decrements also order every recorder's writes before the next one's threshold check.
-        while self.recording.fetch_add(1, Ordering::SeqCst) & CLEARING != 0 {
+        if self.recording.fetch_add(1, Ordering::SeqCst) & CLEARING != 0 {
             self.recording.fetch_sub(1, Ordering::SeqCst);
-            drop(lock(&self.episode)); // the clearing transition holds it until it is published
+            return None;
         }
         let result = (self.load().generation() == generation).then(write);
         self.recording.fetch_sub(1, Ordering::SeqCst);
