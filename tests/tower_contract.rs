@@ -977,3 +977,22 @@ async fn retry_outside_the_breaker_stops_at_a_rejection() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(handle.metrics().not_permitted(), 2);
 }
+
+/// `Buffer` (and so tonic's `Channel`) fails for good once its service's `poll_ready` errs. An open
+/// circuit must not do that: the buffered service keeps answering, with rejections while open and
+/// with responses once the breaker is reset.
+#[tokio::test]
+async fn buffer_in_front_of_an_open_circuit_survives_it() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    let handle = layer.handle();
+    let inner = service_fn(|x: u32| async move { Ok::<_, BoxError>(x + 1) });
+    let mut buffered = tower::buffer::Buffer::new(layer.layer(inner), 8);
+
+    handle.force_open();
+    for _ in 0..3 {
+        let err = buffered.ready().await.unwrap().call(1).await.unwrap_err();
+        assert!(err.is::<Rejected>(), "{err}");
+    }
+    handle.reset();
+    assert_eq!(buffered.ready().await.unwrap().call(1).await.unwrap(), 2);
+}
