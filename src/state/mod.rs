@@ -409,8 +409,8 @@ impl Breaker {
             return; // stale: admitted under a state that has since changed
         }
         let sample = Sample { failed, slow };
-        // Relaxed throughout: these are statistics. Whether a racing outcome lands before or after
-        // this one is itself a race; the transition they may cause is decided under the lock.
+        // Relaxed: a full window of successes stays one whatever order racing successes take; a
+        // racing failure is counted either before or after this success, and evaluates itself.
         if !failed && self.consecutive.load(Ordering::Relaxed) == 0 && self.window.absorbs(sample) {
             return; // a healthy closed breaker: nothing changes, nothing is written
         }
