@@ -11,7 +11,8 @@ use tower::BoxError;
 use tower::timeout::error::Elapsed;
 
 use crate::classify::{Classify, Outcome};
-use crate::state::{Breaker, Ticket, saturating_nanos};
+use crate::state::lane::Lane;
+use crate::state::{Ticket, saturating_nanos};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -71,6 +72,7 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
         let output = match kind.as_mut().project() {
@@ -148,52 +150,31 @@ impl<F> fmt::Debug for FallbackFuture<F> {
     }
 }
 
-// ===== Permit =====
+// ===== Admission, Permit =====
 
-/// An admitted call's claim on the breaker: taken in `poll_ready`, carried to `call` and into the
-/// response future, and completed with the call's outcome or released when dropped. Like tower's
-/// `OwnedSemaphorePermit`, it is self-contained, so it can move into a response body later.
-pub(crate) struct Permit {
-    breaker: Arc<Breaker>,
+/// An admitted call's claim on the breaker, from `poll_ready` to `call`: the breaker (through the
+/// admitting thread's lane, see `state::lane`) and the ticket. Given back when dropped unused (a
+/// half-open probe permit returns), like tower's `OwnedSemaphorePermit`.
+///
+/// Two words on purpose: the service keeps it between `poll_ready` and `call`, and a value this
+/// small is written and read back word by word (see `CircuitBreaker::admitted`).
+pub(crate) struct Admission {
+    breaker: Arc<Lane>,
     ticket: Option<Ticket>,
-    /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
-    started: Option<u64>,
 }
 
-impl Permit {
-    pub(crate) fn new(breaker: Arc<Breaker>, ticket: Ticket) -> Self {
-        Permit {
+impl Admission {
+    #[inline]
+    pub(crate) fn new(breaker: Arc<Lane>, ticket: Ticket) -> Self {
+        Admission {
             breaker,
             ticket: Some(ticket),
-            started: None,
-        }
-    }
-
-    /// Notes the dispatch time, when slow calls are tracked.
-    #[inline]
-    pub(crate) fn start(&mut self) {
-        if self.breaker.tracks_duration() {
-            self.started = Some(self.breaker.now().get());
-        }
-    }
-
-    /// Records the outcome; later calls and the drop do nothing.
-    #[inline]
-    pub(crate) fn complete(&mut self, outcome: Outcome) {
-        if let Some(ticket) = self.ticket.take() {
-            let mut now = self.breaker.now();
-            let slow = match (self.breaker.config().slow_call_duration, self.started) {
-                (Some(limit), Some(started)) => {
-                    now.get().saturating_sub(started) > saturating_nanos(limit)
-                }
-                _ => false,
-            };
-            self.breaker.complete(ticket, outcome, slow, &mut now);
         }
     }
 }
 
-impl Drop for Permit {
+impl Drop for Admission {
+    #[inline]
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.breaker.release(ticket);
@@ -201,10 +182,64 @@ impl Drop for Permit {
     }
 }
 
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A dispatched call's claim on the breaker: its admission and when it started. Completed with the
+/// call's outcome, or released (by its admission) when dropped. Self-contained, so it can move
+/// into a response body later.
+pub(crate) struct Permit {
+    admission: Admission,
+    /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
+    started: Option<u64>,
+}
+
+impl Permit {
+    /// Dispatches an admitted call, noting the time when slow calls are tracked.
+    #[inline]
+    pub(crate) fn start(admission: Admission) -> Self {
+        let breaker = &admission.breaker;
+        let started = breaker.tracks_duration().then(|| breaker.now().get());
+        Permit { admission, started }
+    }
+
+    /// Records the outcome; later calls and the drop do nothing.
+    #[inline]
+    pub(crate) fn complete(&mut self, outcome: Outcome) {
+        if let Some(ticket) = self.admission.ticket.take() {
+            // The common case, inline: a timely success in a healthy closed breaker changes nothing
+            // (`started` is set only when slow calls are tracked).
+            if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome) {
+                return;
+            }
+            self.record(ticket, outcome);
+        }
+    }
+
+    #[inline(never)]
+    fn record(&self, ticket: Ticket, outcome: Outcome) {
+        let breaker = &self.admission.breaker;
+        let mut now = breaker.now();
+        let slow = match (breaker.config().slow_call_duration, self.started) {
+            (Some(limit), Some(started)) => {
+                now.get().saturating_sub(started) > saturating_nanos(limit)
+            }
+            _ => false,
+        };
+        breaker.complete(ticket, outcome, slow, &mut now);
+    }
+}
+
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("ticket", &self.ticket)
-            .finish_non_exhaustive()
+            .field("admission", &self.admission)
+            .field("started", &self.started)
+            .finish()
     }
 }

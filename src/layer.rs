@@ -9,6 +9,7 @@ use crate::fallback::{NoFallback, WithFallback};
 use crate::handle::Handle;
 use crate::service::CircuitBreaker;
 use crate::state::Breaker;
+use crate::state::lane::Lanes;
 
 /// Wraps services in one shared [`CircuitBreaker`].
 ///
@@ -44,7 +45,7 @@ use crate::state::Breaker;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer<C = DefaultClassify, F = NoFallback> {
-    breaker: Arc<Breaker>,
+    breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
 }
@@ -59,7 +60,7 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     pub(crate) fn from_parts(config: Config, classify: C) -> Self {
         CircuitBreakerLayer {
-            breaker: Arc::new(Breaker::new(Arc::new(config))),
+            breaker: Arc::new(Lanes::new(Arc::new(Breaker::new(Arc::new(config))))),
             classify,
             fallback: NoFallback,
         }
@@ -69,7 +70,7 @@ impl<C> CircuitBreakerLayer<C> {
 impl<C, F> CircuitBreakerLayer<C, F> {
     /// A handle to read and control this layer's breaker.
     pub fn handle(&self) -> Handle {
-        Handle::new(self.breaker.clone())
+        Handle::new(self.breaker.breaker().clone())
     }
 
     /// Sends every call the breaker rejects to `service` instead of failing it.

@@ -29,6 +29,7 @@
 //! generation is no longer current is stale and is dropped: it cannot move the state, and it
 //! cannot take a probe's place.
 
+pub(crate) mod lane;
 pub(crate) mod window;
 pub(crate) mod word;
 
@@ -36,6 +37,7 @@ pub(crate) mod word;
 mod loom_tests;
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
@@ -135,20 +137,54 @@ pub(crate) fn saturating_nanos(d: Duration) -> u64 {
 // ===== Ticket, Decision =====
 
 /// What admitted a call: carried by the call until its result is recorded or it is dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ticket {
-    generation: Generation,
-    kind: TicketKind,
+///
+/// Packed into one non-zero word (`generation << 8 | kind`): an admitted call hands its ticket
+/// from `poll_ready` to `call` to its future, and a one-word value is stored and loaded whole
+/// (a struct of a `u32` and a `u8` is written field by field and then read back with one wider
+/// load, which stalls on store forwarding).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(NonZeroU64);
+
+impl Ticket {
+    #[inline]
+    fn new(generation: Generation, kind: TicketKind) -> Self {
+        let bits = (u64::from(generation.bits()) << 8) | kind as u64;
+        Ticket(NonZeroU64::new(bits).expect("a ticket kind is never 0"))
+    }
+
+    #[inline]
+    fn generation(self) -> Generation {
+        Generation::from_bits((self.0.get() >> 8) as u32)
+    }
+
+    #[inline]
+    fn kind(self) -> TicketKind {
+        match self.0.get() & 0xff {
+            1 => TicketKind::Recorded,
+            2 => TicketKind::Probe,
+            _ => TicketKind::Unrecorded,
+        }
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("generation", &self.generation())
+            .field("kind", &self.kind())
+            .finish()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum TicketKind {
     /// Admitted in Closed or MetricsOnly: the result goes into the window.
-    Recorded,
+    Recorded = 1,
     /// Admitted in HalfOpen: holds one probe permit.
-    Probe,
+    Probe = 2,
     /// Admitted in Disabled: nothing is recorded.
-    Unrecorded,
+    Unrecorded = 3,
 }
 
 /// Why a call was not admitted.
@@ -338,7 +374,7 @@ impl Breaker {
                     }
                 }
             };
-            return Decision::Admit(Ticket { generation, kind });
+            return Decision::Admit(Ticket::new(generation, kind));
         }
     }
 
@@ -375,26 +411,49 @@ impl Breaker {
     /// slow-call duration (always false when slow calls are not tracked).
     #[inline]
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now) {
-        match ticket.kind {
+        match ticket.kind() {
             TicketKind::Unrecorded => {}
-            TicketKind::Recorded => self.record(ticket.generation, outcome, slow, now),
+            TicketKind::Recorded => self.record(ticket.generation(), outcome, slow, now),
             TicketKind::Probe => {
                 let result = match outcome {
                     Outcome::Ignored => ProbeResult::Returned,
                     Outcome::Success if !slow => ProbeResult::Succeeded,
                     Outcome::Success | Outcome::Failure => ProbeResult::Failed,
                 };
-                self.finish_probe(ticket.generation, result, now);
+                self.finish_probe(ticket.generation(), result, now);
             }
         }
     }
 
+    /// Whether recording `outcome` for `ticket` would change nothing: a success (not slow) in a
+    /// closed breaker whose window is full of successes. The response future's inline fast path:
+    /// `complete` would reach the same conclusion for it, reading the same atomics, but out of
+    /// line and after reading the clock for slow calls. A stale ticket changes nothing either way,
+    /// so its generation need not be checked here.
+    #[inline]
+    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        // Relaxed: as in `record`.
+        ticket.kind() == TicketKind::Recorded
+            && outcome == Outcome::Success
+            && self.consecutive.load(Ordering::Relaxed) == 0
+            && self.window.absorbs(Sample {
+                failed: false,
+                slow: false,
+            })
+    }
+
     /// Gives back what a call that will never complete holds: its probe permit, if any. Nothing
     /// is recorded.
+    #[inline]
     pub(crate) fn release(&self, ticket: Ticket) {
-        if ticket.kind == TicketKind::Probe {
-            self.finish_probe(ticket.generation, ProbeResult::Returned, &mut self.now());
+        if ticket.kind() == TicketKind::Probe {
+            self.return_probe(ticket.generation());
         }
+    }
+
+    #[inline(never)]
+    fn return_probe(&self, generation: Generation) {
+        self.finish_probe(generation, ProbeResult::Returned, &mut self.now());
     }
 
     #[inline]

@@ -37,6 +37,18 @@ pub(crate) const FAIL_ONE: u64 = 1 << FAIL_SHIFT;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Generation(u32);
 
+impl Generation {
+    /// The generation as a number (to pack it with other fields).
+    pub(crate) const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// The inverse of [`bits`](Self::bits).
+    pub(crate) const fn from_bits(bits: u32) -> Self {
+        Generation(bits)
+    }
+}
+
 pub(crate) const fn tag_of(state: State) -> u64 {
     match state {
         State::Closed => 0,
