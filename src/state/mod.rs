@@ -498,6 +498,12 @@ impl Breaker {
         if !failed && !slow && !self.window.may_hold_bad(|| now.get()) {
             return; // a success cannot raise a rate that is zero
         }
+        if !failed && !slow && self.window.was_past_minimum(self.config.minimum_calls) {
+            // In a count window a success only replaces an older outcome once the rates are
+            // defined: it lowers or keeps both. Only the outcome that brings the window to its
+            // minimum can trip it.
+            return;
+        }
         if self.should_trip(consecutive, now) {
             self.transition_if(generation, now, |w| {
                 (w.state() == State::Closed).then_some(State::Open)

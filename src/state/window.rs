@@ -67,6 +67,20 @@ impl Window {
         }
     }
 
+    /// Whether a count window held at least `minimum` outcomes (capped at its size) before the
+    /// last one recorded: its rates were defined already, and a success that replaced an older
+    /// outcome cannot have raised them. Always false for a time window, whose rates also move
+    /// as old buckets expire.
+    #[inline]
+    pub(crate) fn was_past_minimum(&self, minimum: u64) -> bool {
+        match self {
+            // Relaxed: a racing outcome's position only makes `head` larger; whichever side of
+            // the minimum that outcome lands, it evaluates the thresholds itself.
+            Window::Count(w) => w.counters.head.load(Relaxed) > minimum.min(w.len()),
+            Window::Time(_) => false,
+        }
+    }
+
     /// Whether the window may hold a failure or a slow call, so that a success could trip it.
     #[inline]
     pub(crate) fn may_hold_bad(&self, now: impl FnOnce() -> u64) -> bool {
@@ -371,6 +385,32 @@ mod tests {
         assert!(!w.absorbs(OK), "the failure is still among the last 2");
         w.record(OK, || 0);
         assert!(w.absorbs(OK));
+    }
+
+    #[test]
+    fn count_window_is_past_its_minimum_only_after_the_outcome_that_reaches_it() {
+        let w = Window::count(3);
+        w.record(FAIL, || 0);
+        w.record(OK, || 0);
+        assert!(
+            !w.was_past_minimum(2),
+            "the 2nd outcome defines the rate: evaluate it"
+        );
+        w.record(OK, || 0);
+        assert!(w.was_past_minimum(2));
+        assert!(
+            !w.was_past_minimum(3),
+            "the 3rd outcome reached a minimum of 3"
+        );
+        w.record(OK, || 0);
+        assert!(
+            w.was_past_minimum(5),
+            "a minimum above the size is capped at it"
+        );
+        assert!(
+            !Window::time(10, 3).was_past_minimum(0),
+            "time windows always evaluate"
+        );
     }
 
     #[test]
