@@ -333,20 +333,30 @@ impl Breaker {
                         retry_after: None,
                     });
                 }
-                State::Open => match self.settle(word, now) {
-                    Some(next) => {
-                        word = next;
-                        continue;
-                    }
-                    None => {
-                        let until = self.open_until.load(Ordering::Relaxed);
-                        let left = until.saturating_sub(now.get());
+                State::Open => {
+                    // Still open, the common case, inline: one clock read, no call. `settle`
+                    // makes the same comparison with the same reads.
+                    let until = self.open_until.load(Ordering::Relaxed);
+                    let left = until.saturating_sub(now.get());
+                    if left > 0 {
                         return Decision::Reject(Rejection {
                             state: State::Open,
                             retry_after: Some(Duration::from_nanos(left)),
                         });
                     }
-                },
+                    match self.settle(word, now) {
+                        Some(next) => {
+                            word = next;
+                            continue;
+                        }
+                        None => {
+                            return Decision::Reject(Rejection {
+                                state: State::Open,
+                                retry_after: Some(Duration::ZERO),
+                            });
+                        }
+                    }
+                }
                 State::HalfOpen => {
                     if let Some(next) = self.settle(word, now) {
                         word = next;
