@@ -87,5 +87,6 @@ for row in ROWS:
 if e2e:
     raw, br = float(e2e["raw"]), float(e2e["breaker"])
     print()
-    print(f"End to end (hyper, 127.0.0.1, median of rounds): raw {raw:.0f} req/s, with the breaker "
-          f"{br:.0f} req/s, ratio **{br / raw:.3f}**.")
+    print(f"End to end (hyper, 127.0.0.1, interleaved batches): raw {raw:.0f} req/s, with the "
+          f"breaker {br:.0f} req/s (ratio of the totals {float(e2e['ratio']):.3f}); median of the "
+          f"batches' paired ratios **{float(e2e['median_batch_ratio']):.3f}**.")

@@ -1,16 +1,18 @@
 //! End to end: requests per second of a hyper HTTP/1.1 server on 127.0.0.1, with and without our
 //! breaker in front of the same handler, driven by a load generator in this process.
 //!
-//! `e2e [requests per round] [connections] [rounds]` (defaults 40 000, 8, 7). Each round runs both
-//! modes, in alternating order, each on a fresh server (its own OS thread, a one-worker tokio
-//! runtime); the client (a current-thread runtime on the main thread) opens the connections with
-//! keep-alive and sends a bounded number of GET requests, each read to the end. Prints the
-//! median requests per second of each mode and their ratio, then checks that the breaker stayed
+//! `e2e [requests per batch] [connections] [batches]` (defaults 2 000, 8, 200). Two servers run at
+//! once, each in its own OS thread on a one-worker tokio runtime: one with the raw handler, one
+//! with the breaker in front of it. The client (a current-thread runtime on the main thread) keeps
+//! 8 keep-alive connections to each and sends the batches to one server then the other, in
+//! alternating order, each request read to the end. Interleaving small batches cancels the drift
+//! of a shared machine. Prints requests per second of each mode over all its batches, their
+//! ratio, and the median of the batches' paired ratios; then checks that the breaker stayed
 //! closed, recorded the calls and rejected none.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -70,13 +72,20 @@ fn serve(mode: Mode, layer: CircuitBreakerLayer) -> (SocketAddr, oneshot::Sender
     (addr_rx.recv().unwrap(), stop_tx)
 }
 
-async fn client(addr: SocketAddr, requests: usize) {
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Sender {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
+    sender
+}
+
+/// Sends `requests` GET requests one after the other on one keep-alive connection.
+async fn send(mut sender: Sender, requests: usize) -> Sender {
     for _ in 0..requests {
         let request = Request::get("/")
             .header("host", "127.0.0.1")
@@ -87,32 +96,20 @@ async fn client(addr: SocketAddr, requests: usize) {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
     }
+    sender
 }
 
-/// One measurement: requests per second.
-fn round(mode: Mode, layer: &CircuitBreakerLayer, requests: usize, connections: usize) -> f64 {
-    let (addr, stop) = serve(mode, layer.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let per_connection = requests / connections;
-    let elapsed = runtime.block_on(async {
-        // Warm-up: one request per connection's worth, not timed.
-        client(addr, 200).await;
-        let start = Instant::now();
-        let clients: Vec<_> = (0..connections)
-            .map(|_| tokio::spawn(client(addr, per_connection)))
-            .collect();
-        for c in clients {
-            c.await.unwrap();
-        }
-        start.elapsed()
-    });
-    let _ = stop.send(());
-    // Wake the accept loop so that it sees the stop signal.
-    let _ = std::net::TcpStream::connect(addr);
-    (per_connection * connections) as f64 / elapsed.as_secs_f64()
+/// One batch on one server's connections, all at once; returns the wall time.
+async fn batch(senders: &mut Vec<Sender>, per_connection: usize) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = senders
+        .drain(..)
+        .map(|s| tokio::spawn(send(s, per_connection)))
+        .collect();
+    for t in tasks {
+        senders.push(t.await.unwrap());
+    }
+    start.elapsed()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -125,9 +122,10 @@ fn main() {
         .skip(1)
         .map(|a| a.parse().expect("a number"))
         .collect();
-    let requests = args.first().copied().unwrap_or(40_000);
+    let requests = args.first().copied().unwrap_or(2_000);
     let connections = args.get(1).copied().unwrap_or(8);
-    let rounds = args.get(2).copied().unwrap_or(7);
+    let batches = args.get(2).copied().unwrap_or(200);
+    let per_connection = requests / connections;
 
     let layer = CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
@@ -135,23 +133,47 @@ fn main() {
         .build()
         .expect("valid configuration");
     let handle: Handle = layer.handle();
+    let (raw_addr, raw_stop) = serve(Mode::Raw, layer.clone());
+    let (breaker_addr, breaker_stop) = serve(Mode::Breaker, layer.clone());
 
-    let (mut raw, mut breaker) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        let order = if r % 2 == 0 {
-            [Mode::Raw, Mode::Breaker]
-        } else {
-            [Mode::Breaker, Mode::Raw]
-        };
-        for mode in order {
-            let rps = round(mode, &layer, requests, connections);
-            eprintln!("round {r} {mode:?}: {rps:.0} requests/s");
-            match mode {
-                Mode::Raw => raw.push(rps),
-                Mode::Breaker => breaker.push(rps),
-            }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (raw, breaker, ratios) = runtime.block_on(async {
+        let mut raw_conns = Vec::new();
+        let mut breaker_conns = Vec::new();
+        for _ in 0..connections {
+            raw_conns.push(connect(raw_addr).await);
+            breaker_conns.push(connect(breaker_addr).await);
         }
-    }
+        // Warm-up, not timed.
+        batch(&mut raw_conns, per_connection).await;
+        batch(&mut breaker_conns, per_connection).await;
+        let (mut raw, mut breaker) = (Duration::ZERO, Duration::ZERO);
+        let mut ratios = Vec::new();
+        for b in 0..batches {
+            let (r, k) = if b % 2 == 0 {
+                let r = batch(&mut raw_conns, per_connection).await;
+                (r, batch(&mut breaker_conns, per_connection).await)
+            } else {
+                let k = batch(&mut breaker_conns, per_connection).await;
+                (batch(&mut raw_conns, per_connection).await, k)
+            };
+            raw += r;
+            breaker += k;
+            // Requests per second with the breaker over without: time without over time with.
+            ratios.push(r.as_secs_f64() / k.as_secs_f64());
+        }
+        (raw, breaker, ratios)
+    });
+    let _ = raw_stop.send(());
+    let _ = breaker_stop.send(());
+    // Wake the accept loops so that they see the stop signal.
+    let _ = std::net::TcpStream::connect(raw_addr);
+    let _ = std::net::TcpStream::connect(breaker_addr);
+
+    let total = (per_connection * connections * batches) as f64;
     let metrics = handle.metrics();
     assert_eq!(
         handle.state(),
@@ -161,9 +183,11 @@ fn main() {
     assert_eq!(metrics.failed(), 0);
     assert_eq!(metrics.not_permitted(), 0);
     assert!(metrics.calls() > 0, "the breaker saw no calls");
-    let (raw, breaker) = (median(raw), median(breaker));
+    let (raw, breaker) = (total / raw.as_secs_f64(), total / breaker.as_secs_f64());
+    eprintln!("paired batch ratios: {ratios:.3?}");
     println!("mode\trequests_per_s");
     println!("raw\t{raw:.0}");
     println!("breaker\t{breaker:.0}");
     println!("ratio\t{:.3}", breaker / raw);
+    println!("median_batch_ratio\t{:.3}", median(ratios));
 }
