@@ -514,7 +514,17 @@ impl Breaker {
             // minimum can trip it.
             return;
         }
-        if self.should_trip(consecutive, now) {
+        if !failed
+            && !slow
+            && self
+                .window
+                .evaluated_in_bucket(generation.bits(), || now.get())
+        {
+            // In a time window no outcome left since that evaluation: likewise (see
+            // `Window::mark_evaluated`).
+            return;
+        }
+        if self.should_trip(generation, consecutive, now) {
             self.transition_if(generation, now, |w| {
                 (w.state() == State::Closed).then_some(State::Open)
             });
@@ -539,7 +549,7 @@ impl Breaker {
         result
     }
 
-    fn should_trip(&self, consecutive: u32, now: &mut Now) -> bool {
+    fn should_trip(&self, generation: Generation, consecutive: u32, now: &mut Now) -> bool {
         let config = &self.config;
         if config
             .consecutive_failures
@@ -551,6 +561,7 @@ impl Breaker {
         if totals.calls == 0 || totals.calls < config.minimum_calls {
             return false;
         }
+        self.window.mark_evaluated(generation.bits(), || now.get());
         let calls = totals.calls as f64;
         totals.failed as f64 / calls >= config.failure_rate_threshold
             || config

@@ -81,6 +81,30 @@ impl Window {
         }
     }
 
+    /// Whether the thresholds were evaluated with defined rates, in generation `generation`,
+    /// during the bucket that holds `now` (see [`mark_evaluated`](Self::mark_evaluated)). Always
+    /// false for a count window.
+    #[inline]
+    pub(crate) fn evaluated_in_bucket(&self, generation: u32, now: impl FnOnce() -> u64) -> bool {
+        match self {
+            Window::Count(_) => false,
+            Window::Time(w) => w.evaluated.load(Relaxed) == w.evaluation_mark(generation, now()),
+        }
+    }
+
+    /// Notes that the thresholds were evaluated with defined rates (at least the minimum number
+    /// of calls) in generation `generation` at `now`. Until the bucket changes no outcome leaves
+    /// a time window, so a later success in the same bucket can only lower the rates: it need
+    /// not evaluate them again (a failure or slow call still evaluates itself). The generation
+    /// keeps a mark made just before a transition from applying to the window it cleared.
+    pub(crate) fn mark_evaluated(&self, generation: u32, now: impl FnOnce() -> u64) {
+        if let Window::Time(w) = self {
+            // Relaxed: a stale or lost mark only makes a success evaluate once more.
+            w.evaluated
+                .store(w.evaluation_mark(generation, now()), Relaxed);
+        }
+    }
+
     /// Whether the window may hold a failure or a slow call, so that a success could trip it.
     #[inline]
     pub(crate) fn may_hold_bad(&self, now: impl FnOnce() -> u64) -> bool {
@@ -252,6 +276,8 @@ pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     /// Stamp of the last bucket that recorded a failure or a slow call (0: none).
     last_bad: AtomicU32,
+    /// `generation << 32 | stamp` of the last evaluation with defined rates (`u64::MAX`: none).
+    evaluated: AtomicU64,
 }
 
 impl TimeWindow {
@@ -260,6 +286,7 @@ impl TimeWindow {
             bucket_nanos: bucket_nanos.max(1),
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             last_bad: AtomicU32::new(0),
+            evaluated: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -286,6 +313,10 @@ impl TimeWindow {
         if sample.failed || sample.slow {
             self.last_bad.store(stamp, Relaxed);
         }
+    }
+
+    fn evaluation_mark(&self, generation: u32, now: u64) -> u64 {
+        (u64::from(generation) << 32) | u64::from(self.locate(now).0)
     }
 
     fn may_hold_bad(&self, now: u64) -> bool {
@@ -317,6 +348,7 @@ impl TimeWindow {
             bucket.slow.0.store(0, Relaxed);
         }
         self.last_bad.store(0, Relaxed);
+        self.evaluated.store(u64::MAX, Relaxed);
     }
 }
 
@@ -411,6 +443,22 @@ mod tests {
             !Window::time(10, 3).was_past_minimum(0),
             "time windows always evaluate"
         );
+    }
+
+    #[test]
+    fn time_window_evaluation_mark_holds_for_one_bucket_of_one_generation() {
+        let w = Window::time(10, 3);
+        assert!(!w.evaluated_in_bucket(1, || 5));
+        w.mark_evaluated(1, || 5);
+        assert!(w.evaluated_in_bucket(1, || 9));
+        assert!(
+            !w.evaluated_in_bucket(1, || 10),
+            "a new bucket: outcomes may have left"
+        );
+        assert!(!w.evaluated_in_bucket(2, || 9), "another generation");
+        w.clear();
+        assert!(!w.evaluated_in_bucket(1, || 9));
+        assert!(!Window::count(3).evaluated_in_bucket(0, || 0));
     }
 
     #[test]
