@@ -19,6 +19,11 @@ pin_project! {
     ///
     /// It records the call's outcome when the inner future completes. Dropped before that (even
     /// unpolled), it records nothing and gives back the half-open probe permit it holds.
+    ///
+    /// When the call timeout fires, the inner future and the timer are dropped at once. When the
+    /// inner future completes, it is kept (finished) with the timer until this future is dropped.
+    /// Polling again after completion panics, without polling the inner future and without
+    /// recording anything.
     pub struct ResponseFuture<F, C, R> {
         #[pin]
         kind: Kind<F, C, R>,
@@ -82,32 +87,48 @@ where
                 permit,
                 classify,
             } => {
+                // Completed already (its permit's ticket is taken): the inner future must not be
+                // polled again, nor the outcome recorded twice.
+                if permit.is_completed() {
+                    completed();
+                }
                 // The inner future first, so that a response wins a tie with the timeout.
                 if let Poll::Ready(result) = future.poll(cx) {
                     permit.complete(classify.classify(result.as_ref()));
-                    result.map_err(Into::into)
-                } else {
-                    match timeout.as_pin_mut().map(|sleep| sleep.poll(cx)) {
-                        Some(Poll::Ready(())) => {
-                            permit.complete(Outcome::Failure);
-                            Err(Elapsed::new().into())
-                        }
-                        _ => return Poll::Pending,
+                    // The inner future, the timer and the lane stay until this future is dropped:
+                    // moving to `Done` here costs a drop of the whole enum out of line on every
+                    // call. A later poll panics above.
+                    return Poll::Ready(result.map_err(Into::into));
+                }
+                match timeout.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                    Some(Poll::Ready(())) => {
+                        permit.complete(Outcome::Failure);
+                        Err(Elapsed::new().into())
                     }
+                    _ => return Poll::Pending,
                 }
             }
-            KindProj::Rejected { future } => ready!(future.poll(cx)),
-            KindProj::Done => panic!("ResponseFuture polled after completion"),
+            KindProj::Rejected { future } => return future.poll(cx),
+            KindProj::Done => completed(),
         };
-        // Drops the inner future (and the timer) now, not when the caller drops this future.
+        // Timed out (or rejected): drops the inner future (and the timer) now, not when the
+        // caller drops this future.
         kind.set(Kind::Done);
         Poll::Ready(output)
     }
 }
 
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn completed() -> ! {
+    panic!("ResponseFuture polled after completion")
+}
+
 impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
+            Kind::Called { permit, .. } if permit.is_completed() => "Done",
             Kind::Called { .. } => "Called",
             Kind::Rejected { .. } => "Rejected",
             Kind::Done => "Done",
@@ -122,13 +143,26 @@ pin_project! {
     /// Response future of a fallback service: the fallback's future with its error boxed.
     pub struct FallbackFuture<F> {
         #[pin]
-        inner: F,
+        inner: FallbackKind<F>,
+    }
+}
+
+pin_project! {
+    #[project = FallbackProj]
+    enum FallbackKind<F> {
+        Running {
+            #[pin]
+            future: F,
+        },
+        Done,
     }
 }
 
 impl<F> FallbackFuture<F> {
-    pub(crate) fn new(inner: F) -> Self {
-        FallbackFuture { inner }
+    pub(crate) fn new(future: F) -> Self {
+        FallbackFuture {
+            inner: FallbackKind::Running { future },
+        }
     }
 }
 
@@ -140,7 +174,14 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx).map_err(Into::into)
+        let mut inner = self.project().inner;
+        let output = match inner.as_mut().project() {
+            FallbackProj::Running { future } => ready!(future.poll(cx)),
+            FallbackProj::Done => completed(),
+        };
+        // Drops the fallback's future now, and never polls it again.
+        inner.set(FallbackKind::Done);
+        Poll::Ready(output.map_err(Into::into))
     }
 }
 
@@ -206,6 +247,12 @@ impl Permit {
         let breaker = &admission.breaker;
         let started = breaker.tracks_duration().then(|| breaker.now().get());
         Permit { admission, started }
+    }
+
+    /// Whether the outcome was recorded (`complete` was called).
+    #[inline]
+    pub(crate) fn is_completed(&self) -> bool {
+        self.admission.ticket.is_none()
     }
 
     /// Records the outcome; later calls and the drop do nothing.

@@ -996,3 +996,94 @@ async fn buffer_in_front_of_an_open_circuit_survives_it() {
     handle.reset();
     assert_eq!(buffered.ready().await.unwrap().call(1).await.unwrap(), 2);
 }
+
+/// An inner future that is ready at once, counting its polls and noting its drop.
+struct Tracked {
+    polls: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Future for Tracked {
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(Ok("done"))
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn polling_after_completion_panics_without_polling_the_inner_future_or_recording_again() {
+    let layer = CircuitBreakerLayer::builder()
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let breaker = layer.handle();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (p, d) = (polls.clone(), dropped.clone());
+    let mut svc = layer.layer(service_fn(move |_: Req| Tracked {
+        polls: p.clone(),
+        dropped: d.clone(),
+    }));
+    svc.ready().await.unwrap();
+    let mut response = task::spawn(svc.call("x"));
+    assert_eq!(assert_ready_ok!(response.poll()), "done");
+    assert_eq!(breaker.metrics().calls(), 1);
+    // The finished inner future is kept until the response future is dropped.
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+
+    let again = std::panic::catch_unwind(AssertUnwindSafe(|| response.poll()));
+    assert!(again.is_err(), "a poll after completion panics");
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        1,
+        "the inner future is not polled again"
+    );
+    assert_eq!(breaker.metrics().calls(), 1, "nothing is recorded twice");
+    drop(response);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_call_drops_its_inner_future_at_once_and_panics_if_polled_again() {
+    let layer = CircuitBreakerLayer::builder()
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let breaker = layer.handle();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let mut svc = layer.layer(service_fn(move |_: Req| {
+        let guard = Tracked {
+            polls: Arc::new(AtomicUsize::new(0)),
+            dropped: d.clone(),
+        };
+        futures::future::pending::<Result<Res, BoxError>>().map(move |r| {
+            let _ = &guard;
+            r
+        })
+    }));
+    svc.ready().await.unwrap();
+    let mut response = task::spawn(svc.call("x"));
+    assert_pending!(response.poll());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let err = assert_ready_err!(response.poll());
+    assert!(err.is::<Elapsed>());
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "dropped when the timeout fired"
+    );
+    assert_eq!(breaker.metrics().calls(), 1);
+
+    let again = std::panic::catch_unwind(AssertUnwindSafe(|| response.poll()));
+    assert!(again.is_err(), "a poll after completion panics");
+    assert_eq!(breaker.metrics().calls(), 1, "nothing is recorded twice");
+}
