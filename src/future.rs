@@ -241,11 +241,12 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
-    /// Dispatches an admitted call, noting the time when slow calls are tracked.
+    /// Dispatches an admitted call, noting the time when slow calls are tracked
+    /// (`tracks_duration`: the breaker's `tracks_duration()`, read by the caller).
     #[inline]
-    pub(crate) fn start(admission: Admission) -> Self {
+    pub(crate) fn start(admission: Admission, tracks_duration: bool) -> Self {
         let breaker = &admission.breaker;
-        let started = breaker.tracks_duration().then(|| breaker.now().get());
+        let started = tracks_duration.then(|| breaker.now().get());
         Permit { admission, started }
     }
 

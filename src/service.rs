@@ -153,8 +153,9 @@ where
         };
         match decision {
             Ok(admission) => {
-                let permit = Permit::start(admission);
-                let timeout = self.breaker.config().call_timeout.map(tokio::time::sleep);
+                let lanes = &*self.breaker;
+                let permit = Permit::start(admission, lanes.tracks_duration);
+                let timeout = lanes.call_timeout.map(tokio::time::sleep);
                 let future = self.inner.call(request);
                 ResponseFuture::called(future, timeout, permit, self.classify.clone())
             }

@@ -18,6 +18,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use super::Breaker;
 
@@ -29,6 +30,10 @@ const LANES: usize = 4;
 pub(crate) struct Lanes {
     breaker: Arc<Breaker>,
     lanes: [OnceLock<Arc<Lane>>; LANES],
+    /// Copies of the configuration values every admitted call reads, one pointer away from the
+    /// service instead of three.
+    pub(crate) call_timeout: Option<Duration>,
+    pub(crate) tracks_duration: bool,
 }
 
 /// One lane: a reference to the breaker with a reference count of its own, on a cache line of its
@@ -64,6 +69,8 @@ fn thread_lane() -> usize {
 impl Lanes {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
         Lanes {
+            call_timeout: breaker.config().call_timeout,
+            tracks_duration: breaker.tracks_duration(),
             breaker,
             lanes: Default::default(),
         }
