@@ -107,23 +107,27 @@ impl fmt::Display for State {
 /// The current time in nanoseconds since the breaker's creation, read from tokio's clock at most
 /// once, and only if something needs it.
 #[derive(Debug)]
-pub(crate) struct Now {
-    epoch: Instant,
+pub(crate) struct Now<'a> {
+    /// Borrowed, not copied: most callers never read the clock.
+    epoch: &'a Instant,
     value: Option<u64>,
 }
 
-impl Now {
+impl Now<'static> {
     /// A time that is already known (loom models).
     #[cfg(all(test, loom))]
     pub(crate) fn fixed(nanos: u64) -> Self {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         Now {
-            epoch: Instant::now(),
+            epoch: EPOCH.get_or_init(Instant::now),
             value: Some(nanos),
         }
     }
+}
 
+impl Now<'_> {
     pub(crate) fn get(&mut self) -> u64 {
-        let epoch = self.epoch;
+        let epoch = *self.epoch;
         *self.value.get_or_insert_with(|| {
             saturating_nanos(Instant::now().saturating_duration_since(epoch))
         })
@@ -296,9 +300,9 @@ impl Breaker {
 
     /// A lazy reading of the breaker's clock.
     #[inline]
-    pub(crate) fn now(&self) -> Now {
+    pub(crate) fn now(&self) -> Now<'_> {
         Now {
-            epoch: self.epoch,
+            epoch: &self.epoch,
             value: None,
         }
     }
@@ -320,7 +324,7 @@ impl Breaker {
 
     /// Decides whether a call may proceed, taking a probe permit in HalfOpen.
     #[inline]
-    pub(crate) fn admit(&self, now: &mut Now) -> Decision {
+    pub(crate) fn admit(&self, now: &mut Now<'_>) -> Decision {
         let mut word = self.load();
         loop {
             let generation = word.generation();
@@ -390,7 +394,7 @@ impl Breaker {
 
     /// Applies a transition that is due by time (Open -> HalfOpen at `open_until`, HalfOpen ->
     /// Open at `half_open_until`). Returns the word to continue with if the state moved.
-    fn settle(&self, word: Word, now: &mut Now) -> Option<Word> {
+    fn settle(&self, word: Word, now: &mut Now<'_>) -> Option<Word> {
         let (deadline, to) = match word.state() {
             State::Open => (self.open_until.load(Ordering::Relaxed), State::HalfOpen),
             State::HalfOpen => (self.half_open_until.load(Ordering::Relaxed), State::Open),
@@ -407,7 +411,7 @@ impl Breaker {
     }
 
     /// The current state, after applying any transition that is due by time.
-    pub(crate) fn state(&self, now: &mut Now) -> State {
+    pub(crate) fn state(&self, now: &mut Now<'_>) -> State {
         let mut word = self.load();
         while let Some(next) = self.settle(word, now) {
             word = next;
@@ -420,7 +424,7 @@ impl Breaker {
     /// Records the result of an admitted call. `slow` says whether it took longer than the
     /// slow-call duration (always false when slow calls are not tracked).
     #[inline]
-    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now) {
+    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now<'_>) {
         match ticket.kind() {
             TicketKind::Unrecorded => {}
             TicketKind::Recorded => self.record(ticket.generation(), outcome, slow, now),
@@ -467,7 +471,7 @@ impl Breaker {
     }
 
     #[inline]
-    fn record(&self, generation: Generation, outcome: Outcome, slow: bool, now: &mut Now) {
+    fn record(&self, generation: Generation, outcome: Outcome, slow: bool, now: &mut Now<'_>) {
         let failed = match outcome {
             Outcome::Ignored => return,
             Outcome::Success => false,
@@ -549,7 +553,7 @@ impl Breaker {
         result
     }
 
-    fn should_trip(&self, generation: Generation, consecutive: u32, now: &mut Now) -> bool {
+    fn should_trip(&self, generation: Generation, consecutive: u32, now: &mut Now<'_>) -> bool {
         let config = &self.config;
         if config
             .consecutive_failures
@@ -569,7 +573,7 @@ impl Breaker {
                 .is_some_and(|threshold| totals.slow as f64 / calls >= threshold)
     }
 
-    fn finish_probe(&self, generation: Generation, result: ProbeResult, now: &mut Now) {
+    fn finish_probe(&self, generation: Generation, result: ProbeResult, now: &mut Now<'_>) {
         let config = &self.config;
         let decides = |w: Word| match result {
             ProbeResult::Returned => None,
@@ -629,7 +633,7 @@ impl Breaker {
     fn transition_if(
         &self,
         generation: Generation,
-        now: &mut Now,
+        now: &mut Now<'_>,
         decide: impl Fn(Word) -> Option<State>,
     ) -> bool {
         let mut episode = lock(&self.episode);
@@ -671,7 +675,7 @@ impl Breaker {
         episode: &mut Episode,
         current: Word,
         to: State,
-        now: &mut Now,
+        now: &mut Now<'_>,
     ) -> Result<(), ()> {
         let from = current.state();
         let mut attempt = episode.attempt;
