@@ -134,8 +134,13 @@ impl Now<'_> {
     }
 }
 
+/// `d` in nanoseconds, saturating at `u64::MAX` (about 584 years). In `u64` arithmetic rather than
+/// through `Duration::as_nanos`'s `u128`.
+#[inline]
 pub(crate) fn saturating_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 // ===== Ticket, Decision =====
