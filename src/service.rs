@@ -10,6 +10,7 @@ use crate::fallback::{Fallback, NoFallback};
 use crate::future::{Admission, Permit, ResponseFuture};
 use crate::handle::Handle;
 use crate::state::lane::Lanes;
+use crate::state::waiters::Waiter;
 use crate::state::{Decision, Rejection};
 
 /// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -56,6 +57,9 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     /// at about half of the closed path's time).
     admitted: Option<Admission>,
     rejected: Option<Rejection>,
+    /// Where this clone waits to be woken when the circuit opens while its inner service is not
+    /// ready (made on first use).
+    waiter: Option<Waiter>,
 }
 
 impl<S, C, F> CircuitBreaker<S, C, F> {
@@ -67,6 +71,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             fallback,
             admitted: None,
             rejected: None,
+            waiter: None,
         }
     }
 
@@ -118,14 +123,21 @@ where
                     self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
                     Poll::Ready(Ok(()))
                 }
-                // Not ready: hold nothing while waiting, decide again on the next poll (the
-                // circuit may have opened meanwhile).
                 Poll::Ready(Err(e)) => {
                     self.breaker.release(ticket);
                     Poll::Ready(Err(e.into()))
                 }
+                // Not ready: hold nothing while waiting, and decide again on the next poll. The
+                // inner service wakes this task when it is ready, and the breaker when the
+                // circuit opens meanwhile (the call is then rejected without waiting longer).
                 Poll::Pending => {
                     self.breaker.release(ticket);
+                    let waiter = self
+                        .waiter
+                        .get_or_insert_with(|| Waiter::new(self.breaker.clone()));
+                    if waiter.register(cx.waker()) {
+                        cx.waker().wake_by_ref();
+                    }
                     Poll::Pending
                 }
             },
@@ -185,6 +197,7 @@ impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
             fallback: self.fallback.clone(),
             admitted: None,
             rejected: None,
+            waiter: None,
         }
     }
 }

@@ -546,6 +546,10 @@ async fn never_ready_inner_does_not_hold_up_rejections() {
     mock.allow(0);
     assert_pending!(service.poll_ready(), "closed: waits for the inner service");
     layer.handle().force_open();
+    assert!(
+        service.is_woken(),
+        "opening wakes the task waiting for the inner service"
+    );
     assert_ready_ok!(service.poll_ready(), "open: rejects without waiting");
     assert!(service.call("x").await.unwrap_err().is::<Rejected>());
     assert_pending!(mock.poll_request());
@@ -562,6 +566,10 @@ async fn trip_while_the_inner_is_not_ready_rejects_on_the_next_poll() {
     mock.allow(0);
     assert_pending!(service.poll_ready());
     trip(&mut other, &mut other_mock).await;
+    assert!(
+        service.is_woken(),
+        "the trip wakes the task waiting for the inner service"
+    );
     assert_ready_ok!(service.poll_ready());
     let err = service.call("x").await.unwrap_err();
     assert_eq!(rejected(&err).state(), State::Open);
@@ -1086,4 +1094,46 @@ async fn a_timed_out_call_drops_its_inner_future_at_once_and_panics_if_polled_ag
     let again = std::panic::catch_unwind(AssertUnwindSafe(|| response.poll()));
     assert!(again.is_err(), "a poll after completion panics");
     assert_eq!(breaker.metrics().calls(), 1, "nothing is recorded twice");
+}
+
+/// A `Buffer` worker polls its service's readiness for every queued request: parked on an inner
+/// service that is never ready (a dead host), it would hold up every caller. When the circuit
+/// opens, the breaker wakes it and the queued request is rejected.
+#[tokio::test(start_paused = true)]
+async fn buffer_parked_on_a_never_ready_inner_is_released_when_the_circuit_opens() {
+    let layer = layer(1);
+    let handle = layer.handle();
+    let (inner, mut mock) = mock::pair::<Req, Res>();
+    mock.allow(0);
+    let mut buffered = tower::buffer::Buffer::new(layer.layer(inner), 8);
+
+    let queued = tokio::spawn(async move { buffered.ready().await?.call("x").await });
+    tokio::task::yield_now().await; // the worker takes the request and waits for readiness
+    handle.force_open();
+    // On the paused clock an idle runtime jumps to this deadline: a worker left parked fails here.
+    let result = tokio::time::timeout(Duration::from_secs(60), queued)
+        .await
+        .expect("the queued request ends once the circuit opens")
+        .expect("the task does not panic");
+    let err = result.expect_err("rejected");
+    assert_eq!(rejected(&err).state(), State::ForcedOpen);
+    // The buffer (and the inner service with it) is gone: no request ever reached the mock.
+    assert!(matches!(mock.poll_request(), Poll::Ready(None)));
+}
+
+#[tokio::test]
+async fn clones_that_waited_and_were_dropped_leave_later_waiters_working() {
+    let layer = layer(1);
+    let (inner, mut mock) = mock::pair::<Req, Res>();
+    mock.allow(0);
+    let service = layer.layer(inner);
+    for _ in 0..100 {
+        let mut clone = mock::Spawn::new(service.clone());
+        assert_pending!(clone.poll_ready());
+        assert_pending!(clone.poll_ready(), "polled twice: still one slot");
+    }
+    let mut waiting = mock::Spawn::new(service.clone());
+    assert_pending!(waiting.poll_ready());
+    layer.handle().force_open();
+    assert!(waiting.is_woken());
 }

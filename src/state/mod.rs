@@ -30,6 +30,7 @@
 //! cannot take a probe's place.
 
 pub(crate) mod lane;
+pub(crate) mod waiters;
 pub(crate) mod window;
 pub(crate) mod word;
 
@@ -48,6 +49,7 @@ use crate::config::{Config, WindowKind};
 use crate::event::{Event, EventStream, Subscribers};
 use crate::handle::Metrics;
 use crate::sync::{AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, lock, yield_now};
+use waiters::Waiters;
 use window::{Sample, Window};
 use word::{FAIL_ONE, Generation, SUCC_ONE, TAKEN_ONE, Word};
 
@@ -249,6 +251,8 @@ pub(crate) struct Breaker {
     half_open_until: AtomicU64,
     episode: Mutex<Episode>,
     subscribers: Subscribers,
+    /// Tasks waiting for the inner service's readiness, woken when the circuit opens.
+    waiters: Waiters,
     config: StdArc<Config>,
     epoch: Instant,
 }
@@ -290,6 +294,7 @@ impl Breaker {
                 rng: seed,
             }),
             subscribers: Subscribers::default(),
+            waiters: Waiters::default(),
             config,
             epoch: Instant::now(),
         }
@@ -742,6 +747,8 @@ impl Breaker {
         }
         if to.is_open() {
             tracing::warn!(breaker = name, %from, %to, "circuit opened");
+            // Calls waiting for the inner service's readiness are rejected now instead.
+            self.waiters.wake_all();
         } else {
             tracing::info!(breaker = name, %from, %to, "circuit state changed");
         }
@@ -753,6 +760,15 @@ impl Breaker {
     }
 
     // ===== observation =====
+
+    /// Whether calls are rejected now, before any time-based transition (Open, ForcedOpen).
+    pub(crate) fn is_rejecting(&self) -> bool {
+        self.load().state().is_open()
+    }
+
+    pub(crate) fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
 
     pub(crate) fn metrics(&self) -> Metrics {
         let mut now = self.now();
