@@ -221,9 +221,9 @@ impl CountWindow {
 // ===== TimeWindow =====
 
 /// A counter stamped with the bucket number it counts for: `stamp << 32 | count`, where the stamp
-/// is the bucket number plus one, truncated to 32 bits (0 means never written). With buckets of at
-/// least 1 ms the stamp repeats after 49 days; only a counter left untouched for exactly a multiple
-/// of that could be mistaken for a current one.
+/// is the bucket number plus one, truncated to 32 bits (0 means never written). The stamp repeats
+/// after 2^32 buckets (49.7 days of 1 ms buckets), so no counter may keep an old stamp that long:
+/// the window clears each slot as time passes over it (see `TimeWindow::advance`).
 #[derive(Debug, Default)]
 struct Stamped(AtomicU64);
 
@@ -244,6 +244,18 @@ impl Stamped {
                 Relaxed,
                 Relaxed,
             ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Clears the counter unless it counts for `keep` (written meanwhile by a caller in that
+    /// bucket), or unconditionally when `keep` is `None`.
+    fn clear_unless(&self, keep: Option<u32>) {
+        let mut current = self.0.load(Relaxed);
+        while current != 0 && Some((current >> 32) as u32) != keep {
+            match self.0.compare_exchange_weak(current, 0, Relaxed, Relaxed) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -278,6 +290,8 @@ pub(crate) struct TimeWindow {
     last_bad: AtomicU32,
     /// `generation << 32 | stamp` of the last evaluation with defined rates (`u64::MAX`: none).
     evaluated: AtomicU64,
+    /// The latest bucket number recorded, plus one (0: none), in 64 bits: it never wraps.
+    latest: AtomicU64,
 }
 
 impl TimeWindow {
@@ -287,6 +301,7 @@ impl TimeWindow {
             buckets: (0..buckets).map(|_| Bucket::default()).collect(),
             last_bad: AtomicU32::new(0),
             evaluated: AtomicU64::new(u64::MAX),
+            latest: AtomicU64::new(0),
         }
     }
 
@@ -301,7 +316,36 @@ impl TimeWindow {
         ((number as u32).wrapping_add(1), &self.buckets[slot])
     }
 
+    /// Moves the window forward to bucket `number`, if no caller did yet: the caller that moves it
+    /// clears the slots of the buckets it passed over (at most `k`), so that a slot whose bucket
+    /// saw no call keeps no count for 2^32 buckets, when its stamp would come round again. After
+    /// a gap of 2^31 buckets or more every counter is cleared: stamps can no longer tell old from
+    /// new (an outcome recorded by another caller in that very instant may be lost with them).
+    fn advance(&self, number: u64) {
+        let next = number.saturating_add(1);
+        // Relaxed: one caller wins each advance; the counters are cleared with compare-and-swaps
+        // that let a concurrent caller's count for the new bucket stand.
+        if self.latest.load(Relaxed) >= next {
+            return;
+        }
+        let previous = self.latest.fetch_max(next, Relaxed);
+        if previous >= next || previous == 0 {
+            return; // another caller advanced, or nothing was ever recorded (all clear)
+        }
+        let k = self.buckets.len() as u64;
+        let passed = next - previous; // buckets previous ..= number, previous - 1 was the last
+        let long_gap = passed >= 1 << 31;
+        for n in number - passed.min(k) + 1..=number {
+            let bucket = &self.buckets[(n % k) as usize];
+            let keep = (!long_gap).then(|| (n as u32).wrapping_add(1));
+            bucket.calls.clear_unless(keep);
+            bucket.failed.clear_unless(keep);
+            bucket.slow.clear_unless(keep);
+        }
+    }
+
     fn record(&self, sample: Sample, now: u64) {
+        self.advance(now / self.bucket_nanos);
         let (stamp, bucket) = self.locate(now);
         bucket.calls.add(stamp);
         if sample.failed {
@@ -329,6 +373,12 @@ impl TimeWindow {
         let (stamp, _) = self.locate(now);
         let k = self.k();
         let mut totals = Totals::default();
+        // Nothing recorded in the last `k` buckets: the window is empty, whatever old stamps say
+        // (after a long silence they may have come round again).
+        let latest = self.latest.load(Relaxed);
+        if latest == 0 || (now / self.bucket_nanos).saturating_sub(latest - 1) >= u64::from(k) {
+            return totals;
+        }
         // Bucket `i` of the ring holds bucket numbers congruent to `i`; read each against the
         // stamp it must carry to be inside the window.
         for bucket in self.buckets.iter() {
@@ -349,6 +399,7 @@ impl TimeWindow {
         }
         self.last_bad.store(0, Relaxed);
         self.evaluated.store(u64::MAX, Relaxed);
+        self.latest.store(0, Relaxed);
     }
 }
 
@@ -501,5 +552,47 @@ mod tests {
         w.clear();
         assert_eq!(w.totals(|| 1), Totals::default());
         assert!(!w.may_hold_bad(|| 1));
+    }
+
+    #[test]
+    fn time_window_forgets_a_count_whose_stamp_comes_round_again() {
+        let w = Window::time(1, 3); // 1 ns buckets: stamps come round every 2^32 ns
+        w.record(FAIL, || 5);
+        let again = 5 + (1u64 << 32);
+        assert_eq!(
+            w.totals(|| again),
+            Totals::default(),
+            "read after the silence"
+        );
+        w.record(OK, || again);
+        assert_eq!(
+            w.totals(|| again),
+            Totals {
+                calls: 1,
+                failed: 0,
+                slow: 0
+            },
+            "recorded after the silence"
+        );
+    }
+
+    #[test]
+    fn time_window_clears_the_slots_time_passed_over() {
+        let Window::Time(w) = Window::time(1, 2) else {
+            unreachable!()
+        };
+        w.record(FAIL, 1); // slot 1
+        w.record(OK, 2); // slot 0
+        w.record(OK, 4); // passes over bucket 3 (slot 1): its failure from bucket 1 is cleared
+        assert_eq!(w.buckets[1].failed.0.load(Relaxed), 0);
+        assert_eq!(w.buckets[1].calls.0.load(Relaxed), 0);
+        assert_eq!(
+            w.totals(4),
+            Totals {
+                calls: 1,
+                failed: 0,
+                slow: 0
+            }
+        );
     }
 }
