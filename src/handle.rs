@@ -13,6 +13,10 @@ use crate::state::Breaker;
 
 /// Reads and controls one breaker. Cheap to clone; `Send + Sync`.
 ///
+/// Transitions are made one at a time, under a short lock that also covers their tracing event:
+/// a tracing subscriber must not call into the same breaker's handle while it records that
+/// event (read the event's fields instead).
+///
 /// ```
 /// use tower_circuit_breaker::{CircuitBreakerLayer, State};
 ///

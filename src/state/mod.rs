@@ -739,6 +739,8 @@ impl Breaker {
         Ok(())
     }
 
+    /// Reports a transition: under the episode lock, so that events and wake-ups come in the order
+    /// of the transitions (a tracing subscriber must not call back into this breaker meanwhile).
     fn announce(&self, from: State, to: State) {
         let name = self.config.name.as_deref().unwrap_or("");
         if from == to {
