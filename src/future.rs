@@ -1,4 +1,25 @@
 //! Future types.
+//!
+//! They are what [`CircuitBreaker::call`](crate::CircuitBreaker) returns; name them in a type
+//! when a future must be stored:
+//!
+//! ```
+//! use std::future::Ready;
+//! use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+//! use tower_circuit_breaker::{CircuitBreakerLayer, DefaultClassify, future::ResponseFuture};
+//!
+//! type Inner = Ready<Result<u32, BoxError>>;
+//! type Rejection = Ready<Result<u32, BoxError>>;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let layer = CircuitBreakerLayer::builder().build()?;
+//! let mut svc = layer.layer(service_fn(|x: u32| std::future::ready(Ok::<_, BoxError>(x))));
+//! let future: ResponseFuture<Inner, DefaultClassify, Rejection> = svc.ready().await?.call(7);
+//! assert_eq!(future.await?, 7);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::pin::Pin;
@@ -141,6 +162,22 @@ impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
 
 pin_project! {
     /// Response future of a fallback service: the fallback's future with its error boxed.
+    ///
+    /// ```
+    /// use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let fallback = service_fn(|_: u32| async { Ok::<_, std::io::Error>(0) });
+    /// let layer = CircuitBreakerLayer::builder().build()?.with_fallback(fallback);
+    /// layer.handle().force_open();
+    /// let mut svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// // While rejecting, the response future wraps a `FallbackFuture`.
+    /// assert_eq!(svc.ready().await?.call(7).await?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct FallbackFuture<F> {
         #[pin]
         inner: FallbackKind<F>,
