@@ -66,7 +66,7 @@ impl Waiters {
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        // Outside the lock: a waker may run code that polls this breaker.
+        // Outside the `slots` lock: a waker may run code that polls this breaker and waits again.
         for waker in wakers {
             waker.wake();
         }

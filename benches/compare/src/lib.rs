@@ -290,7 +290,7 @@ pub fn floor() -> impl Row {
 
 // ===== ours =====
 
-use tower_circuit_breaker::{CircuitBreakerLayer, State, Window, error::Rejected};
+use tower_circuit_breaker::{CircuitBreakerLayer, Window, error::Rejected};
 
 /// Our configuration variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,18 +321,6 @@ fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
     }
 }
 
-fn state_name(s: State) -> String {
-    match s {
-        State::Closed => "closed",
-        State::Open => "open",
-        State::HalfOpen => "half-open",
-        State::ForcedOpen => "forced-open",
-        State::Disabled => "disabled",
-        State::MetricsOnly => "metrics-only",
-    }
-    .into()
-}
-
 /// Our service as a row. A fallback answers rejected calls with `Ok(0)` (the inner service never
 /// does), counted as a rejection.
 #[derive(Clone)]
@@ -353,7 +341,7 @@ where
         }
     }
     fn state(&self) -> String {
-        state_name(self.1.state())
+        self.1.state().to_string()
     }
 }
 
