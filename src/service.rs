@@ -11,7 +11,8 @@ use crate::future::{Admission, Permit, ResponseFuture};
 use crate::handle::Handle;
 use crate::state::lane::Lanes;
 use crate::state::waiters::Waiter;
-use crate::state::{Decision, Rejection};
+use crate::state::word::Word;
+use crate::state::{Decision, Rejection, Ticket};
 
 /// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
@@ -98,6 +99,65 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
     fn decide(&self) -> Decision {
         self.breaker.admit(&mut self.breaker.now())
     }
+
+    /// `poll_ready` for every case but a closed breaker with a ready inner service.
+    #[inline(never)]
+    fn poll_ready_slow<Req>(
+        &mut self,
+        word: Word,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+        F: Fallback<Req, S::Response>,
+    {
+        match self.breaker.admit_from(word, &mut self.breaker.now()) {
+            Decision::Admit(ticket) => match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),
+                Poll::Pending => self.not_ready(ticket, None::<S::Error>, cx),
+            },
+            Decision::Reject(rejection) => {
+                let ready = self.fallback.poll_ready(cx);
+                if let Poll::Ready(Ok(())) = ready {
+                    self.rejected = Some(rejection);
+                }
+                ready
+            }
+        }
+    }
+
+    /// An admitted call whose inner service failed (`Some(error)`) or is not ready (`None`):
+    /// gives the ticket back.
+    #[cold]
+    #[inline(never)]
+    fn not_ready<E: Into<BoxError>>(
+        &mut self,
+        ticket: Ticket,
+        error: Option<E>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        self.breaker.release(ticket);
+        match error {
+            Some(e) => Poll::Ready(Err(e.into())),
+            // Not ready: hold nothing while waiting, and decide again on the next poll. The
+            // inner service wakes this task when it is ready, and the breaker when the
+            // circuit opens meanwhile (the call is then rejected without waiting longer).
+            None => {
+                let waiter = self
+                    .waiter
+                    .get_or_insert_with(|| Waiter::new(self.breaker.clone()));
+                if waiter.register(cx.waker()) {
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl<S, C, F, Req> Service<Req> for CircuitBreaker<S, C, F>
@@ -117,37 +177,19 @@ where
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
         }
-        match self.decide() {
-            Decision::Admit(ticket) => match self.inner.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => {
-                    self.breaker.release(ticket);
-                    Poll::Ready(Err(e.into()))
-                }
-                // Not ready: hold nothing while waiting, and decide again on the next poll. The
-                // inner service wakes this task when it is ready, and the breaker when the
-                // circuit opens meanwhile (the call is then rejected without waiting longer).
-                Poll::Pending => {
-                    self.breaker.release(ticket);
-                    let waiter = self
-                        .waiter
-                        .get_or_insert_with(|| Waiter::new(self.breaker.clone()));
-                    if waiter.register(cx.waker()) {
-                        cx.waker().wake_by_ref();
-                    }
-                    Poll::Pending
-                }
-            },
-            Decision::Reject(rejection) => {
-                let ready = self.fallback.poll_ready(cx);
-                if let Poll::Ready(Ok(())) = ready {
-                    self.rejected = Some(rejection);
-                }
-                ready
+        // The common case inline: a closed breaker and a ready inner service. Everything else
+        // (another state, an inner service that is not ready) is decided out of line.
+        let ticket = match self.breaker.admit_recorded() {
+            Ok(ticket) => ticket,
+            Err(word) => return self.poll_ready_slow(word, cx),
+        };
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
+                Poll::Ready(Ok(()))
             }
+            Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),
+            Poll::Pending => self.not_ready(ticket, None::<S::Error>, cx),
         }
     }
 

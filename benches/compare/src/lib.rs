@@ -288,6 +288,113 @@ pub fn floor() -> impl Row {
     }
 }
 
+// ===== sketch: the least an owning response future costs =====
+
+#[repr(align(128))]
+struct SketchShared {
+    word: AtomicU64,
+    failed: AtomicU64,
+    consecutive: AtomicU64,
+}
+
+/// Not a breaker: the least a breaker with DESIGN's shape can cost. `poll_ready` loads a shared
+/// state word and keeps a ticket; `call` clones an `Arc` into the response future; the future
+/// checks on success that nothing needs recording (two loads) and boxes the error. Used to find
+/// the floor of an owning response future (`cg sketch A`); not in the table.
+pub fn sketch() -> impl Row {
+    use std::num::NonZeroU64;
+    use std::pin::Pin;
+    #[derive(Clone)]
+    struct Sketch<S> {
+        inner: S,
+        shared: Arc<SketchShared>,
+        ticket: Option<NonZeroU64>,
+    }
+    pin_project_lite::pin_project! {
+        struct SketchFuture<F> {
+            #[pin]
+            inner: F,
+            shared: Arc<SketchShared>,
+            ticket: Option<NonZeroU64>,
+        }
+    }
+    impl<F, T, E> Future for SketchFuture<F>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: Into<tower::BoxError>,
+    {
+        type Output = Result<T, tower::BoxError>;
+        #[inline]
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.project();
+            let result = std::task::ready!(this.inner.poll(cx));
+            if let Some(ticket) = this.ticket.take() {
+                if result.is_err()
+                    || this.shared.failed.load(Ordering::Relaxed) != 0
+                    || this.shared.consecutive.load(Ordering::Relaxed) != 0
+                {
+                    this.shared
+                        .failed
+                        .fetch_add(black_box(ticket.get()), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(result.map_err(Into::into))
+        }
+    }
+    impl<S: Service<bool>> Service<bool> for Sketch<S>
+    where
+        S::Error: Into<tower::BoxError>,
+    {
+        type Response = S::Response;
+        type Error = tower::BoxError;
+        type Future = SketchFuture<S::Future>;
+        #[inline]
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.ticket.is_none() {
+                let word = self.shared.word.load(Ordering::Acquire);
+                if word & 7 != 0 {
+                    return Poll::Pending;
+                }
+                std::task::ready!(self.inner.poll_ready(cx)).map_err(Into::into)?;
+                self.ticket = NonZeroU64::new(word | 8);
+            }
+            Poll::Ready(Ok(()))
+        }
+        #[inline]
+        fn call(&mut self, req: bool) -> Self::Future {
+            SketchFuture {
+                ticket: self.ticket.take(),
+                shared: self.shared.clone(),
+                inner: self.inner.call(req),
+            }
+        }
+    }
+    impl<S> Row for Sketch<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            match block_on(async move { Service::call(self.ready().await?, fail).await }) {
+                Ok(_) => Res::Ok,
+                Err(_) => Res::Failed,
+            }
+        }
+        fn state(&self) -> String {
+            "closed".into()
+        }
+    }
+    Sketch {
+        inner: service_fn(inner_call),
+        shared: Arc::new(SketchShared {
+            word: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            consecutive: AtomicU64::new(0),
+        }),
+        ticket: None,
+    }
+}
+
 // ===== ours =====
 
 use tower_circuit_breaker::{CircuitBreakerLayer, Window, error::Rejected};
@@ -614,6 +721,10 @@ macro_rules! with_make {
             }
             "floor" => {
                 let $make = $crate::floor;
+                $body
+            }
+            "sketch" => {
+                let $make = $crate::sketch;
                 $body
             }
             "ours" => {
