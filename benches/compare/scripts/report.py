@@ -8,11 +8,12 @@ import os
 import sys
 
 target = sys.argv[1]
-ROWS = ["baseline", "floor", "ours", "ours-time", "ours-slow", "ours-fallback",
+ROWS = ["baseline", "floor", "sketch", "ours", "ours-time", "ours-slow", "ours-fallback",
         "failsafe", "recloser", "tower-resilience", "seatbelt"]
 LABEL = {
     "baseline": "raw service (no breaker)",
     "floor": "floor: 1 shared load + 1 fetch_add",
+    "sketch": "sketch: floor + a response future owning an `Arc`",
     "ours": "**tower-circuit-breaker** (count window)",
     "ours-time": "tower-circuit-breaker, time window 30 s",
     "ours-slow": "tower-circuit-breaker, + slow calls",

@@ -298,9 +298,11 @@ struct SketchShared {
 }
 
 /// Not a breaker: the least a breaker with DESIGN's shape can cost. `poll_ready` loads a shared
-/// state word and keeps a ticket; `call` clones an `Arc` into the response future; the future
-/// checks on success that nothing needs recording (two loads) and boxes the error. Used to find
-/// the floor of an owning response future (`cg sketch A`); not in the table.
+/// state word and keeps a ticket; `call` clones one shared `Arc` into the response future (the
+/// future must record the outcome, possibly after the service is gone); the future checks on
+/// success that nothing needs recording (two loads), adds to a shared counter otherwise, and
+/// boxes the error. No generations, probe permits, timeouts, classifier, fallback or lanes: the
+/// floor of an owning response future, a reference row for A, B and D.
 pub fn sketch() -> impl Row {
     use std::num::NonZeroU64;
     use std::pin::Pin;
@@ -700,6 +702,7 @@ pub fn seatbelt() -> impl Row {
 pub const ROWS: &[&str] = &[
     "baseline",
     "floor",
+    "sketch",
     "ours",
     "ours-time",
     "ours-slow",
