@@ -72,6 +72,33 @@
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts
 //! count as failures, and *inside* `tower::retry` with a policy that does not retry
 //! [`Rejected`](error::Rejected) errors.
+//!
+//! Put `ConcurrencyLimit` and `LoadShed` *outside* the breaker as well:
+//!
+//! * A concurrency limit *inside* the breaker can be left holding a permit for an idle service:
+//!   a service that queued at the full limit stays queued when the circuit opens (an open breaker
+//!   no longer polls its inner service), and the next permit released is granted to that queued
+//!   request until the service is used again or dropped. Outside, a rejection holds a permit only
+//!   until its future ends.
+//! * `LoadShed` *inside* the breaker turns a busy dependency into failures: the default
+//!   classifier counts its `Overloaded` error like any other error. Outside, it sheds only while
+//!   the inner service is not ready; an open breaker is always ready (it rejects), so callers see
+//!   `Rejected`, not `Overloaded`. Where it must sit inside, classify `Overloaded` as ignored:
+//!
+//! ```
+//! use tower::BoxError;
+//! use tower::load_shed::error::Overloaded;
+//! use tower_circuit_breaker::{CircuitBreakerLayer, Outcome};
+//!
+//! let layer = CircuitBreakerLayer::builder()
+//!     .classify(|result: Result<&String, &BoxError>| match result {
+//!         Ok(_) => Outcome::Success,
+//!         Err(e) if e.is::<Overloaded>() => Outcome::Ignored,
+//!         Err(_) => Outcome::Failure,
+//!     })
+//!     .build()?;
+//! # Ok::<(), tower_circuit_breaker::ConfigError>(())
+//! ```
 
 #![warn(
     missing_docs,
