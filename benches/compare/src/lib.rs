@@ -330,15 +330,14 @@ pub fn sketch() -> impl Row {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             let result = std::task::ready!(this.inner.poll(cx));
-            if let Some(ticket) = this.ticket.take() {
-                if result.is_err()
+            if let Some(ticket) = this.ticket.take()
+                && (result.is_err()
                     || this.shared.failed.load(Ordering::Relaxed) != 0
-                    || this.shared.consecutive.load(Ordering::Relaxed) != 0
-                {
-                    this.shared
-                        .failed
-                        .fetch_add(black_box(ticket.get()), Ordering::Relaxed);
-                }
+                    || this.shared.consecutive.load(Ordering::Relaxed) != 0)
+            {
+                this.shared
+                    .failed
+                    .fetch_add(black_box(ticket.get()), Ordering::Relaxed);
             }
             Poll::Ready(result.map_err(Into::into))
         }
