@@ -17,7 +17,7 @@ use tower_circuit_breaker_benches::{ROWS, Row, Scenario, check_state, prepare, r
 /// Which scenarios each row takes part in.
 fn scenarios(row: &str) -> &'static [&'static str] {
     match row {
-        "baseline" | "floor" | "sketch" => &["A", "B", "D"],
+        "baseline" | "floor" | "sketch" | "baseline-oneshot" => &["A", "B", "D"],
         "ours-time" | "ours-slow" => &["A", "B", "C", "D"],
         "ours-fallback" => &["C"],
         _ => &["A", "B", "C", "D"],

@@ -9,6 +9,7 @@ import sys
 
 target = sys.argv[1]
 ROWS = ["baseline", "floor", "sketch", "ours", "ours-time", "ours-slow", "ours-fallback",
+        "baseline-oneshot", "ours-oneshot",
         "failsafe", "recloser", "tower-resilience", "seatbelt"]
 LABEL = {
     "baseline": "raw service (no breaker)",
@@ -18,6 +19,8 @@ LABEL = {
     "ours-time": "tower-circuit-breaker, time window 30 s",
     "ours-slow": "tower-circuit-breaker, + slow calls",
     "ours-fallback": "tower-circuit-breaker, fallback (C)",
+    "baseline-oneshot": "raw service, cloned per call (`oneshot`, as hyper and axum call it)",
+    "ours-oneshot": "tower-circuit-breaker, cloned per call (`oneshot`)",
     "failsafe": "failsafe 1.3",
     "recloser": "recloser 1.4",
     "tower-resilience": "tower-resilience-circuitbreaker 0.14",

@@ -474,6 +474,56 @@ pub fn ours_fallback() -> impl Row {
     )
 }
 
+// ===== clone per call, as hyper's `TowerToHyperService` and axum do =====
+
+/// The raw service, cloned for every call and driven with `oneshot` (as hyper-util's
+/// `TowerToHyperService` and axum's router call a service).
+pub fn baseline_oneshot() -> impl Row {
+    #[derive(Clone)]
+    struct BaselineOneshot<S>(S);
+    impl<S> Row for BaselineOneshot<S>
+    where
+        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            block_on(self.0.clone().oneshot(fail)).into_res()
+        }
+        fn state(&self) -> String {
+            "n/a".into()
+        }
+    }
+    BaselineOneshot(service_fn(inner_call))
+}
+
+/// Our count configuration, the service cloned for every call and driven with `oneshot`.
+pub fn ours_oneshot() -> impl Row {
+    #[derive(Clone)]
+    struct OursOneshot<S>(S, tower_circuit_breaker::Handle);
+    impl<S> Row for OursOneshot<S>
+    where
+        S: Service<bool, Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
+    {
+        #[inline]
+        fn call(&mut self, fail: bool) -> Res {
+            match block_on(self.0.clone().oneshot(fail)) {
+                Ok(0) => Res::Rejected,
+                Ok(_) => Res::Ok,
+                Err(e) if e.is::<Rejected>() => Res::Rejected,
+                Err(_) => Res::Failed,
+            }
+        }
+        fn state(&self) -> String {
+            self.1.state().to_string()
+        }
+    }
+    let layer = ours_builder(Ours::Count)
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    OursOneshot(layer.layer(service_fn(inner_call)), handle)
+}
+
 // ===== failsafe 1.3 =====
 
 /// failsafe: EMA success rate >= 0.5 over a 30 s window with >= 100 requests, or 5 consecutive
@@ -706,6 +756,8 @@ pub const ROWS: &[&str] = &[
     "ours-time",
     "ours-slow",
     "ours-fallback",
+    "baseline-oneshot",
+    "ours-oneshot",
     "failsafe",
     "recloser",
     "tower-resilience",
@@ -727,6 +779,14 @@ macro_rules! with_make {
             }
             "sketch" => {
                 let $make = $crate::sketch;
+                $body
+            }
+            "baseline-oneshot" => {
+                let $make = $crate::baseline_oneshot;
+                $body
+            }
+            "ours-oneshot" => {
+                let $make = $crate::ours_oneshot;
                 $body
             }
             "ours" => {

@@ -87,7 +87,7 @@ fn measure<R: Row>(name: &str, make: impl Fn() -> R) {
     let mut line = format!("{name}\t{}\t{}\t{}", heap.0, heap.1, heap.2);
     for scenario in [Scenario::A, Scenario::B, Scenario::C] {
         let skip = match name {
-            "baseline" | "floor" | "sketch" => scenario == Scenario::C,
+            "baseline" | "floor" | "sketch" | "baseline-oneshot" => scenario == Scenario::C,
             "ours-fallback" => scenario != Scenario::C,
             _ => false,
         };
