@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower::timeout::error::Elapsed;
 
@@ -57,8 +57,11 @@ pin_project! {
         Called {
             #[pin]
             future: F,
+            // The call timeout's deadline, and its timer, made on the first poll that finds the
+            // inner future pending (most calls never need one; a `None` costs nothing to move).
+            deadline: Option<Instant>,
             #[pin]
-            timeout: Option<Sleep>,
+            timer: Option<Sleep>,
             permit: Permit,
             classify: C,
         },
@@ -71,11 +74,17 @@ pin_project! {
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
-    pub(crate) fn called(future: F, timeout: Option<Sleep>, permit: Permit, classify: C) -> Self {
+    pub(crate) fn called(
+        future: F,
+        deadline: Option<Instant>,
+        permit: Permit,
+        classify: C,
+    ) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,
-                timeout,
+                deadline,
+                timer: None,
                 permit,
                 classify,
             },
@@ -104,7 +113,8 @@ where
         let output = match kind.as_mut().project() {
             KindProj::Called {
                 future,
-                timeout,
+                deadline,
+                mut timer,
                 permit,
                 classify,
             } => {
@@ -121,7 +131,13 @@ where
                     // call. A later poll panics above.
                     return Poll::Ready(result.map_err(Into::into));
                 }
-                match timeout.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+                let Some(deadline) = *deadline else {
+                    return Poll::Pending;
+                };
+                if timer.is_none() {
+                    timer.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                match timer.as_pin_mut().map(|sleep| sleep.poll(cx)) {
                     Some(Poll::Ready(())) => {
                         permit.complete(Outcome::Failure);
                         Err(Elapsed::new().into())

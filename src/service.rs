@@ -209,9 +209,12 @@ where
             Ok(admission) => {
                 let lanes = &*self.breaker;
                 let permit = Permit::start(admission, lanes.tracks_duration);
-                let timeout = lanes.call_timeout.map(tokio::time::sleep);
+                // A deadline past what the clock can represent is never reached: no timer.
+                let deadline = lanes
+                    .call_timeout
+                    .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, timeout, permit, self.classify.clone())
+                ResponseFuture::called(future, deadline, permit, self.classify.clone())
             }
             Err(rejection) => {
                 self.breaker.count_rejection();

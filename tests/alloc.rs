@@ -282,6 +282,50 @@ fn fallback_rejection_allocates_nothing() {
     assert_eq!(layer.handle().metrics().not_permitted(), WARM_UP + CALLS);
 }
 
+/// Pending on its first poll, then ready with the request.
+struct YieldOnce(u64, bool);
+
+impl Future for YieldOnce {
+    type Output = Result<u64, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+        if std::mem::replace(&mut self.1, true) {
+            Poll::Ready(Ok(self.0))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+#[test]
+fn pending_call_with_a_call_timeout_allocates_nothing() {
+    // The inner future is pending once: the response future makes and polls its timer (a
+    // `tokio::time::Sleep`, registered with the runtime's timer) before the response arrives.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _context = runtime.enter();
+    let layer = CircuitBreakerLayer::builder()
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(service_fn(|request: u64| YieldOnce(request, false)));
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let allocated = allocations_of(|i| {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut future = pin!(service.call(i));
+        assert!(future.as_mut().poll(&mut cx).is_pending(), "pending once");
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(response)) => assert_eq!(response, i),
+            other => panic!("expected the response, got {other:?}"),
+        }
+    });
+    assert_eq!(allocated, 0, "allocations in {CALLS} calls");
+    assert_eq!(layer.handle().metrics().successful(), 100);
+}
+
 #[test]
 fn closed_path_with_a_call_timeout_allocates_nothing() {
     // The timeout is a `tokio::time::Sleep`, made per call: it needs a runtime's timer in context.

@@ -683,6 +683,18 @@ async fn call_timeout_with_the_default_classifier() {
     assert_eq!(handle.state(), State::Open);
 }
 
+#[tokio::test(start_paused = true)]
+async fn call_timeout_beyond_the_clocks_range_never_fires() {
+    // `Instant::now() + Duration::MAX` overflows: such a deadline is never reached.
+    let mut h = harness(
+        builder()
+            .consecutive_failures(1)
+            .call_timeout(Duration::MAX),
+    );
+    call(&mut h.svc, ok().after(secs(3600))).await.unwrap();
+    assert_eq!(h.handle.metrics().successful(), 1);
+}
+
 // ===== clock =====
 
 #[tokio::test(start_paused = true)]
