@@ -195,14 +195,17 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let decision = match (self.admitted.take(), self.rejected.take()) {
-            (Some(admission), _) => Ok(admission),
-            (None, Some(rejection)) => Err(rejection),
-            // `call` without `poll_ready` breaks the Service contract; decide now rather than
-            // panic, and leave the inner service to enforce its own readiness.
-            (None, None) => match self.decide() {
-                Decision::Admit(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
-                Decision::Reject(rejection) => Err(rejection),
+        // At most one of the two is set: `rejected` is not even read after an admission.
+        let decision = match self.admitted.take() {
+            Some(admission) => Ok(admission),
+            None => match self.rejected.take() {
+                Some(rejection) => Err(rejection),
+                // `call` without `poll_ready` breaks the Service contract; decide now rather
+                // than panic, and leave the inner service to enforce its own readiness.
+                None => match self.decide() {
+                    Decision::Admit(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
+                    Decision::Reject(rejection) => Err(rejection),
+                },
             },
         };
         match decision {
