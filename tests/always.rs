@@ -684,6 +684,18 @@ async fn call_timeout_with_the_default_classifier() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn call_timeout_counts_from_call_not_from_the_first_poll() {
+    let mut h = harness(builder().call_timeout(secs(1)));
+    let called = tokio::time::Instant::now();
+    // Called now, first polled 600 ms later; the inner future then takes 800 ms more.
+    let future = start(&mut h.svc, ok().after(ms(800))).await;
+    advance(ms(600)).await;
+    let err = future.await.unwrap_err();
+    assert!(err.is::<Elapsed>(), "{err}");
+    assert_eq!(called.elapsed(), secs(1), "the deadline is `call` + 1 s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn call_timeout_beyond_the_clocks_range_never_fires() {
     // `Instant::now() + Duration::MAX` overflows: such a deadline is never reached.
     let mut h = harness(
