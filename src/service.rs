@@ -51,11 +51,13 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
-    /// What `poll_ready` decided, for the next `call`: at most one of the two is set. Two fields,
-    /// not one enum: an `Option<Admission>` is two words, written by `poll_ready` and read by
-    /// `call` word by word, while a larger enum is copied out with vector loads that cannot be
-    /// forwarded from the narrower stores that just wrote it (a store-forwarding stall measured
-    /// at about half of the closed path's time).
+    /// What `poll_ready` decided, for the next `call`: at most one of the three is set. A ticket
+    /// that holds nothing (a closed breaker's) is kept alone, one word: the lane is taken in
+    /// `call`. A probe permit is kept with its lane (`admitted`), so that it is given back if the
+    /// service is dropped unused. Separate fields, not one enum: a larger enum is copied out with
+    /// vector loads that cannot be forwarded from the narrower stores that just wrote it (a
+    /// store-forwarding stall measured at about half of the closed path's time).
+    ticket: Option<Ticket>,
     admitted: Option<Admission>,
     rejected: Option<Rejection>,
     /// Where this clone waits to be woken when the circuit opens while its inner service is not
@@ -70,6 +72,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             breaker,
             classify,
             fallback,
+            ticket: None,
             admitted: None,
             rejected: None,
             waiter: None,
@@ -173,7 +176,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.admitted.is_some() || self.rejected.is_some() {
+        if self.ticket.is_some() || self.admitted.is_some() || self.rejected.is_some() {
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
         }
@@ -185,7 +188,7 @@ where
         };
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
-                self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
+                self.ticket = Some(ticket);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),
@@ -196,15 +199,18 @@ where
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         // At most one of the two is set: `rejected` is not even read after an admission.
-        let decision = match self.admitted.take() {
-            Some(admission) => Ok(admission),
-            None => match self.rejected.take() {
-                Some(rejection) => Err(rejection),
-                // `call` without `poll_ready` breaks the Service contract; decide now rather
-                // than panic, and leave the inner service to enforce its own readiness.
-                None => match self.decide() {
-                    Decision::Admit(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
-                    Decision::Reject(rejection) => Err(rejection),
+        let decision = match self.ticket.take() {
+            Some(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
+            None => match self.admitted.take() {
+                Some(admission) => Ok(admission),
+                None => match self.rejected.take() {
+                    Some(rejection) => Err(rejection),
+                    // `call` without `poll_ready` breaks the Service contract; decide now rather
+                    // than panic, and leave the inner service to enforce its own readiness.
+                    None => match self.decide() {
+                        Decision::Admit(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
+                        Decision::Reject(rejection) => Err(rejection),
+                    },
                 },
             },
         };
@@ -243,6 +249,7 @@ impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
             fallback: self.fallback.clone(),
+            ticket: None,
             admitted: None,
             rejected: None,
             waiter: None,
@@ -255,6 +262,7 @@ impl<S: fmt::Debug, C, F> fmt::Debug for CircuitBreaker<S, C, F> {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
             .field("breaker", &self.breaker)
+            .field("ticket", &self.ticket)
             .field("admitted", &self.admitted)
             .field("rejected", &self.rejected)
             .finish_non_exhaustive()
