@@ -52,9 +52,9 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     classify: C,
     fallback: F,
     /// What `poll_ready` decided, for the next `call`: at most one of the three is set. A ticket
-    /// that holds nothing (a closed breaker's) is kept alone, one word: the lane is taken in
-    /// `call`. A probe permit is kept with its lane (`admitted`), so that it is given back if the
-    /// service is dropped unused. Separate fields, not one enum: a larger enum is copied out with
+    /// that holds nothing (Closed, MetricsOnly, Disabled) is kept alone, one word: the lane is
+    /// taken in `call`. A probe permit is kept with its lane (`admitted`), so that it is given
+    /// back if the service is dropped unused. Separate fields, not one enum: a larger enum is copied out with
     /// vector loads that cannot be forwarded from the narrower stores that just wrote it (a
     /// store-forwarding stall measured at about half of the closed path's time).
     ticket: Option<Ticket>,
@@ -117,8 +117,12 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
     {
         match self.breaker.admit_from(word, &mut self.breaker.now()) {
             Decision::Admit(ticket) => match self.inner.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
+                Poll::Ready(Ok(())) if ticket.is_probe() => {
                     self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(())) => {
+                    self.ticket = Some(ticket);
                     Poll::Ready(Ok(()))
                 }
                 Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),

@@ -168,6 +168,12 @@ impl Ticket {
         Generation::from_bits((self.0.get() >> 8) as u32)
     }
 
+    /// Whether this ticket holds a half-open probe permit (to give back if it goes unused).
+    #[inline]
+    pub(crate) fn is_probe(self) -> bool {
+        self.kind() == TicketKind::Probe
+    }
+
     #[inline]
     fn kind(self) -> TicketKind {
         match self.0.get() & 0xff {
