@@ -57,8 +57,9 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            // The call timeout's deadline, and its timer, made on the first poll that finds the
-            // inner future pending (most calls never need one; a `None` costs nothing to move).
+            // The call timeout's deadline, fixed in `call`, and its timer, made on the first poll
+            // that finds the inner future pending: a call answered at once never makes one, and
+            // a future whose timer is still `None` moves without copying a `Sleep`.
             deadline: Option<Instant>,
             #[pin]
             timer: Option<Sleep>,

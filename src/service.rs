@@ -51,12 +51,14 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
-    /// What `poll_ready` decided, for the next `call`: at most one of the three is set. A ticket
-    /// that holds nothing (Closed, MetricsOnly, Disabled) is kept alone, one word: the lane is
-    /// taken in `call`. A probe permit is kept with its lane (`admitted`), so that it is given
-    /// back if the service is dropped unused. Separate fields, not one enum: a larger enum is copied out with
-    /// vector loads that cannot be forwarded from the narrower stores that just wrote it (a
-    /// store-forwarding stall measured at about half of the closed path's time).
+    /// What `poll_ready` decided, for the next `call`: at most one of the three is set.
+    ///
+    /// A ticket that holds nothing (Closed, MetricsOnly, Disabled) is kept alone, one word, and
+    /// the lane is taken in `call`: the inline part of `poll_ready` stays small. A probe permit is
+    /// kept with its lane (`admitted`), so that it is given back if the service is dropped unused.
+    /// Separate fields, not one enum: a larger enum is copied out with vector loads that cannot
+    /// be forwarded from the narrower stores that just wrote it (a store-forwarding stall
+    /// measured at about half of the closed path's time).
     ticket: Option<Ticket>,
     admitted: Option<Admission>,
     rejected: Option<Rejection>,
@@ -202,7 +204,7 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        // At most one of the two is set: `rejected` is not even read after an admission.
+        // At most one of the three is set; the closed breaker's ticket, the common case, first.
         let decision = match self.ticket.take() {
             Some(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
             None => match self.admitted.take() {
