@@ -449,6 +449,11 @@ impl<C> Builder<C> {
 
     /// Fails a call that takes longer than this (more than zero) with
     /// [`tower::timeout::error::Elapsed`], counted as a failure. The inner future is dropped.
+    ///
+    /// The time counts from `call`. The timer is a `tokio::time::Sleep`, made (without
+    /// allocating) the first time the response future finds the inner future pending, so that
+    /// poll must run inside a tokio runtime with its timer enabled; a call answered on its first
+    /// poll never makes one.
     pub fn call_timeout(mut self, duration: Duration) -> Self {
         self.call_timeout = Some(duration);
         self
