@@ -574,6 +574,7 @@ impl Breaker {
     /// write that starts during such a transition is stale: the transition publishes a new
     /// generation (a clearing transition from Closed or MetricsOnly cannot fail, as nothing but
     /// the lock holder changes their word), so it records nothing and never waits.
+    #[inline]
     fn while_recording<T>(&self, generation: Generation, write: impl FnOnce() -> T) -> Option<T> {
         // SeqCst read-modify-writes on one location: either this registration precedes the
         // transition's `CLEARING` (which then waits for it), or it sees `CLEARING`. The final

@@ -344,6 +344,7 @@ impl TimeWindow {
         }
     }
 
+    #[inline]
     fn record(&self, sample: Sample, now: u64) {
         self.advance(now / self.bucket_nanos);
         let (stamp, bucket) = self.locate(now);
