@@ -15,7 +15,7 @@
 use std::future::{Future, Ready, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, watch};
@@ -29,6 +29,9 @@ use tower_circuit_breaker::{CircuitBreakerLayer, Handle, Outcome, State};
 use tower_test::{assert_request_eq, mock};
 
 const OPEN: Duration = Duration::from_secs(10);
+
+mod support;
+use support::{Counted, Counts};
 
 type Req = &'static str;
 type Res = &'static str;
@@ -90,45 +93,6 @@ fn hang_or_echo() -> impl Service<
         }
         Ok::<_, BoxError>(request)
     })
-}
-
-/// Counts how often the wrapped service is polled for readiness and called.
-#[derive(Clone, Debug, Default)]
-struct Counts {
-    ready: Arc<AtomicUsize>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Counts {
-    fn ready(&self) -> usize {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Counted<S> {
-    inner: S,
-    counts: Counts,
-}
-
-impl<S: Service<Req>> Service<Req> for Counted<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.counts.ready.fetch_add(1, Ordering::SeqCst);
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Req) -> S::Future {
-        self.counts.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.call(request)
-    }
 }
 
 // ===== ConcurrencyLimit inside the breaker (breaker outermost) =====

@@ -24,6 +24,9 @@ use tower_test::{assert_request_eq, mock};
 
 const OPEN: Duration = Duration::from_secs(10);
 
+mod support;
+use support::{Counted, Counts};
+
 type Req = &'static str;
 type Res = &'static str;
 type MockHandle = mock::Handle<Req, Res>;
@@ -82,45 +85,6 @@ impl Service<Req> for Untouchable {
 
     fn call(&mut self, _: Req) -> Self::Future {
         panic!("the inner service was called while the circuit rejects");
-    }
-}
-
-/// Counts how often the wrapped service is polled for readiness and called.
-#[derive(Clone, Debug, Default)]
-struct Counts {
-    ready: Arc<AtomicUsize>,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Counts {
-    fn ready(&self) -> usize {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Counted<S> {
-    inner: S,
-    counts: Counts,
-}
-
-impl<S: Service<Req>> Service<Req> for Counted<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.counts.ready.fetch_add(1, Ordering::SeqCst);
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Req) -> S::Future {
-        self.counts.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.call(request)
     }
 }
 

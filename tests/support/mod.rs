@@ -1,4 +1,5 @@
-//! Shared helpers for the semantics tests (`closed`, `open`, `half_open`, `always`, `config`).
+//! Shared helpers for the semantics tests (`closed`, `open`, `half_open`, `always`, `config`),
+//! and [`Counted`], which `tower_contract` and `composition` wrap around their own services.
 //!
 //! The inner service is [`Inner`]: each request says how the call ends ([`Req`]) and after how
 //! long, so a test controls every outcome and every latency on tokio's paused clock. [`Counters`]
@@ -306,4 +307,46 @@ pub fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
         }
     }
     seen
+}
+
+// ===== counting a service's readiness checks and calls =====
+
+/// How often a [`Counted`] service was polled for readiness and called.
+#[derive(Clone, Debug, Default)]
+pub struct Counts {
+    ready: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Counts {
+    pub fn ready(&self) -> usize {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Any service, counting its `poll_ready` and `call` invocations in `counts`.
+#[derive(Clone, Debug)]
+pub struct Counted<S> {
+    pub inner: S,
+    pub counts: Counts,
+}
+
+impl<S: Service<R>, R> Service<R> for Counted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.counts.ready.fetch_add(1, Ordering::SeqCst);
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> S::Future {
+        self.counts.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(request)
+    }
 }
