@@ -521,6 +521,9 @@ impl Breaker {
         if !failed && self.consecutive.load(Ordering::Relaxed) == 0 && self.window.absorbs(sample) {
             return; // a healthy closed breaker: nothing changes, nothing is written
         }
+        // Where the outcome falls in a time window (a clock read and a division), once for every
+        // step below; a count window reads no clock.
+        let tick = self.window.tick(|| now.get());
         // A stale outcome never lands in a window that a transition cleared meanwhile (it would
         // count toward the next trip); and of two outcomes recorded at once, the later one to
         // finish sees both when it evaluates the thresholds.
@@ -535,7 +538,7 @@ impl Breaker {
                 }
                 0
             };
-            self.window.record(sample, || now.get());
+            self.window.record(sample, tick);
             consecutive
         }) else {
             return; // stale
@@ -543,7 +546,7 @@ impl Breaker {
         if word.state() != State::Closed {
             return; // MetricsOnly records but never trips
         }
-        if !failed && !slow && !self.window.may_hold_bad(|| now.get()) {
+        if !failed && !slow && !self.window.may_hold_bad(tick) {
             return; // a success cannot raise a rate that is zero
         }
         if !failed && !slow && self.window.was_past_minimum(self.config.minimum_calls) {
@@ -552,12 +555,7 @@ impl Breaker {
             // minimum can trip it.
             return;
         }
-        if !failed
-            && !slow
-            && self
-                .window
-                .evaluated_in_bucket(generation.bits(), || now.get())
-        {
+        if !failed && !slow && self.window.evaluated_in_bucket(generation.bits(), tick) {
             // In a time window no outcome left since that evaluation: likewise (see
             // `Window::mark_evaluated`).
             return;

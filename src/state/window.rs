@@ -39,6 +39,11 @@ pub(crate) enum Window {
     Time(TimeWindow),
 }
 
+/// Where one recording falls in a time window: its bucket number, computed (a division) once
+/// for every step of the recording. A count window has none.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tick(u64);
+
 impl Window {
     pub(crate) fn count(n: u32) -> Self {
         Window::Count(CountWindow::new(n))
@@ -46,6 +51,16 @@ impl Window {
 
     pub(crate) fn time(bucket_nanos: u64, buckets: u32) -> Self {
         Window::Time(TimeWindow::new(bucket_nanos, buckets))
+    }
+
+    /// The tick of a recording at `now` (nanoseconds since the breaker's creation), which only a
+    /// time window reads.
+    #[inline]
+    pub(crate) fn tick(&self, now: impl FnOnce() -> u64) -> Tick {
+        match self {
+            Window::Count(_) => Tick(0),
+            Window::Time(w) => Tick(w.number(now())),
+        }
     }
 
     /// Whether recording `sample` would leave the totals as they are (a full count window of
@@ -58,12 +73,12 @@ impl Window {
         }
     }
 
-    /// Records one outcome; `now` is the time in nanoseconds since the breaker's creation.
+    /// Records one outcome at `tick`.
     #[inline]
-    pub(crate) fn record(&self, sample: Sample, now: impl FnOnce() -> u64) {
+    pub(crate) fn record(&self, sample: Sample, tick: Tick) {
         match self {
             Window::Count(w) => w.record(sample),
-            Window::Time(w) => w.record(sample, now()),
+            Window::Time(w) => w.record(sample, tick.0),
         }
     }
 
@@ -82,13 +97,13 @@ impl Window {
     }
 
     /// Whether the thresholds were evaluated with defined rates, in generation `generation`,
-    /// during the bucket that holds `now` (see [`mark_evaluated`](Self::mark_evaluated)). Always
-    /// false for a count window.
+    /// during the bucket of `tick` (see [`mark_evaluated`](Self::mark_evaluated)). Always false
+    /// for a count window.
     #[inline]
-    pub(crate) fn evaluated_in_bucket(&self, generation: u32, now: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn evaluated_in_bucket(&self, generation: u32, tick: Tick) -> bool {
         match self {
             Window::Count(_) => false,
-            Window::Time(w) => w.evaluated.load(Relaxed) == w.evaluation_mark(generation, now()),
+            Window::Time(w) => w.evaluated.load(Relaxed) == w.evaluation_mark(generation, tick.0),
         }
     }
 
@@ -101,18 +116,19 @@ impl Window {
         if let Window::Time(w) = self {
             // Relaxed: a stale or lost mark only makes a success evaluate once more.
             w.evaluated
-                .store(w.evaluation_mark(generation, now()), Relaxed);
+                .store(w.evaluation_mark(generation, w.number(now())), Relaxed);
         }
     }
 
-    /// Whether the window may hold a failure or a slow call, so that a success could trip it.
+    /// Whether the window may hold a failure or a slow call at `tick`, so that a success could
+    /// trip it.
     #[inline]
-    pub(crate) fn may_hold_bad(&self, now: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn may_hold_bad(&self, tick: Tick) -> bool {
         match self {
             Window::Count(w) => {
                 w.counters.failed.load(Relaxed) != 0 || w.counters.slow.load(Relaxed) != 0
             }
-            Window::Time(w) => w.may_hold_bad(now()),
+            Window::Time(w) => w.may_hold_bad(tick.0),
         }
     }
 
@@ -309,11 +325,22 @@ impl TimeWindow {
         self.buckets.len() as u32
     }
 
-    /// The stamp (bucket number + 1, truncated) and the slot of the bucket holding `now`.
-    fn locate(&self, now: u64) -> (u32, &Bucket) {
-        let number = now / self.bucket_nanos;
-        let slot = (number % self.buckets.len() as u64) as usize;
-        ((number as u32).wrapping_add(1), &self.buckets[slot])
+    /// The number of the bucket holding `now`.
+    #[inline]
+    fn number(&self, now: u64) -> u64 {
+        now / self.bucket_nanos
+    }
+
+    /// The stamp of bucket `number`: the number plus one, truncated.
+    #[inline]
+    fn stamp(number: u64) -> u32 {
+        (number as u32).wrapping_add(1)
+    }
+
+    /// The slot of bucket `number`.
+    #[inline]
+    fn slot(&self, number: u64) -> &Bucket {
+        &self.buckets[(number % self.buckets.len() as u64) as usize]
     }
 
     /// Moves the window forward to bucket `number`, if no caller did yet: the caller that moves it
@@ -344,10 +371,11 @@ impl TimeWindow {
         }
     }
 
+    /// Records one outcome in bucket `number`.
     #[inline]
-    fn record(&self, sample: Sample, now: u64) {
-        self.advance(now / self.bucket_nanos);
-        let (stamp, bucket) = self.locate(now);
+    fn record(&self, sample: Sample, number: u64) {
+        self.advance(number);
+        let (stamp, bucket) = (Self::stamp(number), self.slot(number));
         bucket.calls.add(stamp);
         if sample.failed {
             bucket.failed.add(stamp);
@@ -360,24 +388,24 @@ impl TimeWindow {
         }
     }
 
-    fn evaluation_mark(&self, generation: u32, now: u64) -> u64 {
-        (u64::from(generation) << 32) | u64::from(self.locate(now).0)
+    fn evaluation_mark(&self, generation: u32, number: u64) -> u64 {
+        (u64::from(generation) << 32) | u64::from(Self::stamp(number))
     }
 
-    fn may_hold_bad(&self, now: u64) -> bool {
+    fn may_hold_bad(&self, number: u64) -> bool {
         let last = self.last_bad.load(Relaxed);
-        let (stamp, _) = self.locate(now);
-        last != 0 && stamp.wrapping_sub(last) < self.k()
+        last != 0 && Self::stamp(number).wrapping_sub(last) < self.k()
     }
 
     fn totals(&self, now: u64) -> Totals {
-        let (stamp, _) = self.locate(now);
+        let number = self.number(now);
+        let stamp = Self::stamp(number);
         let k = self.k();
         let mut totals = Totals::default();
         // Nothing recorded in the last `k` buckets: the window is empty, whatever old stamps say
         // (after a long silence they may have come round again).
         let latest = self.latest.load(Relaxed);
-        if latest == 0 || (now / self.bucket_nanos).saturating_sub(latest - 1) >= u64::from(k) {
+        if latest == 0 || number.saturating_sub(latest - 1) >= u64::from(k) {
             return totals;
         }
         // Bucket `i` of the ring holds bucket numbers congruent to `i`; read each against the
@@ -424,8 +452,8 @@ mod tests {
     #[test]
     fn count_window_keeps_only_the_last_n_outcomes() {
         let w = Window::count(3);
-        w.record(FAIL, || 0);
-        w.record(FAIL, || 0);
+        w.record(FAIL, w.tick(|| 0));
+        w.record(FAIL, w.tick(|| 0));
         assert_eq!(
             w.totals(|| 0),
             Totals {
@@ -434,8 +462,8 @@ mod tests {
                 slow: 0
             }
         );
-        w.record(OK, || 0);
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
+        w.record(OK, w.tick(|| 0));
         assert_eq!(
             w.totals(|| 0),
             Totals {
@@ -444,7 +472,7 @@ mod tests {
                 slow: 0
             }
         );
-        w.record(SLOW_FAIL, || 0);
+        w.record(SLOW_FAIL, w.tick(|| 0));
         assert_eq!(
             w.totals(|| 0),
             Totals {
@@ -459,34 +487,34 @@ mod tests {
     fn count_window_full_of_successes_absorbs_a_success() {
         let w = Window::count(2);
         assert!(!w.absorbs(OK), "an empty window must count the success");
-        w.record(OK, || 0);
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
+        w.record(OK, w.tick(|| 0));
         assert!(w.absorbs(OK));
         assert!(!w.absorbs(FAIL));
-        w.record(FAIL, || 0);
+        w.record(FAIL, w.tick(|| 0));
         assert!(!w.absorbs(OK));
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
         assert!(!w.absorbs(OK), "the failure is still among the last 2");
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
         assert!(w.absorbs(OK));
     }
 
     #[test]
     fn count_window_is_past_its_minimum_only_after_the_outcome_that_reaches_it() {
         let w = Window::count(3);
-        w.record(FAIL, || 0);
-        w.record(OK, || 0);
+        w.record(FAIL, w.tick(|| 0));
+        w.record(OK, w.tick(|| 0));
         assert!(
             !w.was_past_minimum(2),
             "the 2nd outcome defines the rate: evaluate it"
         );
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
         assert!(w.was_past_minimum(2));
         assert!(
             !w.was_past_minimum(3),
             "the 3rd outcome reached a minimum of 3"
         );
-        w.record(OK, || 0);
+        w.record(OK, w.tick(|| 0));
         assert!(
             w.was_past_minimum(5),
             "a minimum above the size is capped at it"
@@ -500,24 +528,27 @@ mod tests {
     #[test]
     fn time_window_evaluation_mark_holds_for_one_bucket_of_one_generation() {
         let w = Window::time(10, 3);
-        assert!(!w.evaluated_in_bucket(1, || 5));
+        assert!(!w.evaluated_in_bucket(1, w.tick(|| 5)));
         w.mark_evaluated(1, || 5);
-        assert!(w.evaluated_in_bucket(1, || 9));
+        assert!(w.evaluated_in_bucket(1, w.tick(|| 9)));
         assert!(
-            !w.evaluated_in_bucket(1, || 10),
+            !w.evaluated_in_bucket(1, w.tick(|| 10)),
             "a new bucket: outcomes may have left"
         );
-        assert!(!w.evaluated_in_bucket(2, || 9), "another generation");
+        assert!(
+            !w.evaluated_in_bucket(2, w.tick(|| 9)),
+            "another generation"
+        );
         w.clear();
-        assert!(!w.evaluated_in_bucket(1, || 9));
-        assert!(!Window::count(3).evaluated_in_bucket(0, || 0));
+        assert!(!w.evaluated_in_bucket(1, w.tick(|| 9)));
+        assert!(!Window::count(3).evaluated_in_bucket(0, Tick(0)));
     }
 
     #[test]
     fn time_window_drops_a_bucket_k_buckets_later() {
         let w = Window::time(10, 3);
-        w.record(FAIL, || 5); // bucket 0
-        w.record(OK, || 15); // bucket 1
+        w.record(FAIL, w.tick(|| 5)); // bucket 0
+        w.record(OK, w.tick(|| 15)); // bucket 1
         assert_eq!(
             w.totals(|| 29),
             Totals {
@@ -534,8 +565,8 @@ mod tests {
                 slow: 0
             }
         );
-        assert!(!w.may_hold_bad(|| 30));
-        w.record(OK, || 45); // bucket 4 reuses bucket 1's slot
+        assert!(!w.may_hold_bad(w.tick(|| 30)));
+        w.record(OK, w.tick(|| 45)); // bucket 4 reuses bucket 1's slot
         assert_eq!(
             w.totals(|| 45),
             Totals {
@@ -549,23 +580,23 @@ mod tests {
     #[test]
     fn time_window_clear_forgets_everything() {
         let w = Window::time(10, 3);
-        w.record(SLOW_FAIL, || 1);
+        w.record(SLOW_FAIL, w.tick(|| 1));
         w.clear();
         assert_eq!(w.totals(|| 1), Totals::default());
-        assert!(!w.may_hold_bad(|| 1));
+        assert!(!w.may_hold_bad(w.tick(|| 1)));
     }
 
     #[test]
     fn time_window_forgets_a_count_whose_stamp_comes_round_again() {
         let w = Window::time(1, 3); // 1 ns buckets: stamps come round every 2^32 ns
-        w.record(FAIL, || 5);
+        w.record(FAIL, w.tick(|| 5));
         let again = 5 + (1u64 << 32);
         assert_eq!(
             w.totals(|| again),
             Totals::default(),
             "read after the silence"
         );
-        w.record(OK, || again);
+        w.record(OK, w.tick(|| again));
         assert_eq!(
             w.totals(|| again),
             Totals {
