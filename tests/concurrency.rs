@@ -428,3 +428,42 @@ async fn clones_and_services_of_one_layer_share_one_state() {
         assert_eq!(handle.metrics().not_permitted(), TASKS as u64);
     }
 }
+
+#[test]
+fn rejections_counted_on_many_threads_add_up_and_are_cleared_together() {
+    // More threads than the breaker has lanes: some threads share a counter, each thread counts
+    // in its own lane's. No runtime: a forced-open breaker rejects without reading the clock.
+    const THREADS: usize = 6;
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    let handle = layer.handle();
+    let reject_on_every_thread = |per_thread: usize| {
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                let mut svc = layer.layer(service_fn(|_: ()| ready(Ok::<_, BoxError>(()))));
+                scope.spawn(move || {
+                    for _ in 0..per_thread {
+                        let err = futures::executor::block_on(async {
+                            svc.ready().await?.call(()).await
+                        })
+                        .unwrap_err();
+                        assert!(err.is::<Rejected>());
+                    }
+                });
+            }
+        });
+    };
+
+    handle.force_open();
+    reject_on_every_thread(1_000);
+    assert_eq!(handle.metrics().not_permitted(), (THREADS * 1_000) as u64);
+
+    handle.reset();
+    assert_eq!(
+        handle.metrics().not_permitted(),
+        0,
+        "closing clears every lane"
+    );
+    handle.force_open();
+    reject_on_every_thread(10);
+    assert_eq!(handle.metrics().not_permitted(), (THREADS * 10) as u64);
+}

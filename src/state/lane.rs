@@ -24,7 +24,7 @@ use super::Breaker;
 
 /// Lanes per breaker. Threads beyond this share lanes (round robin): more lanes would only add
 /// memory (128 bytes each, once used) for machines where more threads call one breaker at once.
-const LANES: usize = 4;
+pub(crate) const LANES: usize = 4;
 
 /// A breaker and its lanes: what a layer and its services hold.
 pub(crate) struct Lanes {
@@ -52,18 +52,24 @@ thread_local! {
     static THREAD_LANE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// The calling thread's lane index (`0..LANES`).
 #[inline]
-fn thread_lane() -> usize {
-    THREAD_LANE.with(|lane| {
-        let index = lane.get();
-        if index != usize::MAX {
-            return index;
-        }
-        // Relaxed: only spreads threads over lanes; any value is correct.
-        let index = NEXT_LANE.fetch_add(1, Ordering::Relaxed) % LANES;
-        lane.set(index);
-        index
-    })
+pub(crate) fn thread_lane() -> usize {
+    let index = THREAD_LANE.get();
+    if index != usize::MAX {
+        return index;
+    }
+    first_lane()
+}
+
+/// `thread_lane` on a thread's first call: assigns its lane.
+#[cold]
+#[inline(never)]
+fn first_lane() -> usize {
+    // Relaxed: only spreads threads over lanes; any value is correct.
+    let index = NEXT_LANE.fetch_add(1, Ordering::Relaxed) % LANES;
+    THREAD_LANE.set(index);
+    index
 }
 
 impl Lanes {
