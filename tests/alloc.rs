@@ -297,19 +297,29 @@ impl Future for YieldOnce {
     }
 }
 
+/// A runtime with its timer (for a call timeout's `tokio::time::Sleep`), to enter.
+fn timer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// A breaker with a one-second call timeout.
+fn with_call_timeout() -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn pending_call_with_a_call_timeout_allocates_nothing() {
     // The inner future is pending once: the response future makes and polls its timer (a
     // `tokio::time::Sleep`, registered with the runtime's timer) before the response arrives.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let runtime = timer_runtime();
     let _context = runtime.enter();
-    let layer = CircuitBreakerLayer::builder()
-        .call_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let layer = with_call_timeout();
     let mut service = layer.layer(service_fn(|request: u64| YieldOnce(request, false)));
     let waker = noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -328,15 +338,8 @@ fn pending_call_with_a_call_timeout_allocates_nothing() {
 
 #[test]
 fn closed_path_with_a_call_timeout_allocates_nothing() {
-    // The timeout is a `tokio::time::Sleep`, made per call: it needs a runtime's timer in context.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    // Every call here is answered on its first poll: no timer is ever made.
+    let runtime = timer_runtime();
     let _context = runtime.enter();
-    let layer = CircuitBreakerLayer::builder()
-        .call_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    assert_closed_path_allocates_nothing(&layer, State::Closed);
+    assert_closed_path_allocates_nothing(&with_call_timeout(), State::Closed);
 }
