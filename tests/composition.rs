@@ -25,13 +25,13 @@ use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
 use tower::load_shed::error::Overloaded;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_circuit_breaker::error::Rejected;
-use tower_circuit_breaker::{CircuitBreakerLayer, Handle, Outcome, State};
+use tower_circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_test::{assert_request_eq, mock};
 
 const OPEN: Duration = Duration::from_secs(10);
 
 mod support;
-use support::{Counted, Counts};
+use support::{Counted, Counts, await_half_open};
 
 type Req = &'static str;
 type Res = &'static str;
@@ -657,17 +657,6 @@ where
         seen.answer = Some(response.await.map_err(|e| e.to_string()));
     }
     seen
-}
-
-/// Waits for a 1 ns open interval to end: the clock moves on while we look.
-fn await_half_open(handle: &Handle) {
-    loop {
-        match handle.state() {
-            State::HalfOpen => return,
-            State::Open => std::hint::spin_loop(),
-            other => panic!("expected Open or HalfOpen, found {other:?}"),
-        }
-    }
 }
 
 /// 200 tasks race through one `ConcurrencyLimit` semaphore and one breaker, half of them with the

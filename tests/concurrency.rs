@@ -20,7 +20,10 @@ use tokio::sync::{Barrier, Notify, watch};
 use tokio::task::JoinHandle;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_circuit_breaker::error::Rejected;
-use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, Event, EventStream, Handle, State};
+use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, Event, EventStream, State};
+
+mod support;
+use support::await_half_open;
 
 const TASKS: usize = 1_000;
 const ROUNDS: usize = 20;
@@ -123,17 +126,6 @@ async fn trip(layer: &CircuitBreakerLayer) {
     let failing = layer.layer(service_fn(|()| ready(Err::<(), BoxError>("down".into()))));
     let err = failing.oneshot(()).await.expect_err("the call fails");
     assert!(!err.is::<Rejected>(), "admitted, not rejected");
-}
-
-/// Waits for a 1 ns open interval to end: the clock moves on while we look.
-fn await_half_open(handle: &Handle) {
-    loop {
-        match handle.state() {
-            State::HalfOpen => return,
-            State::Open => std::hint::spin_loop(),
-            other => panic!("expected Open or HalfOpen, found {other:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -241,9 +241,9 @@ impl Episode {
 
 /// Rejections since the last transition to Closed, counted per lane (the rejecting thread's), each
 /// on a 64-byte line of its own: in a rejection storm on several cores, one shared counter would
-/// move between them on every call (two threads rejected at 0.84× the rate of one with it, at
-/// 1.6–2.6× without it). Lanes 0 and 1, the first two threads', are also 128 bytes apart, out of
-/// reach of the adjacent-line prefetcher.
+/// move between them on every call (`benches/compare`'s `reject2`: two threads served 0.78–0.99×
+/// one thread's rejections with it, 1.23–1.91× without). Lanes 0 and 1, the first two threads',
+/// are also 128 bytes apart, out of reach of the adjacent-line prefetcher.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Rejections([Line; lane::LANES]);
@@ -275,13 +275,15 @@ impl Rejections {
     }
 }
 
+/// The counters recorders write, together on one padded block (they have the same writers; a
+/// block each would cost 128 bytes per breaker).
 #[derive(Debug, Default)]
 struct Recorders {
     consecutive: AtomicU32,
     recording: AtomicU32,
 }
 
-/// Set in `Breaker::recording` while a transition clears the window.
+/// Set in `Recorders::recording` while a transition clears the window.
 const CLEARING: u32 = 1 << 31;
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
@@ -535,7 +537,7 @@ impl Breaker {
     /// is recorded.
     #[inline]
     pub(crate) fn release(&self, ticket: Ticket) {
-        if ticket.kind() == TicketKind::Probe {
+        if ticket.is_probe() {
             self.return_probe(ticket.generation());
         }
     }

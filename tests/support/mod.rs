@@ -1,5 +1,6 @@
 //! Shared helpers for the semantics tests (`closed`, `open`, `half_open`, `always`, `config`),
-//! and [`Counted`], which `tower_contract` and `composition` wrap around their own services.
+//! [`Counted`], which `tower_contract` and `composition` wrap around their own services, and
+//! [`await_half_open`] for the multi-thread tests (`concurrency`, `composition`).
 //!
 //! The inner service is [`Inner`]: each request says how the call ends ([`Req`]) and after how
 //! long, so a test controls every outcome and every latency on tokio's paused clock. [`Counters`]
@@ -348,5 +349,19 @@ impl<S: Service<R>, R> Service<R> for Counted<S> {
     fn call(&mut self, request: R) -> S::Future {
         self.counts.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.call(request)
+    }
+}
+
+// ===== real time =====
+
+/// Waits for a 1 ns open interval to end (the multi-thread tests, which cannot pause the clock):
+/// the clock moves on while we look.
+pub fn await_half_open(handle: &Handle) {
+    loop {
+        match handle.state() {
+            State::HalfOpen => return,
+            State::Open => std::hint::spin_loop(),
+            other => panic!("expected Open or HalfOpen, found {other:?}"),
+        }
     }
 }
