@@ -17,19 +17,23 @@ pub(crate) const MAX_WINDOW_CALLS: u32 = 1 << 20;
 /// The largest number of buckets in a time window.
 pub(crate) const MAX_BUCKETS: u32 = 4096;
 /// The largest number of half-open probes per episode: the probe counters share the state word.
-pub(crate) const MAX_HALF_OPEN_CALLS: u32 = crate::state::word::MAX_PROBES;
+pub(crate) const MAX_HALF_OPEN_CALLS: u32 = 4095;
+/// The shortest interval jitter can make (unless the interval itself is shorter).
+const MIN_JITTERED_INTERVAL: Duration = Duration::from_millis(1);
 
 // ===== Window =====
 
 /// The sliding window over which failure and slow-call rates are computed.
 ///
 /// * [`Window::count`]: the last `n` recorded outcomes.
-/// * [`Window::time`]: the outcomes of the last `duration`, kept in buckets (one per second by
-///   default, see [`Window::buckets`]). An outcome recorded in bucket `i` counts until the current
-///   bucket is `i + k`; buckets are measured from the breaker's creation instant.
+/// * [`Window::time`]: the outcomes of the last `duration`, kept in `k` buckets of
+///   `duration / k` (see [`Window::buckets`] for the default). An outcome recorded in bucket `i`
+///   counts until the current bucket is `i + k`, so it leaves the window between
+///   `duration - duration / k` and `duration` after it was recorded; buckets are measured from
+///   the breaker's creation instant.
 ///
-/// Both windows really slide: an outcome leaves the window when it is older than the window, in
-/// O(1) per call and without memory per call.
+/// Both slide, in O(1) per call and without memory per call: a count window one outcome at a
+/// time, a time window one bucket at a time.
 ///
 /// ```
 /// use std::time::Duration;
@@ -37,6 +41,7 @@ pub(crate) const MAX_HALF_OPEN_CALLS: u32 = crate::state::word::MAX_PROBES;
 ///
 /// let last_100_calls = Window::count(100);
 /// let last_minute = Window::time(Duration::from_secs(60)); // 60 buckets of 1 s
+/// let last_2s = Window::time(Duration::from_secs(2)); // 10 buckets of 200 ms
 /// let last_10s_fine = Window::time(Duration::from_secs(10)).buckets(100); // 100 ms buckets
 /// # let _ = (last_100_calls, last_minute, last_10s_fine);
 /// ```
@@ -62,7 +67,8 @@ impl Window {
         }
     }
 
-    /// A window over the outcomes of the last `duration`, in one bucket per second (at least one).
+    /// A window over the outcomes of the last `duration`, in buckets of at most a second and at
+    /// least 10 of them by default (see [`buckets`](Self::buckets)).
     pub const fn time(duration: Duration) -> Self {
         Window {
             kind: WindowKind::Time {
@@ -74,8 +80,11 @@ impl Window {
 
     /// Sets the number of buckets of a time window (`1..=4096`, each at least 1 ms long).
     ///
-    /// More buckets make the window slide more smoothly; each costs 24 bytes. On a count window
-    /// this does nothing.
+    /// The default is one bucket per whole second of the window, at least 10 (so that a short
+    /// window still slides in steps of a tenth) and at most 4096 (a window longer than 4096 s has
+    /// buckets longer than a second), and fewer if buckets would be shorter than 1 ms. More
+    /// buckets make the window slide more smoothly; each costs 32 bytes. On a count window this
+    /// does nothing.
     pub const fn buckets(self, k: u32) -> Self {
         match self.kind {
             WindowKind::Count(_) => self,
@@ -110,6 +119,13 @@ impl Default for Window {
     fn default() -> Self {
         Window::count(100)
     }
+}
+
+/// The default number of buckets of a time window of `duration` (see [`Window::buckets`]).
+fn default_buckets(duration: Duration) -> u32 {
+    let by_seconds = duration.as_secs().clamp(10, u64::from(MAX_BUCKETS));
+    let by_millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    by_seconds.min(by_millis).max(1) as u32
 }
 
 // ===== Backoff =====
@@ -149,7 +165,7 @@ impl Backoff {
     }
 
     /// Moves each interval at random by at most `fraction` (in `[0, 1]`) of itself, never above
-    /// `max`. Jitter keeps a fleet of clients from probing a recovering dependency in lockstep.
+    /// `max` and never below 1 ms. Jitter keeps a fleet of clients from probing a recovering dependency in lockstep.
     pub const fn jitter(mut self, fraction: f64) -> Self {
         self.jitter = fraction;
         self
@@ -173,7 +189,8 @@ impl Backoff {
         }
         let factor = 1.0 + self.jitter * (2.0 * uniform - 1.0);
         match Duration::try_from_secs_f64(base.as_secs_f64() * factor) {
-            Ok(d) => d.min(self.max),
+            // Never zero: an interval of nothing would let every caller probe at once.
+            Ok(d) => d.min(self.max).max(MIN_JITTERED_INTERVAL.min(base)),
             Err(_) => base,
         }
     }
@@ -505,7 +522,7 @@ impl<C> Builder<C> {
         Ok(CircuitBreakerLayer::from_parts(config, self.classify))
     }
 
-    #[cfg(all(test, loom))]
+    #[cfg(test)]
     pub(crate) fn validate_for_tests(&self) -> Config {
         self.validate().expect("valid test configuration")
     }
@@ -553,8 +570,7 @@ impl<C> Builder<C> {
                 WindowKind::Count(n)
             }
             WindowKind::Time { duration, buckets } => {
-                let k = buckets
-                    .unwrap_or_else(|| duration.as_secs().clamp(1, MAX_BUCKETS as u64) as u32);
+                let k = buckets.unwrap_or_else(|| default_buckets(duration));
                 let allowed =
                     "Window::time(d).buckets(k) with k in 1..=4096 and d / k of at least 1 ms";
                 if k == 0 || k > MAX_BUCKETS || duration / k < Duration::from_millis(1) {
@@ -583,8 +599,10 @@ impl<C> Builder<C> {
             return Err(ConfigError::new("consecutive_failures", 0u32, "at least 1"));
         }
 
+        // Checked even when a backoff replaces it: a bad value is a mistake either way.
+        let open_duration = positive("open_duration", self.open_duration)?;
         let open = match self.open_backoff {
-            None => OpenInterval::Fixed(positive("open_duration", self.open_duration)?),
+            None => OpenInterval::Fixed(open_duration),
             Some(b) => {
                 positive("open_backoff", b.initial)
                     .map_err(|_| ConfigError::new("open_backoff", b, "initial more than 0"))?;

@@ -19,6 +19,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::State;
 
 /// The circuit did not admit the call.
@@ -48,15 +50,16 @@ use crate::State;
 #[derive(Clone, Debug)]
 pub struct Rejected {
     state: State,
-    retry_after: Option<Duration>,
+    /// An instant, not a duration: the error may be read long after the decision.
+    retry_at: Option<Instant>,
     name: Option<Arc<str>>,
 }
 
 impl Rejected {
-    pub(crate) fn new(state: State, retry_after: Option<Duration>, name: Option<Arc<str>>) -> Self {
+    pub(crate) fn new(state: State, retry_at: Option<Instant>, name: Option<Arc<str>>) -> Self {
         Rejected {
             state,
-            retry_after,
+            retry_at,
             name,
         }
     }
@@ -67,10 +70,45 @@ impl Rejected {
         self.state
     }
 
-    /// The time left until a probe will be admitted; `None` where nobody knows (`ForcedOpen`, or
-    /// `HalfOpen` with every probe permit taken).
+    /// The time left, from now, until a probe will be admitted; `None` where nobody knows
+    /// (`ForcedOpen`, `HalfOpen` with every probe permit taken, or an open interval beyond the
+    /// clock's range). Computed when asked, from [`retry_at`](Self::retry_at), so it is never
+    /// stale: zero once that instant has passed.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.retry_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// The instant from which a probe will be admitted (on tokio's clock); `None` where nobody
+    /// knows, as for [`retry_after`](Self::retry_after).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, error::Rejected};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .consecutive_failures(1)
+    ///     .open_duration(Duration::from_secs(10))
+    ///     .build()
+    ///     .unwrap();
+    /// let svc = layer.layer(service_fn(|fail: bool| async move {
+    ///     if fail { Err("down") } else { Ok(()) }
+    /// }));
+    /// let opened_at = tokio::time::Instant::now();
+    /// let _ = svc.clone().oneshot(true).await; // trips
+    ///
+    /// let err = svc.oneshot(false).await.unwrap_err();
+    /// let rejected = err.downcast_ref::<Rejected>().unwrap();
+    /// assert_eq!(rejected.retry_at(), Some(opened_at + Duration::from_secs(10)));
+    /// tokio::time::advance(Duration::from_secs(6)).await;
+    /// assert_eq!(rejected.retry_after(), Some(Duration::from_secs(4)));
+    /// # }
+    /// ```
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
     }
 
     /// The name of the breaker, if it has one.
@@ -85,7 +123,7 @@ impl fmt::Display for Rejected {
         if let Some(name) = &self.name {
             write!(f, "`{name}` ")?;
         }
-        match (self.state, self.retry_after) {
+        match (self.state, self.retry_after()) {
             (State::ForcedOpen, _) => f.write_str("forced open"),
             (State::HalfOpen, None) => f.write_str("half-open; no probe permit available"),
             (state, Some(after)) => write!(f, "{state}; retry after {after:?}"),

@@ -25,6 +25,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -32,14 +33,16 @@ use tower::BoxError;
 use tower::timeout::error::Elapsed;
 
 use crate::classify::{Classify, Outcome};
+use crate::state::clock::saturating_nanos;
 use crate::state::lane::Lane;
-use crate::state::{Ticket, saturating_nanos};
+use crate::state::word::Ticket;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
     ///
     /// It records the call's outcome when the inner future completes. Dropped before that (even
-    /// unpolled), it records nothing and gives back the half-open probe permit it holds.
+    /// unpolled), it records nothing and gives back the half-open probe permit it holds; so does a
+    /// classifier that panics.
     ///
     /// When the call timeout fires, the inner future and the timer are dropped at once. When the
     /// inner future completes, it is kept (finished) with the timer until this future is dropped.
@@ -63,15 +66,33 @@ pin_project! {
             deadline: Option<Instant>,
             #[pin]
             timer: Option<Sleep>,
-            permit: Permit,
-            classify: C,
+            // Taken when the outcome is recorded: `None` means done.
+            recorder: Option<Recorder<C>>,
         },
         Rejected {
             #[pin]
             future: R,
         },
+        Failed {
+            error: Option<BoxError>,
+        },
         Done,
     }
+}
+
+/// What a called future needs to record its outcome.
+struct Recorder<C> {
+    permit: Permit,
+    classify: C,
+}
+
+/// The deadline of a call timeout started now, if tokio's timer can hold it: the timer rounds a
+/// deadline up to the next millisecond, so one within a millisecond of the end of the clock's
+/// range would overflow there. Such a timeout never fires.
+pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
+    let now = Instant::now();
+    now.checked_add(timeout.checked_add(Duration::from_millis(1))?)?;
+    Some(now + timeout)
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
@@ -86,8 +107,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
                 future,
                 deadline,
                 timer: None,
-                permit,
-                classify,
+                recorder: Some(Recorder { permit, classify }),
             },
         }
     }
@@ -95,6 +115,12 @@ impl<F, C, R> ResponseFuture<F, C, R> {
     pub(crate) fn rejected(future: R) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { future },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            kind: Kind::Failed { error: Some(error) },
         }
     }
 }
@@ -116,20 +142,19 @@ where
                 future,
                 deadline,
                 mut timer,
-                permit,
-                classify,
+                recorder,
             } => {
-                // Completed already (its permit's ticket is taken): the inner future must not be
-                // polled again, nor the outcome recorded twice.
-                if permit.is_completed() {
+                if recorder.is_none() {
                     completed();
                 }
                 // The inner future first, so that a response wins a tie with the timeout.
                 if let Poll::Ready(result) = future.poll(cx) {
+                    // Taken first: if the classifier panics, the permit is dropped (a probe
+                    // permit goes back) and a later poll does not poll the inner future again.
+                    let Recorder { permit, classify } = recorder.take().expect("checked above");
                     permit.complete(classify.classify(result.as_ref()));
-                    // The inner future, the timer and the lane stay until this future is dropped:
-                    // moving to `Done` here costs a drop of the whole enum out of line on every
-                    // call. A later poll panics above.
+                    // The inner future and the timer stay until this future is dropped: moving
+                    // to `Done` here would drop the whole enum out of line on every call.
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 let Some(deadline) = *deadline else {
@@ -140,17 +165,23 @@ where
                 }
                 match timer.as_pin_mut().map(|sleep| sleep.poll(cx)) {
                     Some(Poll::Ready(())) => {
-                        permit.complete(Outcome::Failure);
+                        if let Some(recorder) = recorder.take() {
+                            recorder.permit.complete(Outcome::Failure);
+                        }
                         Err(Elapsed::new().into())
                     }
                     _ => return Poll::Pending,
                 }
             }
             KindProj::Rejected { future } => return future.poll(cx),
+            KindProj::Failed { error } => match error.take() {
+                Some(error) => Err(error),
+                None => completed(),
+            },
             KindProj::Done => completed(),
         };
-        // Timed out (or rejected): drops the inner future (and the timer) now, not when the
-        // caller drops this future.
+        // Timed out: drops the inner future (and the timer) now, not when the caller drops this
+        // future.
         kind.set(Kind::Done);
         Poll::Ready(output)
     }
@@ -166,10 +197,10 @@ fn completed() -> ! {
 impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Called { permit, .. } if permit.is_completed() => "Done",
+            Kind::Called { recorder: None, .. } | Kind::Done => "Done",
             Kind::Called { .. } => "Called",
             Kind::Rejected { .. } => "Rejected",
-            Kind::Done => "Done",
+            Kind::Failed { .. } => "Failed",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -247,12 +278,10 @@ impl<F> fmt::Debug for FallbackFuture<F> {
 
 // ===== Admission, Permit =====
 
-/// An admitted call's claim on the breaker, from `poll_ready` to `call`: the breaker (through the
-/// admitting thread's lane, see `state::lane`) and the ticket. Given back when dropped unused (a
-/// half-open probe permit returns), like tower's `OwnedSemaphorePermit`.
-///
-/// Two words on purpose: the service keeps it between `poll_ready` and `call`, and a value this
-/// small is written and read back word by word (see `CircuitBreaker::admitted`).
+/// An admitted call's claim on the breaker, from `poll_ready` to the end of the call: the
+/// breaker (through the admitting thread's lane, see `state::lane`) and the ticket. A guard:
+/// dropped before its outcome is recorded (unused, cancelled, or unwound by a panic), it gives
+/// back the half-open probe permit it holds, like tower's `OwnedSemaphorePermit`.
 pub(crate) struct Admission {
     breaker: Arc<Lane>,
     ticket: Option<Ticket>,
@@ -285,9 +314,8 @@ impl fmt::Debug for Admission {
     }
 }
 
-/// A dispatched call's claim on the breaker: its admission and when it started. Completed with the
-/// call's outcome, or released (by its admission) when dropped. Self-contained, so it can move
-/// into a response body later.
+/// A dispatched call: its admission and when it started. Completed with the call's outcome, or
+/// released (by its admission) when dropped. Self-contained, so it can move into a response body.
 pub(crate) struct Permit {
     admission: Admission,
     /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
@@ -295,32 +323,25 @@ pub(crate) struct Permit {
 }
 
 impl Permit {
-    /// Dispatches an admitted call, noting the time when slow calls are tracked
-    /// (`tracks_duration`: the breaker's `tracks_duration()`, read by the caller).
+    /// Dispatches an admitted call, noting the time when slow calls are tracked.
     #[inline]
     pub(crate) fn start(admission: Admission, tracks_duration: bool) -> Self {
-        let breaker = &admission.breaker;
-        let started = tracks_duration.then(|| breaker.now().get());
+        let started = tracks_duration.then(|| admission.breaker.now().get());
         Permit { admission, started }
     }
 
-    /// Whether the outcome was recorded (`complete` was called).
+    /// Records the outcome.
     #[inline]
-    pub(crate) fn is_completed(&self) -> bool {
-        self.admission.ticket.is_none()
-    }
-
-    /// Records the outcome; later calls and the drop do nothing.
-    #[inline]
-    pub(crate) fn complete(&mut self, outcome: Outcome) {
-        if let Some(ticket) = self.admission.ticket.take() {
-            // The common case, inline: a timely success in a healthy closed breaker changes nothing
-            // (`started` is set only when slow calls are tracked).
-            if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome) {
-                return;
-            }
-            self.record(ticket, outcome);
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        let Some(ticket) = self.admission.ticket.take() else {
+            return;
+        };
+        // The common case, inline: a timely success in a healthy closed breaker changes nothing
+        // (`started` is set only when slow calls are tracked).
+        if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome) {
+            return;
         }
+        self.record(ticket, outcome);
     }
 
     #[inline(never)]

@@ -13,9 +13,10 @@ use crate::state::Breaker;
 
 /// Reads and controls one breaker. Cheap to clone; `Send + Sync`.
 ///
-/// Transitions are made one at a time, under a short lock that also covers their tracing event:
-/// a tracing subscriber must not call into the same breaker's handle while it records that
-/// event (read the event's fields instead).
+/// Transitions are made one at a time, under a short internal lock. Their tracing events, their
+/// [`Event`](crate::Event)s and the wake-ups of waiting tasks come after the lock is released, in
+/// transition order: a tracing subscriber, an event consumer or a waker may call any method of a
+/// handle, including from inside its callback.
 ///
 /// ```
 /// use tower_circuit_breaker::{CircuitBreakerLayer, State};
@@ -40,7 +41,7 @@ impl Handle {
     }
 
     /// The current state. An open interval that has ended turns into HalfOpen here, as it would on
-    /// the next call.
+    /// the next call, at the same instant: looking never changes what the breaker does.
     pub fn state(&self) -> State {
         self.breaker.state(&mut self.breaker.now())
     }
@@ -71,7 +72,8 @@ impl Handle {
         self.breaker.force(State::MetricsOnly);
     }
 
-    /// Returns to Closed with empty metrics, from any state.
+    /// Returns to Closed with empty metrics, from any state. Always a transition, with its
+    /// event: from Closed it is `Closed -> Closed` (the window is cleared).
     pub fn reset(&self) {
         self.breaker.force(State::Closed);
     }
@@ -104,15 +106,17 @@ impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("name", &self.name())
-            .field("state", &self.state())
+            // The stored state: formatting never makes a transition.
+            .field("state", &self.breaker.stored_state())
             .finish()
     }
 }
 
 /// A snapshot of a breaker's counters, from [`Handle::metrics`].
 ///
-/// The call counts describe the sliding window of the closed state (the window that tripped the
-/// breaker, while it is open or half-open).
+/// The call counts describe the sliding window of the closed state. While the breaker does not
+/// record (Open, HalfOpen, ForcedOpen, Disabled) they are the window as it was when it stopped
+/// recording: the window that tripped it, for an open breaker.
 ///
 /// ```
 /// use tower_circuit_breaker::{CircuitBreakerLayer, State};
@@ -179,7 +183,8 @@ impl Metrics {
         self.not_permitted
     }
 
-    /// Failures recorded in a row since the last success.
+    /// Failures recorded in a row, since the last success or the last clearing of the window
+    /// (closing, `reset`, `metrics_only`).
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }

@@ -11,8 +11,7 @@ use crate::future::{Admission, Permit, ResponseFuture};
 use crate::handle::Handle;
 use crate::state::lane::Lanes;
 use crate::state::waiters::Waiter;
-use crate::state::word::Word;
-use crate::state::{Decision, Rejection, Ticket};
+use crate::state::{Decision, Rejection, State};
 
 /// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
@@ -26,7 +25,13 @@ use crate::state::{Decision, Rejection, Ticket};
 ///
 /// The decision, and a half-open probe permit with it, is carried from `poll_ready` to `call`, as
 /// tower's `ConcurrencyLimit` carries its semaphore permit. A clone starts without one. A permit
-/// that is never used (the service dropped after `poll_ready`) is given back.
+/// that is never used (the service dropped after `poll_ready`, or the inner service's
+/// `poll_ready` panicked) is given back. The fallback's readiness error is answered from `call`,
+/// not from `poll_ready`: a `Buffer` in front would take it for a dead service for good.
+///
+/// A `poll_ready` that returns `Pending` is woken by what it waited for (the inner service, or
+/// the fallback while rejecting), and by every transition of the breaker, since each may change
+/// what it should wait for.
 ///
 /// ```
 /// use tower::{Layer, Service, ServiceExt, service_fn};
@@ -51,20 +56,21 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
-    /// What `poll_ready` decided, for the next `call`: at most one of the three is set.
-    ///
-    /// A ticket that holds nothing (Closed, MetricsOnly, Disabled) is kept alone, one word, and
-    /// the lane is taken in `call`: the inline part of `poll_ready` stays small. A probe permit is
-    /// kept with its lane (`admitted`), so that it is given back if the service is dropped unused.
-    /// Separate fields, not one enum: a larger enum is copied out with vector loads that cannot
-    /// be forwarded from the narrower stores that just wrote it (a store-forwarding stall
-    /// measured at about half of the closed path's time).
-    ticket: Option<Ticket>,
-    admitted: Option<Admission>,
-    rejected: Option<Rejection>,
-    /// Where this clone waits to be woken when the circuit opens while its inner service is not
-    /// ready (made on first use).
+    /// What `poll_ready` decided, for the next `call`.
+    ready: Option<Readiness>,
+    /// Where this clone waits for a transition while it is not ready (made on first use).
     waiter: Option<Waiter>,
+}
+
+/// What `poll_ready` decided.
+#[derive(Debug)]
+enum Readiness {
+    /// Admitted: the inner service is ready. A probe permit goes back if this is dropped.
+    Admitted(Admission),
+    /// Rejected: the fallback is ready (or there is none).
+    Rejected(Rejection),
+    /// Rejected, and the fallback's `poll_ready` failed: `call` answers with the error.
+    FallbackFailed(Rejection, BoxError),
 }
 
 impl<S, C, F> CircuitBreaker<S, C, F> {
@@ -74,9 +80,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             breaker,
             classify,
             fallback,
-            ticket: None,
-            admitted: None,
-            rejected: None,
+            ready: None,
             waiter: None,
         }
     }
@@ -101,71 +105,34 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
         self.inner
     }
 
-    fn decide(&self) -> Decision {
-        self.breaker.admit(&mut self.breaker.now())
-    }
-
-    /// `poll_ready` for every case but a closed breaker with a ready inner service.
-    #[inline(never)]
-    fn poll_ready_slow<Req>(
-        &mut self,
-        word: Word,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BoxError>>
-    where
-        S: Service<Req>,
-        S::Error: Into<BoxError>,
-        F: Fallback<Req, S::Response>,
-    {
-        match self.breaker.admit_from(word, &mut self.breaker.now()) {
-            Decision::Admit(ticket) => match self.inner.poll_ready(cx) {
-                Poll::Ready(Ok(())) if ticket.is_probe() => {
-                    self.admitted = Some(Admission::new(self.breaker.lane(), ticket));
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Ok(())) => {
-                    self.ticket = Some(ticket);
-                    Poll::Ready(Ok(()))
-                }
-                Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),
-                Poll::Pending => self.not_ready(ticket, None::<S::Error>, cx),
-            },
-            Decision::Reject(rejection) => {
-                let ready = self.fallback.poll_ready(cx);
-                if let Poll::Ready(Ok(())) = ready {
-                    self.rejected = Some(rejection);
-                }
-                ready
-            }
-        }
-    }
-
-    /// An admitted call whose inner service failed (`Some(error)`) or is not ready (`None`):
-    /// gives the ticket back.
+    /// Waits for the next transition (and, while open, for the end of the open interval).
     #[cold]
     #[inline(never)]
-    fn not_ready<E: Into<BoxError>>(
-        &mut self,
-        ticket: Ticket,
-        error: Option<E>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BoxError>> {
-        self.breaker.release(ticket);
-        match error {
-            Some(e) => Poll::Ready(Err(e.into())),
-            // Not ready: hold nothing while waiting, and decide again on the next poll. The
-            // inner service wakes this task when it is ready, and the breaker when the
-            // circuit opens meanwhile (the call is then rejected without waiting longer).
-            None => {
-                let waiter = self
-                    .waiter
-                    .get_or_insert_with(|| Waiter::new(self.breaker.clone()));
-                if waiter.register(cx.waker()) {
-                    cx.waker().wake_by_ref();
+    fn wait(&mut self, cx: &mut Context<'_>, decided: &Decision) {
+        let waiter = self
+            .waiter
+            .get_or_insert_with(|| Waiter::new(self.breaker.clone()));
+        match decided {
+            Decision::Admit(ticket) => waiter.wait(cx, ticket.generation()),
+            Decision::Reject(rejection) => {
+                waiter.wait(cx, rejection.generation);
+                if let (State::Open, Some(at)) = (rejection.state, rejection.retry_at) {
+                    waiter.wake_at(cx, at);
                 }
-                Poll::Pending
             }
         }
+    }
+
+    fn rejected(&self, rejection: Rejection) -> Rejected {
+        self.breaker.count_rejection();
+        let name = self.breaker.name();
+        tracing::debug!(
+            breaker = name.map_or("", |n| &**n),
+            state = %rejection.state,
+            retry_at = ?rejection.retry_at,
+            "call rejected"
+        );
+        Rejected::new(rejection.state, rejection.retry_at, name.cloned())
     }
 }
 
@@ -182,66 +149,65 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.ticket.is_some() || self.admitted.is_some() || self.rejected.is_some() {
+        if self.ready.is_some() {
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
         }
-        // The common case inline: a closed breaker and a ready inner service. Everything else
-        // (another state, an inner service that is not ready) is decided out of line.
-        let ticket = match self.breaker.admit_recorded() {
-            Ok(ticket) => ticket,
-            Err(word) => return self.poll_ready_slow(word, cx),
-        };
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                self.ticket = Some(ticket);
-                Poll::Ready(Ok(()))
+        let decision = self.breaker.admit(&mut self.breaker.now());
+        let ready = match decision {
+            Decision::Admit(ticket) => {
+                // Held from here: if the inner service panics, a probe permit goes back.
+                let admission = Admission::new(self.breaker.lane(), ticket);
+                match self.inner.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => Readiness::Admitted(admission),
+                    // The admission is dropped: a probe permit goes back.
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {
+                        drop(admission);
+                        self.wait(cx, &decision);
+                        return Poll::Pending;
+                    }
+                }
             }
-            Poll::Ready(Err(e)) => self.not_ready(ticket, Some(e), cx),
-            Poll::Pending => self.not_ready(ticket, None::<S::Error>, cx),
-        }
+            Decision::Reject(rejection) => match self.fallback.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Readiness::Rejected(rejection),
+                Poll::Ready(Err(e)) => Readiness::FallbackFailed(rejection, e),
+                Poll::Pending => {
+                    self.wait(cx, &decision);
+                    return Poll::Pending;
+                }
+            },
+        };
+        self.ready = Some(ready);
+        Poll::Ready(Ok(()))
     }
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        // At most one of the three is set; the closed breaker's ticket, the common case, first.
-        let decision = match self.ticket.take() {
-            Some(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
-            None => match self.admitted.take() {
-                Some(admission) => Ok(admission),
-                None => match self.rejected.take() {
-                    Some(rejection) => Err(rejection),
-                    // `call` without `poll_ready` breaks the Service contract; decide now rather
-                    // than panic, and leave the inner service to enforce its own readiness.
-                    None => match self.decide() {
-                        Decision::Admit(ticket) => Ok(Admission::new(self.breaker.lane(), ticket)),
-                        Decision::Reject(rejection) => Err(rejection),
-                    },
-                },
-            },
-        };
-        match decision {
-            Ok(admission) => {
-                let lanes = &*self.breaker;
-                let permit = Permit::start(admission, lanes.tracks_duration);
-                // A deadline past what the clock can represent is never reached: no timer.
-                let deadline = lanes
-                    .call_timeout
-                    .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+        let ready = self.ready.take().unwrap_or_else(|| {
+            // `call` without `poll_ready` breaks the Service contract; decide now rather than
+            // panic, and leave the inner service to enforce its own readiness.
+            match self.breaker.admit(&mut self.breaker.now()) {
+                Decision::Admit(ticket) => {
+                    Readiness::Admitted(Admission::new(self.breaker.lane(), ticket))
+                }
+                Decision::Reject(rejection) => Readiness::Rejected(rejection),
+            }
+        });
+        match ready {
+            Readiness::Admitted(admission) => {
+                let permit = Permit::start(admission, self.breaker.tracks_duration);
+                let deadline = self.breaker.call_timeout.and_then(crate::future::deadline);
                 let future = self.inner.call(request);
                 ResponseFuture::called(future, deadline, permit, self.classify.clone())
             }
-            Err(rejection) => {
-                self.breaker.count_rejection();
-                let name = self.breaker.name();
-                tracing::debug!(
-                    breaker = name.map_or("", |n| &**n),
-                    state = %rejection.state,
-                    retry_after = ?rejection.retry_after,
-                    "call rejected"
-                );
-                let rejected = Rejected::new(rejection.state, rejection.retry_after, name.cloned());
+            Readiness::Rejected(rejection) => {
+                let rejected = self.rejected(rejection);
                 ResponseFuture::rejected(self.fallback.call(request, rejected))
+            }
+            Readiness::FallbackFailed(rejection, error) => {
+                self.rejected(rejection);
+                ResponseFuture::failed(error)
             }
         }
     }
@@ -255,9 +221,7 @@ impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
             fallback: self.fallback.clone(),
-            ticket: None,
-            admitted: None,
-            rejected: None,
+            ready: None,
             waiter: None,
         }
     }
@@ -268,9 +232,7 @@ impl<S: fmt::Debug, C, F> fmt::Debug for CircuitBreaker<S, C, F> {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
             .field("breaker", &self.breaker)
-            .field("ticket", &self.ticket)
-            .field("admitted", &self.admitted)
-            .field("rejected", &self.rejected)
+            .field("ready", &self.ready)
             .finish_non_exhaustive()
     }
 }

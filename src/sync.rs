@@ -4,18 +4,14 @@
 #[cfg(loom)]
 pub(crate) use loom::sync::{
     Mutex, MutexGuard,
-    atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
-#[cfg(loom)]
-pub(crate) use loom::thread::yield_now;
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::{
     Mutex, MutexGuard,
-    atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
-#[cfg(not(loom))]
-pub(crate) use std::thread::yield_now;
 
 /// Pads and aligns a value to 128 bytes (two cache lines, for the adjacent-line prefetcher), so
 /// that the state word, which every call reads, never shares a line with counters that calls write.
@@ -31,8 +27,9 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
-/// Locks a mutex, ignoring poisoning: every critical section in this crate leaves the protected
-/// data consistent before anything that can panic runs, so a poisoned lock holds valid data.
+/// Locks a mutex, ignoring poisoning: no user code runs under a lock of ours, and every critical
+/// section leaves the protected data consistent before anything that can panic runs, so a
+/// poisoned lock holds valid data.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,

@@ -455,7 +455,11 @@ async fn each_transition_emits_one_state_transition_event() {
         "setting the state it is already in is not a transition"
     );
     h.handle.reset();
-    assert_eq!(transitions(&mut events), [], "a reset of a closed breaker");
+    assert_eq!(
+        transitions(&mut events),
+        [(State::Closed, State::Closed)],
+        "a reset clears the window even from Closed, and says so"
+    );
 }
 
 #[tokio::test(start_paused = true)]

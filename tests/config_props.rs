@@ -122,8 +122,10 @@ impl Input {
             let ok = match *w {
                 WindowIn::Count(n) => (1..=MAX_WINDOW).contains(&n),
                 WindowIn::Time(d, k) => {
-                    // Default: one bucket per second, at least one (and at most 4096).
-                    let k = k.unwrap_or(d.as_secs().clamp(1, 4096) as u32);
+                    // Default: one bucket per second, at least 10 and at most 4096, and none
+                    // shorter than 1 ms.
+                    let default = d.as_secs().clamp(10, 4096).min(d.as_millis() as u64).max(1);
+                    let k = k.unwrap_or(default as u32);
                     (1..=4096).contains(&k) && d / k >= Duration::from_millis(1)
                 }
             };
@@ -135,13 +137,12 @@ impl Input {
         if let Some(n) = self.consecutive_failures {
             check(n >= 1, "consecutive_failures");
         }
+        // Checked even when a backoff replaces it.
+        if let Some(d) = self.open_duration {
+            check(positive(d), "open_duration");
+        }
         match &self.open_backoff {
-            // The open duration is replaced by the backoff, so only checked without one.
-            None => {
-                if let Some(d) = self.open_duration {
-                    check(positive(d), "open_duration");
-                }
-            }
+            None => {}
             Some(o) => {
                 let jitter = o.jitter.unwrap_or(0.0);
                 check(

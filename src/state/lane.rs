@@ -5,10 +5,11 @@
 //! outcome when it completes, possibly after the service that made it is gone. With one
 //! `Arc<Breaker>` cloned per call, every core increments and decrements the same counter, and on
 //! a healthy breaker that counter is the only shared memory a call writes: under two threads its
-//! cache line moves between the cores twice per call (58–83 ns per call on a 2-core VM, against
-//! ~7 ns uncontended). So the layer and its services hand out references through a few lanes,
+//! cache line moves between the cores twice per call, several times the cost of an uncontended
+//! call. So the layer and its services hand out references through a few lanes,
 //! each an `Arc` of its own, allocated on first use and picked by the calling thread: each core
 //! bumps the counter of its own lane, and the breaker's lines stay shared read-only.
+//! Rejections are counted per lane for the same reason.
 //!
 //! A lane is picked per thread, not per service clone, because hyper and axum clone the service
 //! for every request: a lane per clone would cost an allocation per request.
@@ -16,11 +17,12 @@
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Breaker;
+use crate::sync::{AtomicU64, Ordering};
 
 /// Lanes per breaker. Threads beyond this share lanes (round robin): more lanes would only add
 /// memory (128 bytes each, once used) for machines where more threads call one breaker at once.
@@ -127,5 +129,40 @@ impl fmt::Debug for Lanes {
 impl fmt::Debug for Lane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.breaker.fmt(f)
+    }
+}
+
+/// Rejections since the last transition to Closed, counted per lane (the rejecting thread's), each
+/// on a 64-byte line of its own: in a rejection storm on several cores, one shared counter would
+/// move between them on every call. Lanes 0 and 1, the first two threads', are also 128 bytes
+/// apart, out of reach of the adjacent-line prefetcher.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Rejections([Line; LANES]);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Line(AtomicU64);
+
+impl Rejections {
+    #[inline]
+    pub(crate) fn add(&self, lane: usize) {
+        // Lanes 0, 1, 2, 3 count in lines 0, 2, 1, 3: lanes 0 and 1 on different 128-byte pairs.
+        const _: () = assert!(LANES == 4);
+        let slot = ((lane & 1) << 1) | ((lane >> 1) & 1);
+        // Relaxed: a statistic; a count racing with `clear` lands on either side of it.
+        self.0[slot].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.0.iter().fold(0u64, |sum, line| {
+            sum.wrapping_add(line.0.load(Ordering::Relaxed))
+        })
+    }
+
+    pub(crate) fn clear(&self) {
+        for line in &self.0 {
+            line.0.store(0, Ordering::Relaxed);
+        }
     }
 }

@@ -1,20 +1,29 @@
-//! Tasks waiting for an inner service's readiness, woken when the circuit opens.
+//! Tasks waiting for readiness, woken on every transition.
 //!
-//! A service admitted in Closed polls its inner service for readiness. If the inner service is not
-//! ready (a dead host, an exhausted pool), the task waits for the inner service to wake it, which
-//! may be never. Meanwhile other callers may open the circuit: from then on this call should be
-//! rejected at once, not held up by the inner service (a `Buffer` worker, which serves every
-//! caller of a tonic `Channel`, would otherwise stall them all). So a service that returns
-//! `Pending` for its inner service leaves its waker here, and every transition into a rejecting
-//! state wakes them all; their next poll decides again and rejects.
+//! A service whose `poll_ready` returns `Pending` waits for whatever it polled: the inner
+//! service (admitted) or the fallback (rejecting). Either may take long, or never be ready: a
+//! dead host, an exhausted pool, a fallback that is down too. Meanwhile the breaker may change
+//! state, and with it what `poll_ready` polls: a circuit that opens rejects at once instead of
+//! waiting for the inner service, and a circuit that closes (a reset, a closing probe, the end of
+//! the open interval) no longer waits for the fallback. So such a service leaves its waker here,
+//! and every transition wakes them all; their next poll decides again. A `Buffer` worker, which
+//! serves every caller of a tonic `Channel`, would otherwise stall them all.
+//!
+//! The end of an open interval is a transition that happens only when somebody looks, so a
+//! service that waits while open also sets a timer for it (`Waiter::wake_at`).
 //!
 //! Each service clone that ever waited owns one slot, reused across polls, so the list is bounded
-//! by the number of waiting clones. Only the not-ready path and transitions touch it.
+//! by the number of waiting clones. Wakers are cloned, woken and dropped outside the lock: a
+//! waker is user code, and may call back into the breaker.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Waker;
+use std::task::{Context, Waker};
+
+use tokio::time::{Instant, Sleep};
 
 use super::lane::Lanes;
+use super::word::Generation;
 use crate::sync::{Mutex, lock};
 
 #[derive(Debug, Default)]
@@ -31,32 +40,33 @@ struct Slots {
 impl Waiters {
     /// Leaves `waker` in the slot `key` (taking a slot on first use).
     pub(crate) fn register(&self, key: &mut Option<usize>, waker: &Waker) {
-        let mut slots = lock(&self.slots);
-        let index = match *key {
-            Some(index) => index,
-            None => {
-                let index = match slots.free.pop() {
-                    Some(index) => index,
-                    None => {
+        let waker = waker.clone();
+        let replaced = {
+            let mut slots = lock(&self.slots);
+            let index = match *key {
+                Some(index) => index,
+                None => {
+                    let index = slots.free.pop().unwrap_or_else(|| {
                         slots.wakers.push(None);
                         slots.wakers.len() - 1
-                    }
-                };
-                *key = Some(index);
-                index
-            }
+                    });
+                    *key = Some(index);
+                    index
+                }
+            };
+            slots.wakers[index].replace(waker)
         };
-        match &mut slots.wakers[index] {
-            Some(w) if w.will_wake(waker) => {}
-            slot => *slot = Some(waker.clone()),
-        }
+        drop(replaced);
     }
 
     /// Gives the slot `key` back.
     pub(crate) fn unregister(&self, key: usize) {
-        let mut slots = lock(&self.slots);
-        slots.wakers[key] = None;
-        slots.free.push(key);
+        let removed = {
+            let mut slots = lock(&self.slots);
+            slots.free.push(key);
+            slots.wakers[key].take()
+        };
+        drop(removed);
     }
 
     /// Wakes every waiting task (once: a task that waits again registers again).
@@ -66,32 +76,60 @@ impl Waiters {
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        // Outside the `slots` lock: a waker may run code that polls this breaker and waits again.
         for waker in wakers {
             waker.wake();
         }
     }
 }
 
-/// A service clone's slot in [`Waiters`], given back when the clone is dropped.
+/// A service clone's slot in [`Waiters`], given back when the clone is dropped, and its timer for
+/// the end of an open interval.
 #[derive(Debug)]
 pub(crate) struct Waiter {
     breaker: Arc<Lanes>,
     key: Option<usize>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Waiter {
     pub(crate) fn new(breaker: Arc<Lanes>) -> Self {
-        Waiter { breaker, key: None }
+        Waiter {
+            breaker,
+            key: None,
+            timer: None,
+        }
     }
 
-    /// Leaves `waker` to be woken when the circuit opens. Returns whether it is open already
-    /// (then the caller should wake itself: the transition may have missed this registration).
-    pub(crate) fn register(&mut self, waker: &Waker) -> bool {
-        self.breaker.waiters().register(&mut self.key, waker);
-        // After the registration: either the transition's wake-up sees it, or this load sees
-        // the transition (both take the `slots` lock; the word is published before the wake-up).
-        self.breaker.is_rejecting()
+    /// Leaves the task's waker to be woken at the next transition, and wakes it now if the state
+    /// changed since the decision of generation `seen` (the transition's wake-up may have run
+    /// before this registration).
+    pub(crate) fn wait(&mut self, cx: &mut Context<'_>, seen: Generation) {
+        self.breaker.waiters().register(&mut self.key, cx.waker());
+        // After the registration: either the transition's wake-up sees it, or this load sees the
+        // transition (its word is published before its wake-up runs).
+        if self.breaker.generation() != seen {
+            cx.waker().wake_by_ref();
+        }
+    }
+
+    /// Also wakes the task at `at` (the end of an open interval), on tokio's timer. Outside a
+    /// tokio runtime there is no timer: the next poll, a transition or the fallback wakes it.
+    pub(crate) fn wake_at(&mut self, cx: &mut Context<'_>, at: Instant) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
     }
 }
 

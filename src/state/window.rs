@@ -1,24 +1,23 @@
-//! Sliding windows of recorded outcomes, lock-free and O(1) per call.
+//! Sliding windows of recorded outcomes, O(1) per outcome.
 //!
-//! **Count window.** A ring of `n` one-byte slots and two running totals (failed, slow). Recording
-//! takes the next ring position with one `fetch_add`, swaps the outcome into its slot, and moves
-//! the totals by the difference between the new and the evicted outcome. The number of outcomes is
-//! `min(head, n)`. A window that is full of plain successes does not change when another success is
-//! recorded (the order of equal outcomes does not matter), so that case, the common one, only
-//! reads: no write touches a shared cache line on the healthy closed path.
+//! A window is plain data, kept under the breaker's transition lock: every outcome that changes it
+//! and every transition that clears it are then one after the other, and a snapshot of the totals
+//! is always one that a sequential order of the same outcomes gives. (A lock-free ring cannot
+//! give that: a total that moves after its slot lets a racing outcome see the window half
+//! written, and trip early or not at all.) The healthy closed path does not come here: see
+//! `Breaker::clean`.
 //!
-//! **Time window.** `k` buckets, each with three counters stamped with the bucket number they
-//! count for. Recording adds to the current bucket's counters, or restamps a counter left from an
-//! older lap with one compare-and-swap. A snapshot sums the counters whose stamp is one of the last
-//! `k` bucket numbers, so an outcome leaves the window when it is older than the window.
+//! **Count window.** A ring of the last `n` outcomes and running totals of failed and slow ones.
 //!
-//! Under concurrency two callers may record in either order; each outcome is counted once. A total
-//! may lag a slot swap for a moment (it never runs ahead of the slots), so a snapshot can read one
-//! failure less than the slots hold, never one more: a race cannot trip the breaker early.
+//! **Time window** of duration `d` in `k` buckets of `d / k`, numbered from the breaker's
+//! creation. An outcome recorded in bucket `i` counts until the current bucket is `i + k`, so it
+//! stays in the window for more than `d - d / k` and at most `d`. Buckets carry their full 64-bit
+//! number and 64-bit counts: nothing wraps. Running totals are kept, and moving to a later bucket
+//! subtracts the buckets that leave.
 
-use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use crate::config::WindowKind;
 
-/// What one call added to the window.
+/// What one call adds to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Sample {
     pub(crate) failed: bool,
@@ -33,113 +32,64 @@ pub(crate) struct Totals {
     pub(crate) slow: u64,
 }
 
+impl Totals {
+    fn add(&mut self, sample: Sample) {
+        self.calls += 1;
+        self.failed += u64::from(sample.failed);
+        self.slow += u64::from(sample.slow);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Window {
     Count(CountWindow),
     Time(TimeWindow),
 }
 
-/// Where one recording falls in a time window: its bucket number, computed (a division) once
-/// for every step of the recording. A count window has none.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Tick(u64);
-
 impl Window {
-    pub(crate) fn count(n: u32) -> Self {
-        Window::Count(CountWindow::new(n))
-    }
-
-    pub(crate) fn time(bucket_nanos: u64, buckets: u32) -> Self {
-        Window::Time(TimeWindow::new(bucket_nanos, buckets))
-    }
-
-    /// The tick of a recording at `now` (nanoseconds since the breaker's creation), which only a
-    /// time window reads.
-    #[inline]
-    pub(crate) fn tick(&self, now: impl FnOnce() -> u64) -> Tick {
-        match self {
-            Window::Count(_) => Tick(0),
-            Window::Time(w) => Tick(w.number(now())),
+    pub(crate) fn new(kind: WindowKind) -> Self {
+        match kind {
+            WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
+            WindowKind::Time { duration, buckets } => {
+                let k = buckets.unwrap_or(1).max(1);
+                let bucket_nanos = super::clock::saturating_nanos(duration / k).max(1);
+                Window::Time(TimeWindow::new(bucket_nanos, k))
+            }
         }
     }
 
-    /// Whether recording `sample` would leave the totals as they are (a full count window of
-    /// plain successes). Reads only.
-    #[inline]
-    pub(crate) fn absorbs(&self, sample: Sample) -> bool {
-        match self {
-            Window::Count(w) => !sample.failed && !sample.slow && w.is_full_of_successes(),
-            Window::Time(_) => false,
-        }
-    }
-
-    /// Records one outcome at `tick`.
-    #[inline]
-    pub(crate) fn record(&self, sample: Sample, tick: Tick) {
+    /// Records one outcome at `now` (nanoseconds since the breaker's creation; a count window
+    /// ignores it).
+    pub(crate) fn record(&mut self, sample: Sample, now: u64) {
         match self {
             Window::Count(w) => w.record(sample),
-            Window::Time(w) => w.record(sample, tick.0),
+            Window::Time(w) => w.record(sample, now),
         }
     }
 
-    /// Whether a count window held at least `minimum` outcomes (capped at its size) before the
-    /// last one recorded: its rates were defined already, and a success that replaced an older
-    /// outcome cannot have raised them. Always false for a time window, whose rates also move
-    /// as old buckets expire.
-    #[inline]
-    pub(crate) fn was_past_minimum(&self, minimum: u64) -> bool {
+    /// The outcomes in the window at `now`.
+    pub(crate) fn totals(&mut self, now: u64) -> Totals {
         match self {
-            // Relaxed: a racing outcome's position only makes `head` larger; whichever side of
-            // the minimum that outcome lands, it evaluates the thresholds itself.
-            Window::Count(w) => w.counters.head.load(Relaxed) > minimum.min(w.len()),
+            Window::Count(w) => w.totals,
+            Window::Time(w) => {
+                w.advance(w.number(now));
+                w.totals
+            }
+        }
+    }
+
+    /// Whether another plain success would leave the window as it is: a full count window of
+    /// plain successes. Always false for a time window, which counts every outcome.
+    pub(crate) fn is_full_of_successes(&self) -> bool {
+        match self {
+            Window::Count(w) => {
+                w.totals.calls == w.slots.len() as u64 && w.totals.failed == 0 && w.totals.slow == 0
+            }
             Window::Time(_) => false,
         }
     }
 
-    /// Whether the thresholds were evaluated with defined rates, in generation `generation`,
-    /// during the bucket of `tick` (see [`mark_evaluated`](Self::mark_evaluated)). Always false
-    /// for a count window.
-    #[inline]
-    pub(crate) fn evaluated_in_bucket(&self, generation: u32, tick: Tick) -> bool {
-        match self {
-            Window::Count(_) => false,
-            Window::Time(w) => w.evaluated.load(Relaxed) == w.evaluation_mark(generation, tick.0),
-        }
-    }
-
-    /// Notes that the thresholds were evaluated with defined rates (at least the minimum number
-    /// of calls) in generation `generation` at `now`. Until the bucket changes no outcome leaves
-    /// a time window, so a later success in the same bucket can only lower the rates: it need
-    /// not evaluate them again (a failure or slow call still evaluates itself). The generation
-    /// keeps a mark made just before a transition from applying to the window it cleared.
-    pub(crate) fn mark_evaluated(&self, generation: u32, now: impl FnOnce() -> u64) {
-        if let Window::Time(w) = self {
-            // Relaxed: a stale or lost mark only makes a success evaluate once more.
-            w.evaluated
-                .store(w.evaluation_mark(generation, w.number(now())), Relaxed);
-        }
-    }
-
-    /// Whether the window may hold a failure or a slow call at `tick`, so that a success could
-    /// trip it.
-    #[inline]
-    pub(crate) fn may_hold_bad(&self, tick: Tick) -> bool {
-        match self {
-            Window::Count(w) => {
-                w.counters.failed.load(Relaxed) != 0 || w.counters.slow.load(Relaxed) != 0
-            }
-            Window::Time(w) => w.may_hold_bad(tick.0),
-        }
-    }
-
-    pub(crate) fn totals(&self, now: impl FnOnce() -> u64) -> Totals {
-        match self {
-            Window::Count(w) => w.totals(),
-            Window::Time(w) => w.totals(now()),
-        }
-    }
-
-    pub(crate) fn clear(&self) {
+    pub(crate) fn clear(&mut self) {
         match self {
             Window::Count(w) => w.clear(),
             Window::Time(w) => w.clear(),
@@ -149,292 +99,153 @@ impl Window {
 
 // ===== CountWindow =====
 
-const RECORDED: u8 = 1;
-const FAILED: u8 = 2;
-const SLOW: u8 = 4;
-
-fn encode(sample: Sample) -> u8 {
-    RECORDED | if sample.failed { FAILED } else { 0 } | if sample.slow { SLOW } else { 0 }
-}
-
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    /// The counters every recording reads (the breaker keeps the window on lines of its own).
-    counters: CountCounters,
-    slots: Box<[AtomicU8]>,
-}
-
-#[derive(Debug)]
-struct CountCounters {
-    /// Ring positions taken so far; the window holds `min(head, n)` outcomes.
-    head: AtomicU64,
-    /// Running totals, as wrapping `i32`s: a total can dip below zero for a moment when an
-    /// eviction is counted before the insertion of the same outcome.
-    failed: AtomicU32,
-    slow: AtomicU32,
+    /// The last `n` outcomes; `None` where nothing was recorded yet.
+    slots: Box<[Option<Sample>]>,
+    /// Where the next outcome goes.
+    next: usize,
+    totals: Totals,
 }
 
 impl CountWindow {
     fn new(n: u32) -> Self {
         CountWindow {
-            counters: CountCounters {
-                head: AtomicU64::new(0),
-                failed: AtomicU32::new(0),
-                slow: AtomicU32::new(0),
-            },
-            slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            slots: vec![None; n.max(1) as usize].into_boxed_slice(),
+            next: 0,
+            totals: Totals::default(),
         }
     }
 
-    fn len(&self) -> u64 {
-        self.slots.len() as u64
+    fn record(&mut self, sample: Sample) {
+        if let Some(old) = self.slots[self.next].replace(sample) {
+            self.totals.calls -= 1;
+            self.totals.failed -= u64::from(old.failed);
+            self.totals.slow -= u64::from(old.slow);
+        }
+        self.totals.add(sample);
+        self.next = (self.next + 1) % self.slots.len();
     }
 
-    #[inline]
-    fn is_full_of_successes(&self) -> bool {
-        // Relaxed: the window is a statistic; ordering with other memory does not matter, and a
-        // racing failure may be counted either before or after this success.
-        self.counters.failed.load(Relaxed) == 0
-            && self.counters.slow.load(Relaxed) == 0
-            && self.counters.head.load(Relaxed) >= self.len()
-    }
-
-    fn record(&self, sample: Sample) {
-        let new = encode(sample);
-        let position = self.counters.head.fetch_add(1, Relaxed);
-        let old = self.slots[(position % self.len()) as usize].swap(new, Relaxed);
-        let delta = |bit: u8| i32::from(new & bit != 0) - i32::from(old & bit != 0);
-        let failed = delta(FAILED);
-        if failed != 0 {
-            self.counters.failed.fetch_add(failed as u32, Relaxed);
-        }
-        let slow = delta(SLOW);
-        if slow != 0 {
-            self.counters.slow.fetch_add(slow as u32, Relaxed);
-        }
-    }
-
-    fn totals(&self) -> Totals {
-        let calls = self.counters.head.load(Relaxed).min(self.len());
-        let read = |total: &AtomicU32| (total.load(Relaxed) as i32).max(0) as u64;
-        Totals {
-            calls,
-            failed: read(&self.counters.failed).min(calls),
-            slow: read(&self.counters.slow).min(calls),
-        }
-    }
-
-    fn clear(&self) {
-        for slot in self.slots.iter() {
-            slot.store(0, Relaxed);
-        }
-        self.counters.failed.store(0, Relaxed);
-        self.counters.slow.store(0, Relaxed);
-        self.counters.head.store(0, Relaxed);
+    fn clear(&mut self) {
+        self.slots.fill(None);
+        self.next = 0;
+        self.totals = Totals::default();
     }
 }
 
 // ===== TimeWindow =====
 
-/// A counter stamped with the bucket number it counts for: `stamp << 32 | count`, where the stamp
-/// is the bucket number plus one, truncated to 32 bits (0 means never written). The stamp repeats
-/// after 2^32 buckets (49.7 days of 1 ms buckets), so no counter may keep an old stamp that long:
-/// the window clears each slot as time passes over it (see `TimeWindow::advance`).
-#[derive(Debug, Default)]
-struct Stamped(AtomicU64);
+/// A bucket number that no bucket has (a slot never written).
+const NONE: u64 = u64::MAX;
 
-impl Stamped {
-    fn add(&self, stamp: u32) {
-        let mut current = self.0.load(Relaxed);
-        loop {
-            let age = stamp.wrapping_sub((current >> 32) as u32) as i32;
-            if age <= 0 {
-                // Our bucket (or a newer one, when another caller read the clock later): add.
-                self.0.fetch_add(1, Relaxed);
-                return;
-            }
-            // A counter from an older lap: restamp it, counting this outcome as its first.
-            match self.0.compare_exchange_weak(
-                current,
-                (u64::from(stamp) << 32) | 1,
-                Relaxed,
-                Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// Clears the counter unless it counts for `keep` (written meanwhile by a caller in that
-    /// bucket), or unconditionally when `keep` is `None`.
-    fn clear_unless(&self, keep: Option<u32>) {
-        let mut current = self.0.load(Relaxed);
-        while current != 0 && Some((current >> 32) as u32) != keep {
-            match self.0.compare_exchange_weak(current, 0, Relaxed, Relaxed) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    fn read(&self, stamp: u32, buckets: u32) -> u64 {
-        let value = self.0.load(Relaxed);
-        let age = stamp.wrapping_sub((value >> 32) as u32);
-        if (value >> 32) != 0 && age < buckets {
-            value & u64::from(u32::MAX)
-        } else {
-            0
-        }
-    }
-}
-
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Bucket {
-    calls: Stamped,
-    failed: Stamped,
-    slow: Stamped,
+    number: u64,
+    totals: Totals,
 }
+
+const EMPTY: Bucket = Bucket {
+    number: NONE,
+    totals: Totals {
+        calls: 0,
+        failed: 0,
+        slow: 0,
+    },
+};
 
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
-    /// Not padded: callers share the current bucket whatever its layout, and padding would cost
-    /// 104 bytes per bucket.
+    /// Bucket `i` lives in slot `i % k`.
     buckets: Box<[Bucket]>,
-    /// Stamp of the last bucket that recorded a failure or a slow call (0: none).
-    last_bad: AtomicU32,
-    /// `generation << 32 | stamp` of the last evaluation with defined rates (`u64::MAX`: none).
-    evaluated: AtomicU64,
-    /// The latest bucket number recorded, plus one (0: none), in 64 bits: it never wraps.
-    latest: AtomicU64,
+    /// The latest bucket the window moved to (`NONE`: not yet).
+    current: u64,
+    /// The sum of the buckets `current - k + 1 ..= current`.
+    totals: Totals,
 }
 
 impl TimeWindow {
-    fn new(bucket_nanos: u64, buckets: u32) -> Self {
+    fn new(bucket_nanos: u64, k: u32) -> Self {
         TimeWindow {
-            bucket_nanos: bucket_nanos.max(1),
-            buckets: (0..buckets).map(|_| Bucket::default()).collect(),
-            last_bad: AtomicU32::new(0),
-            evaluated: AtomicU64::new(u64::MAX),
-            latest: AtomicU64::new(0),
+            bucket_nanos,
+            buckets: vec![EMPTY; k as usize].into_boxed_slice(),
+            current: NONE,
+            totals: Totals::default(),
         }
     }
 
-    fn k(&self) -> u32 {
-        self.buckets.len() as u32
+    fn k(&self) -> u64 {
+        self.buckets.len() as u64
     }
 
-    /// The number of the bucket holding `now`.
-    #[inline]
     fn number(&self, now: u64) -> u64 {
         now / self.bucket_nanos
     }
 
-    /// The stamp of bucket `number`: the number plus one, truncated.
-    #[inline]
-    fn stamp(number: u64) -> u32 {
-        (number as u32).wrapping_add(1)
+    /// Whether bucket `number` is inside the window.
+    fn counts(&self, number: u64) -> bool {
+        number != NONE && number <= self.current && self.current - number < self.k()
     }
 
-    /// The slot of bucket `number`.
-    #[inline]
-    fn slot(&self, number: u64) -> &Bucket {
-        &self.buckets[(number % self.buckets.len() as u64) as usize]
-    }
-
-    /// Moves the window forward to bucket `number`, if no caller did yet: the caller that moves it
-    /// clears the slots of the buckets it passed over (at most `k`), so that a slot whose bucket
-    /// saw no call keeps no count for 2^32 buckets, when its stamp would come round again. After
-    /// a gap of 2^31 buckets or more every counter is cleared: stamps can no longer tell old from
-    /// new (an outcome recorded by another caller in that very instant may be lost with them).
-    fn advance(&self, number: u64) {
-        let next = number.saturating_add(1);
-        // Relaxed: one caller wins each advance; the counters are cleared with compare-and-swaps
-        // that let a concurrent caller's count for the new bucket stand.
-        if self.latest.load(Relaxed) >= next {
+    /// Moves the window to bucket `number`, if that is later: the buckets that leave are
+    /// subtracted from the totals.
+    fn advance(&mut self, number: u64) {
+        if self.current != NONE && number <= self.current {
             return;
         }
-        let previous = self.latest.fetch_max(next, Relaxed);
-        if previous >= next || previous == 0 {
-            return; // another caller advanced, or nothing was ever recorded (all clear)
-        }
-        let k = self.buckets.len() as u64;
-        let passed = next - previous; // buckets previous ..= number, previous - 1 was the last
-        let long_gap = passed >= 1 << 31;
-        for n in number - passed.min(k) + 1..=number {
-            let bucket = &self.buckets[(n % k) as usize];
-            let keep = (!long_gap).then(|| (n as u32).wrapping_add(1));
-            bucket.calls.clear_unless(keep);
-            bucket.failed.clear_unless(keep);
-            bucket.slow.clear_unless(keep);
-        }
-    }
-
-    /// Records one outcome in bucket `number`.
-    #[inline]
-    fn record(&self, sample: Sample, number: u64) {
-        self.advance(number);
-        let (stamp, bucket) = (Self::stamp(number), self.slot(number));
-        bucket.calls.add(stamp);
-        if sample.failed {
-            bucket.failed.add(stamp);
-        }
-        if sample.slow {
-            bucket.slow.add(stamp);
-        }
-        if sample.failed || sample.slow {
-            self.last_bad.store(stamp, Relaxed);
-        }
-    }
-
-    fn evaluation_mark(&self, generation: u32, number: u64) -> u64 {
-        (u64::from(generation) << 32) | u64::from(Self::stamp(number))
-    }
-
-    fn may_hold_bad(&self, number: u64) -> bool {
-        let last = self.last_bad.load(Relaxed);
-        last != 0 && Self::stamp(number).wrapping_sub(last) < self.k()
-    }
-
-    fn totals(&self, now: u64) -> Totals {
-        let number = self.number(now);
-        let stamp = Self::stamp(number);
         let k = self.k();
-        let mut totals = Totals::default();
-        // Nothing recorded in the last `k` buckets: the window is empty, whatever old stamps say
-        // (after a long silence they may have come round again).
-        let latest = self.latest.load(Relaxed);
-        if latest == 0 || number.saturating_sub(latest - 1) >= u64::from(k) {
-            return totals;
+        if self.current == NONE || number - self.current >= k {
+            self.buckets.fill(EMPTY);
+            self.totals = Totals::default();
+        } else {
+            for n in self.current + 1..=number {
+                let slot = (n % k) as usize;
+                let left = self.buckets[slot];
+                // A slot holds only a bucket inside the window (`n - k`, the oldest): it leaves.
+                if left.number != NONE {
+                    self.totals.calls -= left.totals.calls;
+                    self.totals.failed -= left.totals.failed;
+                    self.totals.slow -= left.totals.slow;
+                }
+                self.buckets[slot] = EMPTY;
+            }
         }
-        // Bucket `i` of the ring holds bucket numbers congruent to `i`; read each against the
-        // stamp it must carry to be inside the window.
-        for bucket in self.buckets.iter() {
-            totals.calls += bucket.calls.read(stamp, k);
-            totals.failed += bucket.failed.read(stamp, k);
-            totals.slow += bucket.slow.read(stamp, k);
-        }
-        totals.failed = totals.failed.min(totals.calls);
-        totals.slow = totals.slow.min(totals.calls);
-        totals
+        self.current = number;
     }
 
-    fn clear(&self) {
-        for bucket in self.buckets.iter() {
-            bucket.calls.0.store(0, Relaxed);
-            bucket.failed.0.store(0, Relaxed);
-            bucket.slow.0.store(0, Relaxed);
+    fn record(&mut self, sample: Sample, now: u64) {
+        let number = self.number(now);
+        self.advance(number);
+        // A clock read just before a later one's may arrive after it: it counts in its own
+        // bucket while that is still inside the window.
+        if !self.counts(number) {
+            return;
         }
-        self.last_bad.store(0, Relaxed);
-        self.evaluated.store(u64::MAX, Relaxed);
-        self.latest.store(0, Relaxed);
+        let k = self.k();
+        let bucket = &mut self.buckets[(number % k) as usize];
+        if bucket.number != number {
+            // The slot still holds a bucket that left (or none).
+            *bucket = Bucket {
+                number,
+                totals: Totals::default(),
+            };
+        }
+        bucket.totals.add(sample);
+        self.totals.add(sample);
+    }
+
+    fn clear(&mut self) {
+        self.buckets.fill(EMPTY);
+        self.current = NONE;
+        self.totals = Totals::default();
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const OK: Sample = Sample {
         failed: false,
@@ -449,182 +260,115 @@ mod tests {
         slow: true,
     };
 
+    fn totals(calls: u64, failed: u64, slow: u64) -> Totals {
+        Totals {
+            calls,
+            failed,
+            slow,
+        }
+    }
+
+    fn time(bucket_nanos: u64, k: u32) -> Window {
+        Window::Time(TimeWindow::new(bucket_nanos, k))
+    }
+
     #[test]
     fn count_window_keeps_only_the_last_n_outcomes() {
-        let w = Window::count(3);
-        w.record(FAIL, w.tick(|| 0));
-        w.record(FAIL, w.tick(|| 0));
-        assert_eq!(
-            w.totals(|| 0),
-            Totals {
-                calls: 2,
-                failed: 2,
-                slow: 0
-            }
-        );
-        w.record(OK, w.tick(|| 0));
-        w.record(OK, w.tick(|| 0));
-        assert_eq!(
-            w.totals(|| 0),
-            Totals {
-                calls: 3,
-                failed: 1,
-                slow: 0
-            }
-        );
-        w.record(SLOW_FAIL, w.tick(|| 0));
-        assert_eq!(
-            w.totals(|| 0),
-            Totals {
-                calls: 3,
-                failed: 1,
-                slow: 1
-            }
-        );
+        let mut w = Window::new(WindowKind::Count(3));
+        w.record(FAIL, 0);
+        w.record(FAIL, 0);
+        assert_eq!(w.totals(0), totals(2, 2, 0));
+        w.record(OK, 0);
+        w.record(OK, 0);
+        assert_eq!(w.totals(0), totals(3, 1, 0));
+        w.record(SLOW_FAIL, 0);
+        assert_eq!(w.totals(0), totals(3, 1, 1));
     }
 
     #[test]
-    fn count_window_full_of_successes_absorbs_a_success() {
-        let w = Window::count(2);
-        assert!(!w.absorbs(OK), "an empty window must count the success");
-        w.record(OK, w.tick(|| 0));
-        w.record(OK, w.tick(|| 0));
-        assert!(w.absorbs(OK));
-        assert!(!w.absorbs(FAIL));
-        w.record(FAIL, w.tick(|| 0));
-        assert!(!w.absorbs(OK));
-        w.record(OK, w.tick(|| 0));
-        assert!(!w.absorbs(OK), "the failure is still among the last 2");
-        w.record(OK, w.tick(|| 0));
-        assert!(w.absorbs(OK));
-    }
-
-    #[test]
-    fn count_window_is_past_its_minimum_only_after_the_outcome_that_reaches_it() {
-        let w = Window::count(3);
-        w.record(FAIL, w.tick(|| 0));
-        w.record(OK, w.tick(|| 0));
-        assert!(
-            !w.was_past_minimum(2),
-            "the 2nd outcome defines the rate: evaluate it"
-        );
-        w.record(OK, w.tick(|| 0));
-        assert!(w.was_past_minimum(2));
-        assert!(
-            !w.was_past_minimum(3),
-            "the 3rd outcome reached a minimum of 3"
-        );
-        w.record(OK, w.tick(|| 0));
-        assert!(
-            w.was_past_minimum(5),
-            "a minimum above the size is capped at it"
-        );
-        assert!(
-            !Window::time(10, 3).was_past_minimum(0),
-            "time windows always evaluate"
-        );
-    }
-
-    #[test]
-    fn time_window_evaluation_mark_holds_for_one_bucket_of_one_generation() {
-        let w = Window::time(10, 3);
-        assert!(!w.evaluated_in_bucket(1, w.tick(|| 5)));
-        w.mark_evaluated(1, || 5);
-        assert!(w.evaluated_in_bucket(1, w.tick(|| 9)));
-        assert!(
-            !w.evaluated_in_bucket(1, w.tick(|| 10)),
-            "a new bucket: outcomes may have left"
-        );
-        assert!(
-            !w.evaluated_in_bucket(2, w.tick(|| 9)),
-            "another generation"
-        );
+    fn count_window_is_full_of_successes_only_when_full_and_clean() {
+        let mut w = Window::new(WindowKind::Count(2));
+        assert!(!w.is_full_of_successes(), "an empty window must count");
+        w.record(OK, 0);
+        assert!(!w.is_full_of_successes());
+        w.record(OK, 0);
+        assert!(w.is_full_of_successes());
+        w.record(FAIL, 0);
+        w.record(OK, 0);
+        assert!(!w.is_full_of_successes(), "the failure is among the last 2");
+        w.record(OK, 0);
+        assert!(w.is_full_of_successes());
         w.clear();
-        assert!(!w.evaluated_in_bucket(1, w.tick(|| 9)));
-        assert!(!Window::count(3).evaluated_in_bucket(0, Tick(0)));
+        assert!(!w.is_full_of_successes());
+        assert_eq!(w.totals(0), Totals::default());
     }
 
     #[test]
-    fn time_window_drops_a_bucket_k_buckets_later() {
-        let w = Window::time(10, 3);
-        w.record(FAIL, w.tick(|| 5)); // bucket 0
-        w.record(OK, w.tick(|| 15)); // bucket 1
-        assert_eq!(
-            w.totals(|| 29),
-            Totals {
-                calls: 2,
-                failed: 1,
-                slow: 0
-            }
-        );
-        assert_eq!(
-            w.totals(|| 30),
-            Totals {
-                calls: 1,
-                failed: 0,
-                slow: 0
-            }
-        );
-        assert!(!w.may_hold_bad(w.tick(|| 30)));
-        w.record(OK, w.tick(|| 45)); // bucket 4 reuses bucket 1's slot
-        assert_eq!(
-            w.totals(|| 45),
-            Totals {
-                calls: 1,
-                failed: 0,
-                slow: 0
-            }
-        );
+    fn time_window_counts_an_outcome_until_bucket_i_plus_k() {
+        let mut w = time(10, 3);
+        w.record(FAIL, 5); // bucket 0
+        w.record(OK, 15); // bucket 1
+        assert_eq!(w.totals(29), totals(2, 1, 0), "bucket 2: both inside");
+        assert_eq!(w.totals(30), totals(1, 0, 0), "bucket 3 = 0 + k: the failure left");
+        assert_eq!(w.totals(39), totals(1, 0, 0));
+        assert_eq!(w.totals(40), Totals::default(), "bucket 4 = 1 + k");
+        w.record(OK, 45); // bucket 4 reuses bucket 1's slot
+        assert_eq!(w.totals(45), totals(1, 0, 0));
     }
 
     #[test]
-    fn time_window_clear_forgets_everything() {
-        let w = Window::time(10, 3);
-        w.record(SLOW_FAIL, w.tick(|| 1));
-        w.clear();
-        assert_eq!(w.totals(|| 1), Totals::default());
-        assert!(!w.may_hold_bad(w.tick(|| 1)));
+    fn time_window_counts_a_late_clock_reading_in_its_own_bucket_while_it_is_inside() {
+        let mut w = time(10, 3);
+        w.record(OK, 25); // bucket 2
+        w.record(FAIL, 5); // bucket 0, read earlier, recorded later: still inside
+        assert_eq!(w.totals(25), totals(2, 1, 0));
+        assert_eq!(w.totals(30), totals(1, 0, 0), "and it leaves on time");
+        w.record(FAIL, 15); // bucket 1 at bucket 3: inside, in a slot that held nothing
+        assert_eq!(w.totals(30), totals(2, 1, 0));
+        w.record(FAIL, 5); // bucket 0 at bucket 3: outside
+        assert_eq!(w.totals(30), totals(2, 1, 0));
     }
 
     #[test]
-    fn time_window_forgets_a_count_whose_stamp_comes_round_again() {
-        let w = Window::time(1, 3); // 1 ns buckets: stamps come round every 2^32 ns
-        w.record(FAIL, w.tick(|| 5));
-        let again = 5 + (1u64 << 32);
-        assert_eq!(
-            w.totals(|| again),
-            Totals::default(),
-            "read after the silence"
-        );
-        w.record(OK, w.tick(|| again));
-        assert_eq!(
-            w.totals(|| again),
-            Totals {
-                calls: 1,
-                failed: 0,
-                slow: 0
-            },
-            "recorded after the silence"
-        );
+    fn time_window_empties_after_a_silence_longer_than_the_window() {
+        let mut w = time(10, 3);
+        w.record(SLOW_FAIL, 1);
+        assert_eq!(w.totals(1 << 40), Totals::default());
+        w.record(OK, 1 << 40);
+        assert_eq!(w.totals(1 << 40), totals(1, 0, 0));
     }
 
     #[test]
-    fn time_window_clears_the_slots_time_passed_over() {
-        let Window::Time(w) = Window::time(1, 2) else {
+    fn time_window_counts_past_2_pow_32_buckets_and_2_pow_32_outcomes_a_bucket() {
+        // 1 ns buckets: bucket numbers beyond 32 bits.
+        let mut w = time(1, 2);
+        let late = (1u64 << 33) + 7;
+        w.record(FAIL, late);
+        w.record(FAIL, late + 1);
+        assert_eq!(w.totals(late + 1), totals(2, 2, 0));
+        // A bucket's count is 64 bits: set one just below 2^32 and add to it.
+        let Window::Time(inner) = &mut w else {
             unreachable!()
         };
-        w.record(FAIL, 1); // slot 1
-        w.record(OK, 2); // slot 0
-        w.record(OK, 4); // passes over bucket 3 (slot 1): its failure from bucket 1 is cleared
-        assert_eq!(w.buckets[1].failed.0.load(Relaxed), 0);
-        assert_eq!(w.buckets[1].calls.0.load(Relaxed), 0);
+        let slot = ((late + 1) % 2) as usize;
+        inner.buckets[slot].totals.calls = u64::from(u32::MAX);
+        inner.totals.calls += u64::from(u32::MAX) - 1;
+        w.record(OK, late + 1);
+        assert_eq!(w.totals(late + 1).calls, u64::from(u32::MAX) + 2);
         assert_eq!(
-            w.totals(4),
-            Totals {
-                calls: 1,
-                failed: 0,
-                slow: 0
-            }
+            w.totals(late + 2).calls,
+            u64::from(u32::MAX) + 1,
+            "the bucket leaves whole"
         );
+    }
+
+    #[test]
+    fn default_buckets_of_a_time_window_come_from_the_builder() {
+        let w = Window::new(WindowKind::Time {
+            duration: Duration::from_secs(2),
+            buckets: Some(4),
+        });
+        let Window::Time(w) = w else { unreachable!() };
+        assert_eq!((w.bucket_nanos, w.k()), (500_000_000, 4));
     }
 }

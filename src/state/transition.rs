@@ -1,0 +1,334 @@
+//! Transitions: the trip decision, every change of state, and their announcements.
+//!
+//! Every transition is made under the transition lock (`Breaker::core`), so each one happens
+//! exactly once and its side effects (deadlines, attempt number, the window) are in place before
+//! the new state word is published with `Release`.
+//!
+//! A transition's announcement (its tracing event, the wake-ups of event subscribers and of
+//! waiting tasks) runs user code: a tracing subscriber, a waker. None of it runs under the lock,
+//! or under any lock of ours, since that code may call back into the breaker (read its state,
+//! reset it). So a transition puts its [`Event`] into the subscribers' buffers and queues its
+//! announcement under the lock, in transition order, and after releasing the lock the caller runs
+//! the queue. One thread runs it
+//! at a time (`Breaker::announcing`): a transition made meanwhile, even from inside an
+//! announcement, is announced by that thread after the one before it, never out of order and
+//! never twice.
+
+use std::collections::VecDeque;
+
+use super::window::{Sample, Totals, Window};
+use super::word::{Generation, Probes, StateWord};
+use super::{Breaker, State, clock::Now, clock::saturating_nanos};
+use crate::config::Config;
+use crate::event::{Event, Wakers};
+use crate::sync::{MutexGuard, Ordering, lock};
+
+/// Whether the closed breaker trips, given its window's totals and its consecutive failures.
+pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> bool {
+    if config.consecutive_failures.is_some_and(|k| consecutive >= k) {
+        return true;
+    }
+    if totals.calls == 0 || totals.calls < config.minimum_calls {
+        return false; // the rates are undefined below the minimum
+    }
+    let calls = totals.calls as f64;
+    totals.failed as f64 / calls >= config.failure_rate_threshold
+        || config
+            .slow_call_rate_threshold
+            .is_some_and(|threshold| totals.slow as f64 / calls >= threshold)
+}
+
+/// A transition to announce.
+#[derive(Debug)]
+struct Change {
+    from: State,
+    to: State,
+    /// The event subscribers to wake: the event itself is in their buffers already.
+    subscribers: Wakers,
+}
+
+/// What the transition lock guards.
+#[derive(Debug)]
+pub(super) struct Core {
+    window: Window,
+    /// Failures in a row, since the last success or the last clearing of the window.
+    consecutive: u32,
+    /// Opening attempt: 1 on Closed -> Open, +1 on each HalfOpen -> Open, 0 after closing.
+    attempt: u32,
+    /// State of the jitter generator (splitmix64).
+    rng: u64,
+    /// The window as it was when the breaker stopped recording, shown by `Metrics` until it
+    /// records again (an open time window would otherwise drain while nothing is recorded).
+    frozen: Option<Totals>,
+    /// Transitions made and not announced yet, oldest first.
+    unannounced: VecDeque<Change>,
+}
+
+impl Core {
+    pub(super) fn new(window: Window) -> Self {
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        };
+        Core {
+            window,
+            consecutive: 0,
+            attempt: 0,
+            rng: seed,
+            frozen: None,
+            unannounced: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn record(&mut self, sample: Sample, at: u64) {
+        self.consecutive = match sample.failed {
+            true => self.consecutive.saturating_add(1),
+            false => 0,
+        };
+        self.window.record(sample, at);
+    }
+
+    pub(super) fn totals(&mut self, at: u64) -> Totals {
+        self.window.totals(at)
+    }
+
+    pub(super) fn consecutive(&self) -> u32 {
+        self.consecutive
+    }
+
+    /// Whether a plain success would change nothing (see `Breaker::clean`).
+    pub(super) fn is_clean(&self) -> bool {
+        self.consecutive == 0 && self.window.is_full_of_successes()
+    }
+
+    /// The totals `Metrics` shows: the live window, or the one frozen when recording stopped.
+    pub(super) fn shown_totals(&mut self, at: u64) -> Totals {
+        match self.frozen {
+            Some(totals) => totals,
+            None => self.window.totals(at),
+        }
+    }
+
+    fn next_uniform(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Breaker {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
+        lock(&self.core)
+    }
+
+    /// Moves from `from` (the current word) to `to`, at `at` (nanoseconds since the breaker's
+    /// creation: when the transition happens, which for a transition due by time is its
+    /// deadline). Called with the lock held; queues the announcement.
+    pub(super) fn transition(&self, core: &mut Core, from: StateWord, to: State, at: u64) {
+        let words = &self.words;
+        // Relaxed stores: published by the Release store of the state word below.
+        match to {
+            State::Open => {
+                core.attempt = match from.state() {
+                    State::HalfOpen => core.attempt.saturating_add(1),
+                    _ => 1,
+                };
+                let uniform = core.next_uniform();
+                let interval = self.config.open_interval(core.attempt, uniform);
+                let until = at.saturating_add(saturating_nanos(interval));
+                words.open_until.store(until, Ordering::Relaxed);
+            }
+            // The episode's clock starts with its first probe.
+            State::HalfOpen => words.half_open_until.store(u64::MAX, Ordering::Relaxed),
+            State::Closed | State::MetricsOnly => {
+                core.window.clear();
+                core.consecutive = 0;
+                core.frozen = None;
+                if to == State::Closed {
+                    core.attempt = 0;
+                    self.not_permitted.clear();
+                }
+            }
+            State::ForcedOpen | State::Disabled => {}
+        }
+        if from.state().records() && !to.records() {
+            core.frozen = Some(core.window.totals(at));
+        }
+        self.clean.store(core.is_clean(), Ordering::Relaxed);
+        let next = from.next(to);
+        // Every transition replaces the probe word: a permit or a result prepared against the
+        // old episode fails its compare-and-swap.
+        words
+            .probes
+            .store(Probes::fresh(next.generation()).0, Ordering::Relaxed);
+        // Release: publishes the side effects above with the new word.
+        words.state.store(next.0, Ordering::Release);
+        // Into the subscribers' buffers now, in transition order; their tasks are woken later.
+        let subscribers = self.subscribers.send(|| Event::StateTransition {
+            from: from.state(),
+            to,
+            name: self.config.name.clone(),
+        });
+        core.unannounced.push_back(Change {
+            from: from.state(),
+            to,
+            subscribers,
+        });
+    }
+
+    /// Releases the lock, then runs the announcements it queued.
+    pub(super) fn unlock(&self, core: MutexGuard<'_, Core>) {
+        let queued = !core.unannounced.is_empty();
+        drop(core);
+        if queued {
+            self.announce();
+        }
+    }
+
+    /// Makes the transition to `to` if the generation is still `generation` (a probe's
+    /// decision), at the current time.
+    pub(super) fn transition_from(&self, generation: Generation, to: State) {
+        let mut core = self.lock();
+        let word = self.load();
+        if word.generation() == generation {
+            // Read under the lock: the interval counts from the transition, not from before it.
+            let at = self.now().get();
+            self.transition(&mut core, word, to, at);
+        }
+        self.unlock(core);
+    }
+
+    /// Applies the transitions due by time at `now`, each at its deadline: Open -> HalfOpen at
+    /// `open_until`; an expired episode -> Open at `half_open_until` (and on to HalfOpen if that
+    /// interval is over too). Returns the word it leaves.
+    pub(super) fn settle(&self, now: &mut Now<'_>) -> StateWord {
+        let mut core = self.lock();
+        let mut word = self.load();
+        while self.is_due(word, now) {
+            let (to, at) = match word.state() {
+                State::Open => (State::HalfOpen, &self.words.open_until),
+                _ => (State::Open, &self.words.half_open_until),
+            };
+            let at = at.load(Ordering::Relaxed);
+            self.transition(&mut core, word, to, at);
+            word = self.load();
+        }
+        self.unlock(core);
+        word
+    }
+
+    /// Starts the episode's `half_open_max_wait` at its first probe, if it is still current.
+    pub(super) fn start_episode_clock(&self, generation: Generation, now: &mut Now<'_>) {
+        let Some(wait) = self.config.half_open_max_wait else {
+            return;
+        };
+        let deadline = now.get().saturating_add(saturating_nanos(wait));
+        let _core = self.lock();
+        if self.load().generation() == generation {
+            self.words
+                .half_open_until
+                .store(deadline, Ordering::Relaxed);
+        }
+    }
+
+    /// An operator's transition: from any state to `to`. `reset` (to Closed) always clears the
+    /// window and is announced, even from Closed.
+    pub(crate) fn force(&self, to: State) {
+        let at = self.now().get();
+        let mut core = self.lock();
+        let word = self.load();
+        if word.state() != to || to == State::Closed {
+            self.transition(&mut core, word, to, at);
+        }
+        self.unlock(core);
+    }
+
+    /// Runs the queued announcements, unless another thread is running them (it will run ours
+    /// too). Called after every release of the lock that may have queued one.
+    pub(super) fn announce(&self) {
+        loop {
+            // SeqCst with the check below: a transition queued after the running thread's last
+            // look is seen either by that thread's look or by this swap.
+            if self.announcing.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            loop {
+                // The lock is held only to take the next one, never while it runs.
+                let next = self.lock().unannounced.pop_front();
+                match next {
+                    Some(change) => self.run(change),
+                    None => break,
+                }
+            }
+            self.announcing.store(false, Ordering::SeqCst);
+            if self.lock().unannounced.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// One announcement: user code, run with no lock of ours held.
+    fn run(&self, Change { from, to, subscribers }: Change) {
+        let name = self.config.name.as_deref().unwrap_or("");
+        if from == to {
+            tracing::info!(breaker = name, state = %to, "circuit reset");
+        } else if to.is_open() {
+            tracing::warn!(breaker = name, %from, %to, "circuit opened");
+        } else {
+            tracing::info!(breaker = name, %from, %to, "circuit state changed");
+        }
+        // Every transition may change what a waiting `poll_ready` would poll.
+        self.waiters.wake_all();
+        subscribers.wake();
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::CircuitBreakerLayer;
+
+    fn config(builder: crate::Builder) -> Config {
+        builder.validate_for_tests()
+    }
+
+    fn totals(calls: u64, failed: u64, slow: u64) -> Totals {
+        Totals {
+            calls,
+            failed,
+            slow,
+        }
+    }
+
+    #[test]
+    fn should_trip_at_the_failure_rate_threshold_inclusive_once_past_the_minimum() {
+        let c = config(
+            CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .minimum_calls(4),
+        );
+        assert!(!should_trip(totals(3, 3, 0), 0, &c), "below the minimum");
+        assert!(should_trip(totals(4, 2, 0), 0, &c), ">= is inclusive");
+        assert!(!should_trip(totals(5, 2, 0), 0, &c));
+        assert!(!should_trip(totals(0, 0, 0), 0, &c));
+    }
+
+    #[test]
+    fn should_trip_on_the_slow_call_rate_or_consecutive_failures() {
+        let c = config(
+            CircuitBreakerLayer::builder()
+                .minimum_calls(2)
+                .slow_call_rate_threshold(0.5)
+                .consecutive_failures(3),
+        );
+        assert!(should_trip(totals(2, 0, 1), 0, &c));
+        assert!(!should_trip(totals(3, 0, 1), 0, &c));
+        assert!(should_trip(totals(0, 0, 0), 3, &c), "consecutive needs no minimum");
+        assert!(!should_trip(totals(1, 1, 0), 2, &c));
+    }
+}
