@@ -365,3 +365,34 @@ pub fn await_half_open(handle: &Handle) {
         }
     }
 }
+
+// ===== bounded waits =====
+
+/// Runs `f` on a new std thread and returns what it returns, or fails the test if it has not
+/// returned within `limit`: a deadlock fails with `what` instead of hanging the suite (the stuck
+/// thread is left behind; the test process exits without it). A panic in `f` is re-raised here.
+#[track_caller]
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let (sender, receiver) = channel();
+    let thread = std::thread::spawn(move || {
+        let _ = sender.send(f());
+    });
+    match receiver.recv_timeout(limit) {
+        Ok(value) => {
+            thread.join().expect("the thread returned");
+            value
+        }
+        Err(RecvTimeoutError::Timeout) => {
+            panic!("{what}: no answer within {limit:?}: deadlocked")
+        }
+        Err(RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread ended without sending"),
+        },
+    }
+}

@@ -1,0 +1,600 @@
+//! DESIGN §3 Always, and the events: no user code runs under a lock of the breaker, events come
+//! once each and in transition order, a subscriber's buffer and its lag, subscriptions that free
+//! their memory, and a `Debug` that never makes a transition.
+//!
+//! The callback tests (a tracing subscriber, an event stream's waker, a waker that is dropped)
+//! run on a std thread with a bounded wait ([`within`]): a callback that re-enters a lock of the
+//! breaker deadlocks, and the test fails instead of hanging the suite.
+//!
+//! The counting allocator below measures this thread's live heap for the subscription test. It is
+//! defined here and not in tests/support: a `#[global_allocator]` in support would be installed in
+//! every test binary that includes it (and clash with the one of tests/alloc.rs, which counts
+//! allocations, not bytes).
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Ready, ready};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::task::noop_waker;
+use futures::{FutureExt, StreamExt};
+use support::*;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_circuit_breaker::{
+    CircuitBreaker, CircuitBreakerLayer, EVENT_BUFFER, Event, EventStream, Handle, State,
+};
+use tracing::field::{Field, Visit};
+use tracing::span;
+
+/// How long a callback test may take before it counts as deadlocked.
+const DEADLOCK: Duration = Duration::from_secs(5);
+
+// ===== a counting allocator: this thread's live heap =====
+
+struct Counting;
+
+thread_local! {
+    /// Bytes allocated minus bytes freed by this thread.
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+fn count(bytes: i64) {
+    // `try_with`: the allocator also runs while this thread's locals are being torn down.
+    let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
+}
+
+fn live_bytes() -> i64 {
+    LIVE.with(Cell::get)
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
+// touches only a `const`-initialized thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size() as i64);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size() as i64);
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size as i64 - layout.size() as i64);
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(-(layout.size() as i64));
+        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ===== a tracing subscriber that calls back =====
+
+/// The transition a tracing event reports: `from`/`to`, or `state` for a reset to the same state.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    from: Option<String>,
+    to: Option<String>,
+    state: Option<String>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let value = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = value,
+            "from" => self.from = Some(value),
+            "to" => self.to = Some(value),
+            "state" => self.state = Some(value),
+            _ => {}
+        }
+    }
+}
+
+/// A state as the tracing events write it (its `Display`).
+fn parse(shown: &str) -> State {
+    [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+        State::MetricsOnly,
+    ]
+    .into_iter()
+    .find(|state| state.to_string() == shown)
+    .unwrap_or_else(|| panic!("unknown state {shown:?}"))
+}
+
+/// Records the transitions of every tracing event it sees, and calls `on_opened` with the handle
+/// the first time it sees "circuit opened", from inside its `event` callback.
+struct CallsBackWhenOpened {
+    handle: Handle,
+    on_opened: fn(&Handle),
+    acted: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(State, State)>>>,
+}
+
+impl tracing::Subscriber for CallsBackWhenOpened {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let transition = match (&fields.from, &fields.to, &fields.state) {
+            (Some(from), Some(to), _) => (parse(from), parse(to)),
+            (None, None, Some(state)) if fields.message != "call rejected" => {
+                (parse(state), parse(state))
+            }
+            _ => return,
+        };
+        // Our own lock is released before calling back.
+        self.seen.lock().unwrap().push(transition);
+        if fields.message == "circuit opened" && !self.acted.swap(true, Ordering::SeqCst) {
+            (self.on_opened)(&self.handle);
+        }
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
+}
+
+/// Asserts that `part` is `whole` with some items left out: in order, each at most once.
+#[track_caller]
+fn assert_subsequence(part: &[(State, State)], whole: &[(State, State)]) {
+    let mut rest = whole.iter();
+    for item in part {
+        assert!(
+            rest.any(|w| w == item),
+            "{part:?} is not in the order of {whole:?} (or repeats one)"
+        );
+    }
+}
+
+// ===== wakers that call back =====
+
+/// A waker that calls every `Handle` method the first time it is woken.
+struct CallsBackWhenWoken {
+    handle: Handle,
+    woken: AtomicUsize,
+}
+
+impl Wake for CallsBackWhenWoken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Once: with `reset()` emitting an event, a waker kept registered would loop.
+        if self.woken.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = self.handle.state();
+            let _ = self.handle.metrics();
+            drop(self.handle.subscribe());
+            self.handle.reset();
+        }
+    }
+}
+
+/// A waker that owns something; what it owns is dropped with the waker's last clone.
+struct Owns<T: Send> {
+    /// Never read: held only to be dropped with the waker.
+    _owned: Mutex<Option<T>>,
+}
+
+impl<T: Send + 'static> Owns<T> {
+    fn waker(owned: T) -> Waker {
+        Waker::from(Arc::new(Owns {
+            _owned: Mutex::new(Some(owned)),
+        }))
+    }
+}
+
+impl<T: Send> Wake for Owns<T> {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Sets its flag when dropped, then runs its action.
+struct OnDrop<F: FnMut()> {
+    dropped: Arc<AtomicBool>,
+    action: F,
+}
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+        (self.action)();
+    }
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct CountsWakes(AtomicUsize);
+
+impl Wake for CountsWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An inner service that is never ready.
+#[derive(Clone, Debug)]
+struct NeverReady;
+
+impl Service<()> for NeverReady {
+    type Response = ();
+    type Error = Infallible;
+    type Future = Ready<Result<(), Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Pending
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        ready(Ok(()))
+    }
+}
+
+/// Polls `svc` for readiness with `waker`; it must wait (its inner service is never ready).
+#[track_caller]
+fn poll_pending(svc: &mut CircuitBreaker<NeverReady>, waker: &Waker) {
+    let poll = svc.poll_ready(&mut Context::from_waker(waker));
+    assert!(poll.is_pending(), "a never-ready inner service: {poll:?}");
+}
+
+// ===== making transitions =====
+
+/// Transition `i` of a run: `disable()` for even `i`, `force_open()` for odd `i`, so that each
+/// changes the state (from Closed or from the previous one). Returns `(from, to)`.
+fn transition(handle: &Handle, i: usize) -> (State, State) {
+    let from = handle.state();
+    if i % 2 == 0 {
+        handle.disable();
+        (from, State::Disabled)
+    } else {
+        handle.force_open();
+        (from, State::ForcedOpen)
+    }
+}
+
+/// Every event already in `events`, without waiting.
+fn drain(events: &mut EventStream) -> Vec<Event> {
+    let mut seen = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        seen.push(event);
+    }
+    seen
+}
+
+// ===== no user code under our locks (defects 1 and 12) =====
+
+#[test]
+fn a_tracing_subscriber_may_call_the_handle_when_the_circuit_opens() {
+    let (traced, streamed, state, acted) = within(DEADLOCK, "force_open() from tracing", || {
+        let layer = CircuitBreakerLayer::builder()
+            .name("traced")
+            .consecutive_failures(1)
+            .open_duration(secs(3600))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut events = handle.subscribe();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let acted = Arc::new(AtomicBool::new(false));
+        let subscriber = CallsBackWhenOpened {
+            handle: handle.clone(),
+            on_opened: |handle| {
+                let _ = handle.state();
+                let _ = handle.metrics();
+                handle.force_open();
+            },
+            acted: acted.clone(),
+            seen: seen.clone(),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let failing = layer.layer(service_fn(|()| ready(Err::<(), _>("down"))));
+            block_on(failing.oneshot(())).expect_err("the inner service fails");
+            handle.reset();
+        });
+        let traced = seen.lock().unwrap().clone();
+        let acted = acted.load(Ordering::SeqCst);
+        (traced, transitions(&mut events), handle.state(), acted)
+    });
+    assert!(
+        acted,
+        "the subscriber saw \"circuit opened\" and called back"
+    );
+    assert_eq!(state, State::Closed);
+    assert_eq!(
+        streamed,
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::ForcedOpen),
+            (State::ForcedOpen, State::Closed),
+        ],
+        "the trip, the subscriber's force_open(), then reset(): once each, in order"
+    );
+    // tracing does not dispatch events raised inside a subscriber's own callback, so the
+    // subscriber may miss the transition it made; it sees the others once each and in order.
+    assert_eq!(
+        traced
+            .iter()
+            .filter(|t| **t == (State::Closed, State::Open))
+            .count(),
+        1,
+        "the trip is traced once: {traced:?}"
+    );
+    assert_subsequence(&traced, &streamed);
+}
+
+#[test]
+fn an_event_streams_waker_may_call_the_handle_when_woken() {
+    let (woken, streamed, state) = within(DEADLOCK, "reset() from an event waker", || {
+        let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+        let mut events = handle.subscribe();
+        let calls_back = Arc::new(CallsBackWhenWoken {
+            handle: handle.clone(),
+            woken: AtomicUsize::new(0),
+        });
+        let waker = Waker::from(calls_back.clone());
+        let first = events.poll_next_unpin(&mut Context::from_waker(&waker));
+        assert!(first.is_pending(), "no event yet: {first:?}");
+        handle.force_open();
+        let woken = calls_back.woken.load(Ordering::SeqCst);
+        (woken, transitions(&mut events), handle.state())
+    });
+    assert!(woken >= 1, "the stream's waker was woken");
+    assert_eq!(
+        streamed,
+        [
+            (State::Closed, State::ForcedOpen),
+            (State::ForcedOpen, State::Closed),
+        ],
+        "force_open(), then the waker's reset(): once each, in order"
+    );
+    assert_eq!(state, State::Closed, "the waker's reset() came last");
+}
+
+#[test]
+fn a_waker_the_breaker_replaces_is_dropped_outside_its_lock() {
+    // The replaced waker owns the last clone of another waiting service of the same breaker:
+    // dropping it gives that service's waiting slot back.
+    let (dropped, wakes) = within(DEADLOCK, "replacing a waiting task's waker", || {
+        let layer = CircuitBreakerLayer::builder().build().unwrap();
+        let mut waiting = layer.layer(NeverReady);
+        let mut other = layer.layer(NeverReady);
+        poll_pending(&mut other, &noop_waker());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut other = Some(other);
+        let first = Owns::waker(OnDrop {
+            dropped: dropped.clone(),
+            action: move || drop(other.take()),
+        });
+        poll_pending(&mut waiting, &first);
+        drop(first); // the breaker holds the last clone now
+        let counts = Arc::new(CountsWakes::default());
+        poll_pending(&mut waiting, &Waker::from(counts.clone()));
+        let dropped = dropped.load(Ordering::SeqCst);
+        // The waiting list still works: the new waker is woken when the circuit opens.
+        layer.handle().force_open();
+        (dropped, counts.0.load(Ordering::SeqCst))
+    });
+    assert!(dropped, "the breaker dropped the replaced waker");
+    assert_eq!(
+        wakes, 1,
+        "the replacing waker is woken when the circuit opens"
+    );
+}
+
+#[test]
+fn a_waker_dropped_with_its_waiting_service_is_dropped_outside_the_breakers_lock() {
+    // The waker's drop calls the handle (force_open, which wakes the waiting tasks) and drops
+    // another waiting service of the same breaker.
+    let (dropped, streamed, state) = within(DEADLOCK, "dropping a waiting service", || {
+        let layer = CircuitBreakerLayer::builder().build().unwrap();
+        let handle = layer.handle();
+        let mut events = handle.subscribe();
+        let mut waiting = layer.layer(NeverReady);
+        let mut other = layer.layer(NeverReady);
+        poll_pending(&mut other, &noop_waker());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut other = Some(other);
+        let on_drop_handle = handle.clone();
+        let waker = Owns::waker(OnDrop {
+            dropped: dropped.clone(),
+            action: move || {
+                on_drop_handle.force_open();
+                drop(other.take());
+            },
+        });
+        poll_pending(&mut waiting, &waker);
+        drop(waker); // the breaker holds the last clone now
+        drop(waiting);
+        let dropped = dropped.load(Ordering::SeqCst);
+        (dropped, transitions(&mut events), handle.state())
+    });
+    assert!(dropped, "the breaker dropped the waiting service's waker");
+    assert_eq!(streamed, [(State::Closed, State::ForcedOpen)]);
+    assert_eq!(state, State::ForcedOpen);
+}
+
+// ===== a subscriber's buffer and memory (defects 13 and 14) =====
+
+#[test]
+fn a_subscribers_buffer_holds_exactly_event_buffer_events() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    let mut early = handle.subscribe();
+    let first = transition(&handle, 0);
+    let mut late = handle.subscribe();
+    let rest: Vec<_> = (1..=EVENT_BUFFER).map(|i| transition(&handle, i)).collect();
+    assert_eq!(rest.len(), 64);
+
+    // Exactly EVENT_BUFFER events, unread: all of them, nothing else.
+    let late: Vec<_> = drain(&mut late);
+    assert_eq!(late.len(), EVENT_BUFFER, "{late:?}");
+    assert_eq!(
+        transitions_in(&late),
+        rest,
+        "a full buffer keeps every event"
+    );
+
+    // One more than fits: the buffer keeps EVENT_BUFFER transitions (the newest), not 65.
+    let early = transitions_in(&drain(&mut early));
+    assert_eq!(
+        early.len(),
+        EVENT_BUFFER,
+        "one more than fits: the buffer holds EVENT_BUFFER transitions"
+    );
+    assert_ne!(early.first(), Some(&first), "the oldest is the one dropped");
+    assert_eq!(early, rest, "the newest EVENT_BUFFER transitions are kept");
+}
+
+/// The transitions among `events` (a lag marker, if any, left out).
+fn transitions_in(events: &[Event]) -> Vec<(State, State)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::StateTransition { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dropped_subscriptions_free_their_memory_at_once() {
+    let start = live_bytes();
+    let held = std::hint::black_box(vec![0u8; 100_000]);
+    assert!(
+        live_bytes() - start >= 100_000,
+        "the counter sees the live heap"
+    );
+    drop(held);
+
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    for _ in 0..10 {
+        drop(handle.subscribe());
+    }
+    let before = live_bytes();
+    for _ in 0..100_000 {
+        drop(handle.subscribe());
+    }
+    let grown = live_bytes() - before;
+    assert!(
+        grown < 8 * 1024,
+        "100,000 dropped subscriptions grew the live heap by {grown} bytes"
+    );
+    assert_eq!(handle.state(), State::Closed, "no transition freed them");
+}
+
+// ===== Debug and reset (defect 6, the reset claim) =====
+
+#[tokio::test(start_paused = true)]
+async fn debug_of_a_handle_shows_the_stored_state_and_makes_no_transition() {
+    let mut h = harness(builder().consecutive_failures(1).open_duration(secs(1)));
+    let _ = call(&mut h.svc, fail()).await;
+    assert_eq!(h.handle.state(), State::Open);
+    let mut events = h.handle.subscribe();
+    advance(secs(2)).await; // the open interval has ended; nobody looked
+
+    for shown in [format!("{:?}", h.handle), format!("{:?}", h.svc)] {
+        assert!(
+            shown.contains("Open") && !shown.contains("HalfOpen"),
+            "Debug shows the stored state: {shown}"
+        );
+    }
+    assert_eq!(transitions(&mut events), [], "Debug made a transition");
+
+    assert_eq!(h.handle.state(), State::HalfOpen, "state() settles it");
+    assert_eq!(transitions(&mut events), [(State::Open, State::HalfOpen)]);
+}
+
+#[test]
+fn reset_on_a_closed_breaker_emits_closed_to_closed() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    let mut events = handle.subscribe();
+    handle.reset();
+    assert_eq!(transitions(&mut events), [(State::Closed, State::Closed)]);
+    assert_eq!(handle.state(), State::Closed);
+}
+
+// ===== lag (defect 13): needs `Event::Lagged`, which main does not have =====
+
+/// The events of a subscriber that lagged: the lag marker's count, then the transitions.
+fn lagged(events: &[Event]) -> (Option<u64>, Vec<(State, State)>) {
+    match events.split_first() {
+        Some((Event::Lagged { missed, .. }, rest)) => (Some(*missed), transitions_in(rest)),
+        _ => (None, transitions_in(events)),
+    }
+}
+
+#[test]
+fn a_lagging_subscriber_is_told_what_it_missed_and_keeps_the_newest_events() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    let mut events = handle.subscribe();
+    let made: Vec<_> = (0..101).map(|i| transition(&handle, i)).collect();
+    assert_eq!(handle.state(), State::Disabled);
+
+    let received = drain(&mut events);
+    assert_eq!(received.len(), 1 + EVENT_BUFFER, "{received:?}");
+    let (missed, kept) = lagged(&received);
+    assert_eq!(missed, Some(37), "Lagged first, with 101 - 64 missed");
+    assert_eq!(kept, made[37..], "then the newest 64 transitions");
+    assert_eq!(
+        kept.last(),
+        Some(&(State::ForcedOpen, State::Disabled)),
+        "the last event is the final state"
+    );
+    assert!(
+        received[1..]
+            .iter()
+            .all(|e| matches!(e, Event::StateTransition { .. })),
+        "one lag marker only: {received:?}"
+    );
+
+    // Caught up: the next transition comes alone, with no marker.
+    let next = transition(&handle, 101);
+    let after = drain(&mut events);
+    assert_eq!(lagged(&after), (None, vec![next]), "{after:?}");
+}
+
+#[test]
+fn a_subscriber_one_event_behind_missed_exactly_one() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    let mut events = handle.subscribe();
+    let made: Vec<_> = (0..=EVENT_BUFFER).map(|i| transition(&handle, i)).collect();
+    let received = drain(&mut events);
+    assert_eq!(
+        lagged(&received),
+        (Some(1), made[1..].to_vec()),
+        "{received:?}"
+    );
+}
