@@ -459,28 +459,159 @@ async fn time_window_with_explicit_buckets_slides_per_bucket() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn time_window_defaults_to_one_bucket_per_second_at_least_one() {
-    // Half a second: one bucket of 500 ms.
-    let Harness {
-        mut svc, handle, ..
-    } = timed_window(Window::time(ms(500)));
-    advance(ms(100)).await;
-    run(&mut svc, 1, Reply::Ok).await;
-    advance(ms(400) - NS).await;
-    assert_eq!(handle.metrics().calls(), 1);
-    advance(NS).await;
-    assert_eq!(handle.metrics().calls(), 0, "bucket 1 = 0 + 1");
+async fn time_window_defaults_to_at_least_ten_buckets_of_at_least_one_millisecond() {
+    // k = clamp(whole seconds of d, 10, 4096), lowered so that each bucket is at least 1 ms;
+    // an outcome recorded in bucket i counts until the current bucket is i + k.
+    for (window, bucket, k) in [
+        (ms(5), ms(1), 5),     // lowered: 5 buckets of 1 ms
+        (ms(500), ms(50), 10), // under 10 s: 10 buckets
+        (ms(2500), ms(250), 10),
+        (secs(30), secs(1), 30), // 10 s to 4096 s: one per second
+    ] {
+        let Harness {
+            mut svc, handle, ..
+        } = timed_window(Window::time(window));
+        advance(bucket + bucket / 2).await; // the middle of bucket 1
+        run(&mut svc, 1, Reply::Ok).await;
+        advance(bucket * k - bucket / 2 - NS).await; // the last instant of bucket k
+        assert_eq!(
+            handle.metrics().calls(),
+            1,
+            "{window:?}: bucket k = 1 + k - 1"
+        );
+        advance(NS).await; // bucket 1 + k
+        assert_eq!(handle.metrics().calls(), 0, "{window:?}: bucket 1 + k");
+    }
+}
 
-    // 2.5 s: two buckets of 1.25 s.
+/// Issue 8, "truly sliding": a 1.5 s window by default has 10 buckets of 150 ms, not one bucket
+/// that tumbles. 4 failures within 200 ms that straddle a bucket boundary all count.
+#[tokio::test(start_paused = true)]
+async fn default_time_window_slides_across_a_bucket_boundary() {
     let Harness {
         mut svc, handle, ..
-    } = timed_window(Window::time(ms(2500)));
-    advance(ms(1300)).await; // bucket 1
+    } = harness(
+        builder()
+            .sliding_window(Window::time(ms(1500)))
+            .minimum_calls(4)
+            .failure_rate_threshold(0.5),
+    );
+    advance(ms(1400)).await;
+    run(&mut svc, 2, Reply::Fail).await; // t = 1.4 s, before the boundary at 1.5 s
+    advance(ms(200)).await;
+    run(&mut svc, 2, Reply::Fail).await; // t = 1.6 s, after it
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "4 failures of 4 within 200 ms of a 1.5 s window"
+    );
+}
+
+/// Issue 8, "truly sliding": an outcome stays counted until exactly bucket i + k, no earlier
+/// (it lives between d - d/k and d): 10 buckets of 150 ms for a 1.5 s window.
+#[tokio::test(start_paused = true)]
+async fn default_time_window_counts_an_outcome_until_bucket_i_plus_k_exactly() {
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(ms(1500)));
+    advance(ms(200)).await; // bucket 1: [150 ms, 300 ms)
+    run(&mut svc, 1, Reply::Fail).await;
+
+    advance(ms(1300)).await; // t = 1.5 s: the window's length after the failure's bucket began
+    assert_eq!(handle.metrics().failed(), 1, "at 1.5 s (bucket 10)");
+    advance(ms(150) - NS).await; // the last instant of bucket 10 = 1 + k - 1
+    assert_eq!(handle.metrics().failed(), 1, "not less than bucket i + k");
+    advance(NS).await; // t = 1.65 s: bucket 11 = 1 + k
+    assert_eq!(handle.metrics().failed(), 0, "left at bucket i + k");
+}
+
+/// Issue 8, "one bucket per second": above 4096 s the default is capped at 4096 buckets, so each
+/// bucket is d / 4096 long (1.220703125 s for 5000 s), not 1 s. Checked: an outcome in bucket 1
+/// counts until bucket 4097 begins, at 4097 * 1.220703125 s, not at 5002 s (1-s buckets).
+#[tokio::test(start_paused = true)]
+async fn default_time_window_above_4096_seconds_has_4096_longer_buckets() {
+    let bucket = Duration::from_nanos(1_220_703_125); // 5000 s / 4096, exactly
+    let Harness {
+        mut svc, handle, ..
+    } = timed_window(Window::time(secs(5000)));
+    advance(secs(2)).await; // bucket 1: [1.22 s, 2.44 s)
     run(&mut svc, 1, Reply::Ok).await;
-    advance(ms(3750) - ms(1300) - NS).await; // last instant of bucket 2
+
+    advance(bucket * 4097 - secs(2) - NS).await; // the last instant of bucket 4096
     assert_eq!(handle.metrics().calls(), 1);
-    advance(NS).await; // bucket 3 = 1 + k
-    assert_eq!(handle.metrics().calls(), 0);
+    advance(NS).await; // bucket 4097 = 1 + 4096
+    assert_eq!(handle.metrics().calls(), 0, "4096 buckets of 5000 s / 4096");
+}
+
+/// Issue 8, defect 2: a time window keeps counting after 2^31 buckets (1 ms buckets: day 24.8 of
+/// uptime). Two failures, minimum 2, threshold 1.0 and no consecutive rule: only the window can
+/// trip it, and it must.
+#[tokio::test(start_paused = true)]
+async fn time_window_counts_after_two_to_the_31_buckets() {
+    let Harness {
+        mut svc, handle, ..
+    } = harness(
+        builder()
+            .sliding_window(Window::time(ms(4096)).buckets(4096)) // 1 ms buckets
+            .minimum_calls(2)
+            .failure_rate_threshold(1.0),
+    );
+    tokio::time::advance(Duration::from_millis(1 << 31)).await;
+
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(
+        (handle.metrics().calls(), handle.metrics().failed()),
+        (1, 1),
+        "the first failure is counted"
+    );
+    run(&mut svc, 1, Reply::Fail).await;
+    assert_eq!(handle.state(), State::Open, "2 failures of 2");
+}
+
+/// Issue 8, "the window that tripped the breaker": while Open, a time window does not drain;
+/// once closed it starts empty.
+#[tokio::test(start_paused = true)]
+async fn metrics_while_open_show_the_window_that_tripped_it() {
+    let tripped = || {
+        harness(
+            builder()
+                .sliding_window(Window::time(secs(10)))
+                .minimum_calls(4)
+                .failure_rate_threshold(0.5)
+                .open_duration(secs(60)),
+        )
+    };
+    let Harness {
+        mut svc, handle, ..
+    } = tripped();
+    run(&mut svc, 2, Reply::Ok).await;
+    run(&mut svc, 2, Reply::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+
+    advance(secs(30)).await; // 3 window lengths later
+    let metrics = handle.metrics();
+    assert_eq!(metrics.state(), State::Open);
+    assert_eq!(
+        (metrics.calls(), metrics.failed(), metrics.successful()),
+        (4, 2, 2),
+        "the window of the trip, 30 s later"
+    );
+    assert_eq!(metrics.failure_rate(), Some(0.5));
+
+    handle.reset();
+    let metrics = handle.metrics();
+    assert_eq!((metrics.calls(), metrics.failed()), (0, 0), "after reset");
+
+    // Closing through a probe also starts an empty window.
+    let Harness {
+        mut svc, handle, ..
+    } = tripped();
+    run(&mut svc, 4, Reply::Fail).await;
+    advance(secs(60)).await;
+    call(&mut svc, ok()).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    let metrics = handle.metrics();
+    assert_eq!((metrics.calls(), metrics.failed()), (0, 0), "after closing");
 }
 
 #[tokio::test(start_paused = true)]
@@ -488,7 +619,7 @@ async fn time_window_buckets_are_measured_from_breaker_creation() {
     // 3 buckets of 1 s, counted from `build`, not from the first call.
     let Harness {
         mut svc, handle, ..
-    } = timed_window(Window::time(secs(3)));
+    } = timed_window(Window::time(secs(3)).buckets(3));
 
     advance(ms(500)).await;
     run(&mut svc, 1, Reply::Fail).await; // bucket 0: [0.5 s, 1 s) after creation
@@ -610,7 +741,7 @@ async fn time_window_reuses_bucket_slots_across_laps() {
     // 3 buckets of 1 s: bucket 3 reuses the slot of bucket 0.
     let Harness {
         mut svc, handle, ..
-    } = timed_window(Window::time(secs(3)));
+    } = timed_window(Window::time(secs(3)).buckets(3));
 
     run(&mut svc, 2, Reply::Fail).await; // bucket 0
     advance(secs(3)).await; // bucket 3

@@ -8,7 +8,7 @@ use std::time::Duration;
 use support::*;
 use tokio_test::{assert_pending, task};
 use tower::{Service, ServiceExt};
-use tower_circuit_breaker::{Builder, State, Window};
+use tower_circuit_breaker::{Backoff, Builder, State, Window};
 
 const OPEN: Duration = Duration::from_secs(10);
 
@@ -230,10 +230,24 @@ async fn half_open_reopens_as_soon_as_decided_while_other_probes_are_in_flight()
         "no need to wait for the other probe"
     );
 
-    // The late probe's success is stale.
+    // The late probe's success arrives in the next half-open episode: it is stale, so neither
+    // a success of this episode nor a permit of it (the state alone cannot tell; the generation
+    // must).
+    advance(OPEN).await;
+    assert_eq!(h.handle.state(), State::HalfOpen);
     gate.open(Reply::Ok);
     in_flight.await.unwrap();
-    assert_eq!(h.handle.state(), State::Open);
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    for _ in 0..2 {
+        call(&mut h.svc, ok()).await.unwrap();
+    }
+    assert_eq!(
+        h.handle.state(),
+        State::HalfOpen,
+        "2 successes of this episode, not 3: the late one did not count"
+    );
+    call(&mut h.svc, ok()).await.unwrap();
+    assert_eq!(h.handle.state(), State::Closed, "3 probes of this episode");
 }
 
 fn slow_probing() -> Builder<Classifier> {
@@ -390,7 +404,7 @@ async fn probe_completing_after_max_wait_is_stale_even_if_nobody_looked() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_max_wait_counts_as_a_failed_attempt_for_backoff() {
-    let backoff = tower_circuit_breaker::Backoff::exponential(secs(1), 2.0, secs(60));
+    let backoff = Backoff::exponential(secs(1), 2.0, secs(60));
     let mut h = harness(
         builder()
             .consecutive_failures(1)
@@ -404,6 +418,100 @@ async fn half_open_max_wait_counts_as_a_failed_attempt_for_backoff() {
     advance(secs(5)).await; // HalfOpen -> Open: attempt 2
     let rejected = rejection(call(&mut h.svc, ok()).await);
     assert_eq!(rejected.retry_after(), Some(secs(2)));
+}
+
+/// Exponential backoff from 1 s, doubling, with a 5 s max wait: open intervals 1 s, 2 s, 4 s ...
+fn backing_off() -> Builder<Classifier> {
+    builder()
+        .consecutive_failures(1)
+        .open_backoff(Backoff::exponential(secs(1), 2.0, secs(60)))
+        .half_open_max_wait(secs(5))
+}
+
+/// Issue 8, defect 17: an episode in which no probe was admitted never expires, and so is no
+/// failed attempt: the interval after a later failed probe is attempt 2's (2 s), not attempt 3's.
+#[tokio::test(start_paused = true)]
+async fn half_open_without_a_probe_never_expires_and_is_not_a_failed_attempt() {
+    let mut h = harness(backing_off());
+    let mut events = h.handle.subscribe();
+    call(&mut h.svc, fail()).await.unwrap_err(); // attempt 1: 1 s
+    advance(secs(1)).await;
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    for _ in 0..30 {
+        advance(secs(1)).await; // 6 times the max wait, looking every second
+        assert_eq!(h.handle.state(), State::HalfOpen, "no probe: no expiry");
+    }
+    assert_eq!(
+        transitions(&mut events),
+        [(State::Closed, State::Open), (State::Open, State::HalfOpen)]
+    );
+
+    assert_admitted(&call(&mut h.svc, fail()).await); // HalfOpen -> Open: attempt 2
+    assert_eq!(h.handle.state(), State::Open);
+    let rejected = rejection(call(&mut h.svc, ok()).await);
+    assert_eq!(
+        rejected.retry_after(),
+        Some(secs(2)),
+        "attempt 2's interval"
+    );
+}
+
+/// Issue 8, defect 17: `half_open_max_wait` counts from the first probe admitted, not from the
+/// start of the episode nor from whoever looked first.
+#[tokio::test(start_paused = true)]
+async fn half_open_max_wait_counts_from_the_first_probe() {
+    let mut h = half_open(probing(2).half_open_max_wait(secs(5))).await; // t = 10 s, looked at
+    advance(secs(3)).await;
+    let (req, _first) = gated();
+    let _first_probe = start(&mut h.svc, req).await; // t = 13 s: the max wait starts
+    let calls = h.counters.calls();
+
+    advance(secs(5) - NS).await; // 8 s after the look, 5 s - 1 ns after the probe
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    let (req, _second) = gated();
+    let _second_probe = start(&mut h.svc, req).await;
+    assert_eq!(
+        h.counters.calls(),
+        calls + 1,
+        "the second probe of the episode was admitted"
+    );
+
+    advance(NS).await; // 5 s after the first probe
+    assert_eq!(h.handle.state(), State::Open, "5 s after the first probe");
+    let rejected = rejection(call(&mut h.svc, ok()).await);
+    assert_eq!(rejected.retry_after(), Some(OPEN), "reopened at the expiry");
+}
+
+/// Issue 8, defect 17: an expired episode reopens at its expiry instant (first probe + max wait),
+/// not when somebody next looks: a call long after the expiry is a probe once the new open
+/// interval has passed, and one in between is told the time left from the expiry.
+#[tokio::test(start_paused = true)]
+async fn expired_half_open_reopens_from_the_expiry_instant() {
+    let probing = || probing(1).half_open_max_wait(secs(5));
+
+    // Nobody looks between the hung probe (t = 10 s) and a call at t = 40 s: the episode expired
+    // at 15 s, reopened until 25 s, and the call is a probe of the next episode.
+    let mut h = half_open(probing()).await;
+    let (req, _hung) = gated();
+    let _hung_probe = start(&mut h.svc, req).await; // t = 10 s
+    advance(secs(30)).await; // t = 40 s
+    call(&mut h.svc, ok())
+        .await
+        .expect("a probe: the open interval from the expiry (15 s) ended at 25 s");
+    assert_eq!(h.handle.state(), State::Closed);
+
+    // A call at t = 20 s is rejected with 5 s left (open from 15 s to 25 s), and one at 25 s is
+    // a probe.
+    let mut h = half_open(probing()).await;
+    let (req, _hung) = gated();
+    let _hung_probe = start(&mut h.svc, req).await; // t = 10 s
+    advance(secs(10)).await; // t = 20 s
+    let rejected = rejection(call(&mut h.svc, ok()).await);
+    assert_eq!(rejected.state(), State::Open);
+    assert_eq!(rejected.retry_after(), Some(secs(5)), "open since 15 s");
+    advance(secs(5)).await; // t = 25 s
+    call(&mut h.svc, ok()).await.expect("a probe at 25 s");
+    assert_eq!(h.handle.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,18 +1,28 @@
 //! Model-based property test: random sequences of operations are applied both to the real breaker
 //! (driven through its Tower service on a current-thread runtime with a paused clock) and to a
 //! plain reference model of DESIGN §3, written here from the contract and sharing no code with the
-//! crate. After every step the state, the metrics, the events and every admission decision
-//! (admitted or rejected, with the rejection's state and retry-after) must agree.
+//! crate. The state, the metrics, the events and every admission decision (admitted or rejected,
+//! with the rejection's state and retry-after) must agree. Each case either looks at the breaker
+//! (state, metrics, events) after every step, after some steps, or only at its end: a deadline may
+//! pass with nobody looking, and what calls see must not depend on who looked.
 //!
 //! Readings the model takes where the contract leaves room (each one a reviewer of Resilience4j or
 //! tower would accept):
-//! * time-driven transitions happen lazily, at the instant something observes the breaker (a call,
-//!   a readiness check, a state read, or a probe's result arriving): the half-open episode and the
-//!   open interval are measured from that instant;
-//! * a probe result that arrives at or after `half_open_max_wait` finds the episode already expired
-//!   (back to Open), so it is stale and decides nothing;
-//! * `reset()` while Closed starts a new generation: calls admitted before it are stale;
-//! * operator transitions do not clear the window, except to Closed (`reset`) and MetricsOnly.
+//! * time-driven transitions happen at their deadline instant, whoever looks and whenever: Open ->
+//!   HalfOpen at `opened_at + interval`; a half-open episode's `half_open_max_wait` counts from the
+//!   first probe permit taken in the episode (a permit given back later, even one taken by a
+//!   `poll_ready` whose inner service was not ready, still started the clock); an episode in which
+//!   no permit was taken never expires and is no failed attempt; an expired episode reopens with
+//!   `opened_at` = its expiry instant (first probe + max wait), as the next attempt of the backoff;
+//! * a probe result that arrives at or after the episode's expiry finds it already over (back to
+//!   Open), so it is stale and decides nothing;
+//! * `reset()` while Closed starts a new generation (calls admitted before it are stale) and emits
+//!   a Closed -> Closed event;
+//! * operator transitions do not clear the window, except to Closed (`reset`) and MetricsOnly;
+//! * from a trip until the window is next cleared, a time window reads as it was at the trip (it
+//!   does not drain while open, half-open, or in an operator state entered from there);
+//! * a rejection's retry-after is the time left, when asked, until the instant decided in
+//!   `poll_ready`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -41,7 +51,7 @@ const SLOTS: usize = 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WindowCfg {
     Count(u32),
-    /// `buckets: None` is the default of one bucket per second.
+    /// `buckets: None` is the default (see [`Model::default_buckets`]).
     Time {
         millis: u64,
         buckets: Option<u32>,
@@ -239,7 +249,8 @@ struct Ticket {
 #[derive(Clone, Copy, Debug)]
 enum Admission {
     Admit(Ticket),
-    Reject(State, Option<Duration>),
+    /// The state, and the instant (ns) at which a probe will be admitted, if anyone knows.
+    Reject(State, Option<u64>),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -258,11 +269,17 @@ struct Model {
     /// Every recorded outcome since the window was last cleared (trimmed to `n` for a count
     /// window; a time window filters by age when read).
     samples: VecDeque<Sample>,
+    /// The instant of the trip while a time window reads as it was then (from a trip until the
+    /// window is cleared).
+    frozen_at: Option<u64>,
     consecutive: u32,
     not_permitted: u64,
     attempt: u32,
+    /// `opened_at + interval`: the instant the breaker becomes HalfOpen.
     open_until: u64,
-    half_open_until: u64,
+    /// First probe admitted + `half_open_max_wait`: the instant the episode expires; `None`
+    /// until a probe is admitted (such an episode never expires).
+    half_open_until: Option<u64>,
     taken: u32,
     succeeded: u32,
     failed: u32,
@@ -277,11 +294,12 @@ impl Model {
             state: State::Closed,
             generation: 0,
             samples: VecDeque::new(),
+            frozen_at: None,
             consecutive: 0,
             not_permitted: 0,
             attempt: 0,
             open_until: 0,
-            half_open_until: 0,
+            half_open_until: None,
             taken: 0,
             succeeded: 0,
             failed: 0,
@@ -335,14 +353,21 @@ impl Model {
         }
     }
 
-    /// (calls, failed, slow) in the window now.
+    /// The default number of buckets of a time window of `millis`: one per whole second, at
+    /// least 10 and at most 4096, lowered so that each bucket is at least 1 ms.
+    fn default_buckets(millis: u64) -> u64 {
+        (millis / 1000).clamp(10, 4096).min(millis)
+    }
+
+    /// (calls, failed, slow) in the window now (as it was at the trip, while frozen).
     fn totals(&self) -> (u64, u64, u64) {
+        let now = self.frozen_at.unwrap_or(self.now);
         let counted = |s: &&Sample| match self.cfg.window {
             WindowCfg::Count(_) => true,
             WindowCfg::Time { millis, buckets } => {
-                let k = u64::from(buckets.unwrap_or((millis / 1000).max(1) as u32));
+                let k = buckets.map_or_else(|| Self::default_buckets(millis), u64::from);
                 let bucket = millis * MS / k;
-                self.now / bucket - s.at / bucket < k
+                now / bucket - s.at / bucket < k
             }
         };
         let mut totals = (0, 0, 0);
@@ -358,29 +383,35 @@ impl Model {
         (calls > 0 && calls >= self.minimum_calls()).then(|| count as f64 / calls as f64)
     }
 
+    /// A transition now.
     fn transition(&mut self, to: State) {
+        self.transition_at(to, self.now);
+    }
+
+    /// A transition that happens at instant `at` (a deadline, or now).
+    fn transition_at(&mut self, to: State, at: u64) {
         let from = self.state;
         match to {
             State::Open => {
                 self.attempt = if from == State::HalfOpen {
                     self.attempt + 1
                 } else {
+                    self.frozen_at = Some(at); // a trip: the window reads as it is now
                     1
                 };
-                self.open_until = self.now + self.open_interval(self.attempt);
+                self.open_until = at + self.open_interval(self.attempt);
             }
-            State::HalfOpen => {
-                let wait = self.cfg.half_open_max_wait_ms.unwrap_or(60_000);
-                self.half_open_until = self.now + wait * MS;
-            }
+            State::HalfOpen => self.half_open_until = None,
             State::Closed => {
                 self.samples.clear();
+                self.frozen_at = None;
                 self.consecutive = 0;
                 self.not_permitted = 0;
                 self.attempt = 0;
             }
             State::MetricsOnly => {
                 self.samples.clear();
+                self.frozen_at = None;
                 self.consecutive = 0;
             }
             State::ForcedOpen | State::Disabled => {}
@@ -390,17 +421,21 @@ impl Model {
         self.taken = 0;
         self.succeeded = 0;
         self.failed = 0;
-        if from != to {
-            self.events.push((from, to));
-        }
+        // Every transition is announced, `reset()` of a Closed breaker included.
+        self.events.push((from, to));
     }
 
-    /// Applies the transitions that are due by time (both deadlines inclusive).
+    /// Applies the transitions that are due by time, each at its deadline (both inclusive):
+    /// Open -> HalfOpen at `open_until`, an expired episode back to Open at `half_open_until`.
     fn observe(&mut self) {
         loop {
-            match self.state {
-                State::Open if self.now >= self.open_until => self.transition(State::HalfOpen),
-                State::HalfOpen if self.now >= self.half_open_until => self.transition(State::Open),
+            match (self.state, self.half_open_until) {
+                (State::Open, _) if self.now >= self.open_until => {
+                    self.transition_at(State::HalfOpen, self.open_until);
+                }
+                (State::HalfOpen, Some(until)) if self.now >= until => {
+                    self.transition_at(State::Open, until);
+                }
                 _ => return,
             }
         }
@@ -419,11 +454,13 @@ impl Model {
             State::Closed | State::MetricsOnly => admit(Kind::Recorded),
             State::Disabled => admit(Kind::Unrecorded),
             State::ForcedOpen => Admission::Reject(State::ForcedOpen, None),
-            State::Open => Admission::Reject(
-                State::Open,
-                Some(Duration::from_nanos(self.open_until - self.now)),
-            ),
+            State::Open => Admission::Reject(State::Open, Some(self.open_until)),
             State::HalfOpen if self.taken < self.cfg.half_open_calls => {
+                if self.half_open_until.is_none() {
+                    // The first probe of the episode starts `half_open_max_wait`.
+                    let wait = self.cfg.half_open_max_wait_ms.unwrap_or(60_000);
+                    self.half_open_until = Some(self.now + wait * MS);
+                }
                 self.taken += 1;
                 admit(Kind::Probe)
             }
@@ -515,6 +552,8 @@ impl Model {
     }
 
     fn force(&mut self, to: State) {
+        // What was due by time happened at its deadline, whether anybody looked or not.
+        self.observe();
         if self.state == to && to != State::Closed {
             return;
         }
@@ -571,6 +610,13 @@ enum Op {
     Force(Manual),
 }
 
+/// One operation, and whether the test looks at the breaker (state, metrics, events) after it.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    op: Op,
+    look: bool,
+}
+
 struct InFlight {
     future: Pin<Box<Fut>>,
     id: u64,
@@ -578,14 +624,15 @@ struct InFlight {
     answered: Option<Res>,
 }
 
-/// Runs one case on a fresh current-thread runtime with a paused clock.
-fn run_case(cfg: Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
+/// Runs one case on a fresh current-thread runtime with a paused clock; returns the breaker's state
+/// at the end (after the final check).
+fn run_case(cfg: Cfg, steps: &[Step]) -> Result<State, TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("runtime");
-    rt.block_on(Harness::run(cfg, ops))
+    rt.block_on(Harness::run(cfg, steps))
 }
 
 struct Harness {
@@ -606,7 +653,7 @@ fn poll_once<T>(f: impl FnOnce(&mut Context<'_>) -> T) -> impl Future<Output = T
 }
 
 impl Harness {
-    async fn run(cfg: Cfg, ops: &[Op]) -> Result<(), TestCaseError> {
+    async fn run(cfg: Cfg, steps: &[Step]) -> Result<State, TestCaseError> {
         // Built at time 0 of the paused clock: the breaker's epoch is the model's 0.
         let layer = cfg.layer();
         let inner = Inner::default();
@@ -623,13 +670,17 @@ impl Harness {
             timeout: cfg.call_timeout_ms.is_some(),
         };
         h.check("start").await?;
-        for (i, op) in ops.iter().enumerate() {
+        for (i, &Step { op, look }) in steps.iter().enumerate() {
             // A fresh coop budget for each step (the timeout's sleep takes from it).
             tokio::task::yield_now().await;
-            h.step(*op).await?;
-            h.check(&format!("after step {i}: {op:?}")).await?;
+            h.step(op, look).await?;
+            // Look also when many events are due, so that no subscriber's buffer overflows.
+            if look || h.model.events.len() >= 32 {
+                h.check(&format!("after step {i}: {op:?}")).await?;
+            }
         }
-        Ok(())
+        h.check("at the end").await?;
+        Ok(h.handle.state())
     }
 
     async fn advance(&mut self, nanos: u64) {
@@ -747,7 +798,7 @@ impl Harness {
                     answered: None,
                 });
             }
-            Admission::Reject(state, retry_after) => {
+            Admission::Reject(state, retry_at) => {
                 self.model.not_permitted += 1;
                 prop_assert_eq!(dispatched, 0, "a rejected call never reaches the inner");
                 let result = poll_once(|cx| future.as_mut().poll(cx)).await;
@@ -758,14 +809,28 @@ impl Harness {
                 prop_assert!(rejected.is_some(), "not a Rejected: {}", err);
                 let rejected = rejected.expect("checked");
                 prop_assert_eq!(rejected.state(), state);
-                prop_assert_eq!(rejected.retry_after(), retry_after);
+                match retry_at {
+                    // Computed when asked: the time left now until the instant `poll_ready` saw.
+                    Some(at) if at > self.model.now => prop_assert_eq!(
+                        rejected.retry_after(),
+                        Some(Duration::from_nanos(at - self.model.now))
+                    ),
+                    // The instant has passed while the decision waited in the service.
+                    Some(_) => prop_assert!(
+                        rejected.retry_after().is_none_or(|d| d.is_zero()),
+                        "retry-after of a passed instant: {:?}",
+                        rejected.retry_after()
+                    ),
+                    None => prop_assert_eq!(rejected.retry_after(), None),
+                }
                 prop_assert_eq!(rejected.name(), Some("model"));
             }
         }
         Ok(())
     }
 
-    async fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+    /// Applies `op`; `look` says whether a burst looks at the breaker between its calls.
+    async fn step(&mut self, op: Op, look: bool) -> Result<(), TestCaseError> {
         let n = self.in_flight.len();
         match op {
             Op::Call(slot) => self.call(slot).await?,
@@ -778,7 +843,7 @@ impl Harness {
                         self.answer(before, res);
                         self.poll_call(before).await?;
                     }
-                    if k + 1 < calls {
+                    if look && k + 1 < calls {
                         self.check(&format!("in {op:?}, call {k}")).await?;
                     }
                 }
@@ -914,9 +979,12 @@ fn cfg_strategy() -> impl Strategy<Value = Cfg> {
                 buckets: Some(k),
             }
         }),
-        1 => (1u64..=3).prop_map(|s| WindowCfg::Time {
-            millis: s * 1000,
-            buckets: None,
+        // The default buckets: 10 (5 of 1 ms for the 5 ms window).
+        1 => prop::sample::select(vec![5u64, 1000, 1500, 2000, 3000]).prop_map(|millis| {
+            WindowCfg::Time {
+                millis,
+                buckets: None,
+            }
         }),
         1 => Just(WindowCfg::Time {
             millis: 1000,
@@ -1032,6 +1100,18 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A case looks at the breaker after every step, after about half of them, or only at its end.
+fn steps_strategy() -> impl Strategy<Value = Vec<Step>> {
+    prop::sample::select(vec![1.0, 0.5, 0.0]).prop_flat_map(|p| {
+        prop::collection::vec((op_strategy(), prop::bool::weighted(p)), 1..48).prop_map(|steps| {
+            steps
+                .into_iter()
+                .map(|(op, look)| Step { op, look })
+                .collect()
+        })
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 10_000,
@@ -1041,18 +1121,28 @@ proptest! {
     #[test]
     fn breaker_agrees_with_the_reference_model(
         cfg in cfg_strategy(),
-        ops in prop::collection::vec(op_strategy(), 1..48),
+        steps in steps_strategy(),
     ) {
-        run_case(cfg, &ops)?;
+        run_case(cfg, &steps)?;
     }
 }
 
 // ===== regression cases (each one a bug the model found) =====
 
-fn replay(cfg: Cfg, ops: &[Op]) {
-    if let Err(e) = run_case(cfg, ops) {
-        panic!("{e}");
-    }
+/// Runs `ops`, looking at the breaker after each one if `look`; returns the final state.
+fn replay_looking(cfg: Cfg, ops: &[Op], look: bool) -> State {
+    let steps: Vec<Step> = ops.iter().map(|&op| Step { op, look }).collect();
+    run_case(cfg, &steps).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `ops`, looking after every step.
+fn replay(cfg: Cfg, ops: &[Op]) -> State {
+    replay_looking(cfg, ops, true)
+}
+
+/// Runs `ops`, looking only at the end.
+fn replay_unobserved(cfg: Cfg, ops: &[Op]) -> State {
+    replay_looking(cfg, ops, false)
 }
 
 /// A plain configuration for hand-written cases.
@@ -1072,41 +1162,36 @@ fn base() -> Cfg {
     }
 }
 
+/// Two failures on slot 0 and 1 trip `base()` (count 4, minimum 2, threshold 1/2) at time 0.
+fn trip_ops() -> Vec<Op> {
+    let fail = Op::Complete {
+        call: 0,
+        after: 0,
+        res: Res::Failure,
+    };
+    vec![Op::Call(0), Op::Call(1), fail, fail]
+}
+
 #[test]
 fn model_smoke_trip_probe_and_close() {
     use Op::*;
-    replay(
-        base(),
-        &[
-            Call(0),
-            Call(1),
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Failure,
-            },
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Failure,
-            },
-            Call(0),
-            Advance(1000 * MS),
-            Call(0),
-            Call(1),
-            Call(2),
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Success,
-            },
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Success,
-            },
-        ],
-    );
+    let success = Complete {
+        call: 0,
+        after: 0,
+        res: Res::Success,
+    };
+    let mut ops = trip_ops();
+    ops.extend([
+        Call(0),
+        Advance(1000 * MS),
+        Call(0),
+        Call(1),
+        Call(2),
+        success,
+        success,
+    ]);
+    assert_eq!(replay(base(), &ops), State::Closed);
+    assert_eq!(replay_unobserved(base(), &ops), State::Closed);
 }
 
 /// A probe answered at the very instant `half_open_max_wait` ends, with nobody looking in between:
@@ -1114,31 +1199,69 @@ fn model_smoke_trip_probe_and_close() {
 #[test]
 fn model_probe_result_after_half_open_max_wait_is_stale() {
     use Op::*;
-    replay(
-        Cfg {
-            half_open_calls: 1,
-            ..base()
+    let mut ops = trip_ops();
+    ops.extend([
+        Advance(1000 * MS),
+        Call(0),
+        Complete {
+            call: 0,
+            after: 1000 * MS,
+            res: Res::Success,
         },
-        &[
-            Call(0),
-            Call(1),
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Failure,
-            },
-            Complete {
-                call: 0,
-                after: 0,
-                res: Res::Failure,
-            },
-            Advance(1000 * MS),
-            Call(0),
-            Complete {
-                call: 0,
-                after: 1000 * MS,
-                res: Res::Success,
-            },
-        ],
-    );
+    ]);
+    let cfg = Cfg {
+        half_open_calls: 1,
+        ..base()
+    };
+    assert_eq!(replay(cfg, &ops), State::Open);
+}
+
+/// Issue 8, defect 17: looking at an idle half-open breaker (no probe) never ends its episode, so
+/// a call long after the open interval is a probe, whether somebody looked or not.
+#[test]
+fn model_an_idle_half_open_episode_never_expires() {
+    use Op::*;
+    let mut ops = trip_ops();
+    ops.extend([
+        Advance(1000 * MS),
+        Advance(61_000 * MS),
+        Advance(61_000 * MS),
+        Call(0),
+        Complete {
+            call: 0,
+            after: 0,
+            res: Res::Success,
+        },
+    ]);
+    let cfg = Cfg {
+        half_open_calls: 1,
+        ..base()
+    };
+    assert_eq!(replay(cfg, &ops), State::Closed);
+    assert_eq!(replay_unobserved(cfg, &ops), State::Closed);
+}
+
+/// Issue 8, defect 17: an episode whose probe hangs expires at first probe + max wait (2 s) and
+/// reopens from that instant (HalfOpen again at 3 s), not from when the next call arrives.
+#[test]
+fn model_an_expired_episode_reopens_at_its_expiry_instant() {
+    use Op::*;
+    let mut ops = trip_ops();
+    ops.extend([
+        Advance(1000 * MS),
+        Call(0), // the probe that hangs
+        Advance(61_000 * MS),
+        Call(1), // a probe of the next episode
+        Complete {
+            call: 1,
+            after: 0,
+            res: Res::Success,
+        },
+    ]);
+    let cfg = Cfg {
+        half_open_calls: 1,
+        ..base()
+    };
+    assert_eq!(replay_unobserved(cfg, &ops), State::Closed);
+    assert_eq!(replay(cfg, &ops), State::Closed);
 }

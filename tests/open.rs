@@ -251,9 +251,65 @@ async fn half_open_begins_lazily_on_a_metrics_read() {
     let Harness {
         mut svc, handle, ..
     } = tripping(secs(10));
+    let mut events = handle.subscribe();
     trip(&mut svc).await;
+    assert_eq!(transitions(&mut events), [(State::Closed, State::Open)]);
+
     advance(secs(10)).await;
+    // Let any other task run (a timer that would make the transition without a read).
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        transitions(&mut events),
+        [],
+        "nothing moved the state before the read"
+    );
     assert_eq!(handle.metrics().state(), State::HalfOpen);
+    assert_eq!(
+        transitions(&mut events),
+        [(State::Open, State::HalfOpen)],
+        "the read made the transition"
+    );
+}
+
+/// Issue 8, defect 17: a metrics scraper that reads `state()` every 100 ms while no traffic flows
+/// must not change what the next call sees. Open -> HalfOpen happens at 1 s whoever looks, and an
+/// episode with no probe never expires, so the call at 60 s is a probe either way.
+#[tokio::test(start_paused = true)]
+async fn reading_the_state_never_changes_what_a_call_sees() {
+    let scraped = || {
+        harness(
+            builder()
+                .consecutive_failures(1)
+                .open_backoff(Backoff::exponential(secs(1), 2.0, secs(60)))
+                .half_open_max_wait(secs(5)),
+        )
+    };
+    let mut read = scraped();
+    let mut unread = scraped();
+    trip(&mut read.svc).await; // t = 0
+    trip(&mut unread.svc).await;
+
+    for _ in 0..600 {
+        advance(ms(100)).await;
+        read.handle.state();
+    }
+    // t = 60 s: the same call on both breakers.
+    let with_reader = call(&mut read.svc, ok()).await;
+    let without_reader = call(&mut unread.svc, ok()).await;
+    assert_eq!(
+        without_reader.as_ref().map_err(ToString::to_string),
+        Ok(&"ok"),
+        "admitted as a probe when nobody read the state"
+    );
+    assert_eq!(
+        with_reader.as_ref().map_err(ToString::to_string),
+        Ok(&"ok"),
+        "admitted as a probe although a reader read the state every 100 ms"
+    );
+    assert_eq!(read.handle.state(), State::Closed);
+    assert_eq!(unread.handle.state(), State::Closed);
 }
 
 #[tokio::test(start_paused = true)]
