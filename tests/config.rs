@@ -182,6 +182,28 @@ fn open_duration_must_be_more_than_zero() {
 }
 
 #[test]
+fn open_duration_is_validated_even_when_open_backoff_is_set() {
+    let backoff = Backoff::exponential(Duration::from_secs(1), 2.0, Duration::from_secs(10));
+    rejects(
+        base().open_duration(Duration::ZERO).open_backoff(backoff),
+        "open_duration",
+        "0ns",
+        "more than 0",
+    );
+    rejects(
+        base().open_backoff(backoff).open_duration(Duration::ZERO),
+        "open_duration",
+        "0ns",
+        "more than 0",
+    );
+    builds(
+        base()
+            .open_duration(Duration::from_nanos(1))
+            .open_backoff(backoff),
+    );
+}
+
+#[test]
 fn open_backoff_must_have_valid_initial_multiplier_max_and_jitter() {
     let secs = Duration::from_secs;
     let cases = [
@@ -330,4 +352,30 @@ fn classify_keeps_the_validation() {
         .build()
         .expect_err("invalid");
     assert_eq!(err.field(), "minimum_calls");
+}
+
+/// Jitter moves an interval by up to its whole length with `jitter(1.0)`; the result is still at
+/// least 1 ms (never zero). Each rejection right after a trip (no time passed) shows the whole
+/// interval; with a 1 ms base, half of the unfloored intervals would fall below 1 ms.
+#[tokio::test(start_paused = true)]
+async fn a_fully_jittered_open_interval_is_at_least_a_millisecond() {
+    let max = Duration::from_millis(1);
+    let backoff = Backoff::exponential(Duration::from_millis(1), 1.0, max).jitter(1.0);
+    let support::Harness {
+        mut svc, handle, ..
+    } = support::harness(
+        support::builder()
+            .consecutive_failures(1)
+            .open_backoff(backoff),
+    );
+    for trip in 0..64 {
+        support::assert_admitted(&support::call(&mut svc, support::fail()).await);
+        let rejected = support::rejection(support::call(&mut svc, support::ok()).await);
+        let interval = rejected.retry_after().expect("open: a known retry-after");
+        assert!(
+            interval >= Duration::from_millis(1) && interval <= max,
+            "trip {trip}: open for {interval:?}"
+        );
+        handle.reset();
+    }
 }

@@ -703,16 +703,33 @@ async fn fallback_serves_half_open_calls_without_a_permit() {
     assert_eq!(layer.handle().state(), State::Closed);
 }
 
+/// §4: an open circuit never fails `poll_ready` (a `Buffer` or a balancer would discard the
+/// service for good); the fallback's readiness error fails that call instead, without calling
+/// the fallback, and the next call goes to the fallback again.
 #[tokio::test]
-async fn fallback_readiness_error_passes_through() {
+async fn fallback_readiness_error_fails_that_call_not_poll_ready() {
     let (fallback, mut fallback_mock) = mock::pair::<Req, Res>();
     let layer = layer(1).with_fallback(fallback);
     layer.handle().force_open();
     let mut service = mock::Spawn::new(layer.layer(Untouchable));
 
     fallback_mock.send_error("fallback broken");
-    let err = assert_ready_err!(service.poll_ready());
+    assert_ready_ok!(
+        service.poll_ready(),
+        "an open circuit never fails poll_ready"
+    );
+    let err = service.call("x").await.unwrap_err();
+    assert!(!err.is::<Rejected>());
     assert_eq!(err.to_string(), "fallback broken");
+    assert_pending!(
+        fallback_mock.poll_request(),
+        "a fallback that was not ready is not called"
+    );
+
+    assert_ready_ok!(service.poll_ready());
+    let response = service.call("again");
+    assert_request_eq!(fallback_mock, "again").send_response("cached");
+    assert_eq!(response.await.unwrap(), "cached");
 }
 
 #[tokio::test]
