@@ -359,7 +359,7 @@ impl Model {
         (millis / 1000).clamp(10, 4096).min(millis)
     }
 
-    /// (calls, failed, slow) in the window now (as it was at the trip, while frozen).
+    /// (calls, failed, slow) in the window now (as it was when recording stopped, while frozen).
     fn totals(&self) -> (u64, u64, u64) {
         let now = self.frozen_at.unwrap_or(self.now);
         let counted = |s: &&Sample| match self.cfg.window {
@@ -391,12 +391,16 @@ impl Model {
     /// A transition that happens at instant `at` (a deadline, or now).
     fn transition_at(&mut self, to: State, at: u64) {
         let from = self.state;
+        let records = |s: State| matches!(s, State::Closed | State::MetricsOnly);
+        if records(from) && !records(to) {
+            // Recording stops: the window reads as it is now until it records again.
+            self.frozen_at = Some(at);
+        }
         match to {
             State::Open => {
                 self.attempt = if from == State::HalfOpen {
                     self.attempt + 1
                 } else {
-                    self.frozen_at = Some(at); // a trip: the window reads as it is now
                     1
                 };
                 self.open_until = at + self.open_interval(self.attempt);

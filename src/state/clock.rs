@@ -32,9 +32,9 @@ impl<'a> Now<'a> {
 
     pub(crate) fn get(&mut self) -> u64 {
         let epoch = *self.epoch;
-        *self
-            .value
-            .get_or_insert_with(|| saturating_nanos(Instant::now().saturating_duration_since(epoch)))
+        *self.value.get_or_insert_with(|| {
+            saturating_nanos(Instant::now().saturating_duration_since(epoch))
+        })
     }
 }
 

@@ -334,7 +334,10 @@ impl Breaker {
     /// Records a dispatched call's `outcome` (`slow`: it took longer than the slow-call duration).
     pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now<'_>) {
         let sample = match outcome {
-            Outcome::Success => Sample { failed: false, slow },
+            Outcome::Success => Sample {
+                failed: false,
+                slow,
+            },
             Outcome::Failure => Sample { failed: true, slow },
             // Ignored (even slow): nothing is recorded, a probe permit goes back.
             _ => return self.release(ticket),

@@ -25,7 +25,10 @@ use crate::sync::{MutexGuard, Ordering, lock};
 
 /// Whether the closed breaker trips, given its window's totals and its consecutive failures.
 pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> bool {
-    if config.consecutive_failures.is_some_and(|k| consecutive >= k) {
+    if config
+        .consecutive_failures
+        .is_some_and(|k| consecutive >= k)
+    {
         return true;
     }
     if totals.calls == 0 || totals.calls < config.minimum_calls {
@@ -208,6 +211,13 @@ impl Breaker {
     /// interval is over too). Returns the word it leaves.
     pub(super) fn settle(&self, now: &mut Now<'_>) -> StateWord {
         let mut core = self.lock();
+        let word = self.settle_locked(&mut core, now);
+        self.unlock(core);
+        word
+    }
+
+    /// `settle`, with the lock held.
+    fn settle_locked(&self, core: &mut Core, now: &mut Now<'_>) -> StateWord {
         let mut word = self.load();
         while self.is_due(word, now) {
             let (to, at) = match word.state() {
@@ -215,10 +225,9 @@ impl Breaker {
                 _ => (State::Open, &self.words.half_open_until),
             };
             let at = at.load(Ordering::Relaxed);
-            self.transition(&mut core, word, to, at);
+            self.transition(core, word, to, at);
             word = self.load();
         }
-        self.unlock(core);
         word
     }
 
@@ -237,13 +246,14 @@ impl Breaker {
     }
 
     /// An operator's transition: from any state to `to`. `reset` (to Closed) always clears the
-    /// window and is announced, even from Closed.
+    /// window and is announced, even from Closed. The transitions due by time come first, as if
+    /// somebody had looked: whether anybody did changes nothing.
     pub(crate) fn force(&self, to: State) {
-        let at = self.now().get();
+        let mut now = self.now();
         let mut core = self.lock();
-        let word = self.load();
+        let word = self.settle_locked(&mut core, &mut now);
         if word.state() != to || to == State::Closed {
-            self.transition(&mut core, word, to, at);
+            self.transition(&mut core, word, to, now.get());
         }
         self.unlock(core);
     }
@@ -273,7 +283,14 @@ impl Breaker {
     }
 
     /// One announcement: user code, run with no lock of ours held.
-    fn run(&self, Change { from, to, subscribers }: Change) {
+    fn run(
+        &self,
+        Change {
+            from,
+            to,
+            subscribers,
+        }: Change,
+    ) {
         let name = self.config.name.as_deref().unwrap_or("");
         if from == to {
             tracing::info!(breaker = name, state = %to, "circuit reset");
@@ -328,7 +345,10 @@ mod tests {
         );
         assert!(should_trip(totals(2, 0, 1), 0, &c));
         assert!(!should_trip(totals(3, 0, 1), 0, &c));
-        assert!(should_trip(totals(0, 0, 0), 3, &c), "consecutive needs no minimum");
+        assert!(
+            should_trip(totals(0, 0, 0), 3, &c),
+            "consecutive needs no minimum"
+        );
         assert!(!should_trip(totals(1, 1, 0), 2, &c));
     }
 }

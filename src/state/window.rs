@@ -309,7 +309,11 @@ mod tests {
         w.record(FAIL, 5); // bucket 0
         w.record(OK, 15); // bucket 1
         assert_eq!(w.totals(29), totals(2, 1, 0), "bucket 2: both inside");
-        assert_eq!(w.totals(30), totals(1, 0, 0), "bucket 3 = 0 + k: the failure left");
+        assert_eq!(
+            w.totals(30),
+            totals(1, 0, 0),
+            "bucket 3 = 0 + k: the failure left"
+        );
         assert_eq!(w.totals(39), totals(1, 0, 0));
         assert_eq!(w.totals(40), Totals::default(), "bucket 4 = 1 + k");
         w.record(OK, 45); // bucket 4 reuses bucket 1's slot

@@ -241,7 +241,11 @@ mod tests {
         }
         assert_eq!(
             (probes.taken(), probes.succeeded(), probes.failed()),
-            (MAX_HALF_OPEN_CALLS, MAX_HALF_OPEN_CALLS, MAX_HALF_OPEN_CALLS)
+            (
+                MAX_HALF_OPEN_CALLS,
+                MAX_HALF_OPEN_CALLS,
+                MAX_HALF_OPEN_CALLS
+            )
         );
         assert!(probes.started() && probes.belongs_to(generation));
         assert_eq!(probes.give_back().taken(), MAX_HALF_OPEN_CALLS - 1);
