@@ -1,17 +1,20 @@
-//! loom models of the state machine's atomics. Run with `scripts/loom`.
+//! loom models of the state machine's atomics and its lock. Run with `scripts/loom`.
 //!
 //! Each model races two threads over one breaker and checks, in every interleaving loom explores,
 //! that the result is one a sequential order of the same operations could give: each transition
-//! happens once (one generation step, one event), stale results never move the state or the
-//! counters, and no probe permit leaks.
+//! happens once (one generation step, one event, in order), stale results never move the state or
+//! the counters, and no probe permit leaks.
 
 use super::*;
 use crate::config::Builder;
 use futures::{FutureExt, StreamExt};
 use loom::sync::Arc;
 use loom::thread;
+use std::time::Duration;
 
-/// Far from every fixed time used below: the real clock (read by `release`) stays below it.
+use crate::event::Event;
+
+/// Far from every fixed time used below.
 const T0: u64 = 1 << 50;
 
 fn breaker(builder: Builder) -> Arc<Breaker> {
@@ -19,22 +22,33 @@ fn breaker(builder: Builder) -> Arc<Breaker> {
     Arc::new(Breaker::new(StdArc::new(layer_config)))
 }
 
+fn now(b: &Breaker, at: u64) -> Now<'_> {
+    Now::fixed(&b.epoch, at)
+}
+
 fn admit(b: &Breaker, at: u64) -> Ticket {
-    match b.admit(&mut Now::fixed(at)) {
+    match b.admit(&mut now(b, at)) {
         Decision::Admit(ticket) => ticket,
         Decision::Reject(r) => panic!("rejected: {r:?}"),
     }
 }
 
+fn complete(b: &Breaker, ticket: Ticket, outcome: Outcome, at: u64) {
+    b.complete(ticket, outcome, false, &mut now(b, at));
+}
+
+fn probes_of(b: &Breaker) -> (u32, u32, u32) {
+    let p = Probes(b.words.probes.load(Ordering::Relaxed));
+    (p.taken(), p.succeeded(), p.failed())
+}
+
 /// Trips the breaker at `T0` and lets its open interval end: returns the half-open instant.
 fn half_open(b: &Breaker) -> u64 {
-    assert!(
-        b.transition_if(b.load().generation(), &mut Now::fixed(T0), |_| {
-            Some(State::Open)
-        })
-    );
-    let at = b.open_until.load(Ordering::Relaxed);
-    assert_eq!(b.state(&mut Now::fixed(at)), State::HalfOpen);
+    let mut core = b.lock();
+    b.transition(&mut core, b.load(), State::Open, T0);
+    b.unlock(core);
+    let at = b.words.open_until.load(Ordering::Relaxed);
+    assert_eq!(b.state(&mut now(b, at)), State::HalfOpen);
     at
 }
 
@@ -44,21 +58,15 @@ fn drain(events: &mut EventStream) -> Vec<(State, State)> {
     while let Some(Some(event)) = events.next().now_or_never() {
         match event {
             Event::StateTransition { from, to, .. } => seen.push((from, to)),
+            other => panic!("unexpected {other:?}"),
         }
     }
     seen
 }
 
 /// How many generations `later` is after `earlier`.
-fn steps(earlier: Word, later: Word) -> u32 {
-    let mut word = earlier;
-    for n in 0..8 {
-        if word.generation() == later.generation() {
-            return n;
-        }
-        word = word.next(State::Closed);
-    }
-    panic!("generation moved too far");
+fn steps(earlier: StateWord, later: StateWord) -> u64 {
+    (later.0 >> 3) - (earlier.0 >> 3)
 }
 
 fn probes() -> Builder {
@@ -75,15 +83,15 @@ fn two_callers_race_the_last_probe_permit() {
         let at = half_open(&b);
 
         let b2 = b.clone();
-        let t = thread::spawn(move || b2.admit(&mut Now::fixed(at)));
-        let mine = b.admit(&mut Now::fixed(at));
+        let t = thread::spawn(move || b2.admit(&mut now(&b2, at)));
+        let mine = b.admit(&mut now(&b, at));
         let theirs = t.join().unwrap();
         let admitted = [mine, theirs]
             .iter()
             .filter(|d| matches!(d, Decision::Admit(_)))
             .count();
         assert_eq!(admitted, 1);
-        assert_eq!(b.load().taken(), 1);
+        assert_eq!(probes_of(&b).0, 1);
         assert_eq!(b.load().state(), State::HalfOpen);
     });
 }
@@ -99,15 +107,14 @@ fn a_returned_permit_is_taken_at_most_once() {
 
         let b2 = b.clone();
         let t = thread::spawn(move || b2.release(held));
-        let second = b.admit(&mut Now::fixed(at));
+        let second = b.admit(&mut now(&b, at));
         t.join().unwrap();
-        let word = b.load();
-        assert_eq!(word.state(), State::HalfOpen);
+        assert_eq!(b.load().state(), State::HalfOpen);
         match second {
-            Decision::Admit(_) => assert_eq!(word.taken(), 1),
+            Decision::Admit(_) => assert_eq!(probes_of(&b).0, 1),
             Decision::Reject(r) => {
                 assert_eq!(r.state, State::HalfOpen);
-                assert_eq!(word.taken(), 0);
+                assert_eq!(probes_of(&b).0, 0);
             }
         }
     });
@@ -128,8 +135,7 @@ fn a_closed_failure_racing_a_reset_leaves_empty_metrics() {
         let ticket = admit(&b, 0);
 
         let b2 = b.clone();
-        let t =
-            thread::spawn(move || b2.complete(ticket, Outcome::Failure, false, &mut Now::fixed(0)));
+        let t = thread::spawn(move || complete(&b2, ticket, Outcome::Failure, 0));
         b.force(State::Closed);
         t.join().unwrap();
 
@@ -137,14 +143,15 @@ fn a_closed_failure_racing_a_reset_leaves_empty_metrics() {
         let word = b.load();
         assert_eq!(word.state(), State::Closed);
         match seen.as_slice() {
-            [] => assert_eq!(steps(start, word), 1), // reset first: Closed -> Closed, no event
+            [(State::Closed, State::Closed)] => assert_eq!(steps(start, word), 1), // reset first
             [(State::Closed, State::Open), (State::Open, State::Closed)] => {
                 assert_eq!(steps(start, word), 2)
             }
             other => panic!("unexpected transitions {other:?}"),
         }
-        let m = b.metrics();
-        assert_eq!((m.calls, m.failed, m.consecutive_failures), (0, 0, 0));
+        let mut core = b.lock();
+        assert_eq!(core.totals(0), Default::default());
+        assert_eq!(core.consecutive(), 0);
     });
 }
 
@@ -159,8 +166,7 @@ fn a_closed_failure_racing_force_open_ends_forced_open() {
         let ticket = admit(&b, 0);
 
         let b2 = b.clone();
-        let t =
-            thread::spawn(move || b2.complete(ticket, Outcome::Failure, false, &mut Now::fixed(0)));
+        let t = thread::spawn(move || complete(&b2, ticket, Outcome::Failure, 0));
         b.force(State::ForcedOpen);
         t.join().unwrap();
 
@@ -187,21 +193,19 @@ fn a_probe_success_racing_half_open_expiry_decides_once() {
     loom::model(|| {
         let b = breaker(probes().half_open_calls(1));
         let at = half_open(&b);
-        let deadline = b.half_open_until.load(Ordering::Relaxed);
         let probe = admit(&b, at);
+        let deadline = b.words.half_open_until.load(Ordering::Relaxed);
+        assert_eq!(
+            deadline,
+            at + 60_000_000_000,
+            "counted from the first probe"
+        );
         let mut events = b.subscribe();
         let start = b.load();
 
         let b2 = b.clone();
-        let t = thread::spawn(move || {
-            b2.complete(
-                probe,
-                Outcome::Success,
-                false,
-                &mut Now::fixed(deadline - 1),
-            )
-        });
-        let read = b.state(&mut Now::fixed(deadline));
+        let t = thread::spawn(move || complete(&b2, probe, Outcome::Success, deadline - 1));
+        let read = b.state(&mut now(&b, deadline));
         t.join().unwrap();
 
         let seen = drain(&mut events);
@@ -215,7 +219,7 @@ fn a_probe_success_racing_half_open_expiry_decides_once() {
             }
             other => panic!("unexpected transitions {other:?}"),
         }
-        assert_eq!(word.taken(), 0);
+        assert_eq!(probes_of(&b).0, 0);
     });
 }
 
@@ -234,22 +238,26 @@ fn a_release_racing_a_reopen_leaks_no_permit() {
 
         let b2 = b.clone();
         let t = thread::spawn(move || b2.release(dropped));
-        b.complete(failing, Outcome::Failure, false, &mut Now::fixed(at));
+        complete(&b, failing, Outcome::Failure, at);
         t.join().unwrap();
 
         let word = b.load();
         assert_eq!(word.state(), State::Open);
         assert_eq!(steps(start, word), 1);
-        assert_eq!((word.taken(), word.succeeded(), word.failed()), (0, 0, 0));
+        assert_eq!(
+            probes_of(&b),
+            (0, 0, 0),
+            "{:x} {:x} {:x}",
+            b.words.probes.load(Ordering::Relaxed),
+            word.0,
+            start.0
+        );
         // The next episode admits exactly half_open_calls probes.
-        let next = b.open_until.load(Ordering::Relaxed);
-        assert_eq!(b.state(&mut Now::fixed(next)), State::HalfOpen);
+        let next = b.words.open_until.load(Ordering::Relaxed);
+        assert_eq!(b.state(&mut now(&b, next)), State::HalfOpen);
         admit(&b, next);
         admit(&b, next);
-        assert!(matches!(
-            b.admit(&mut Now::fixed(next)),
-            Decision::Reject(_)
-        ));
+        assert!(matches!(b.admit(&mut now(&b, next)), Decision::Reject(_)));
     });
 }
 
@@ -264,12 +272,11 @@ fn a_release_racing_a_probe_result_keeps_the_counts() {
 
         let b2 = b.clone();
         let t = thread::spawn(move || b2.release(dropped));
-        b.complete(succeeding, Outcome::Success, false, &mut Now::fixed(at));
+        complete(&b, succeeding, Outcome::Success, at);
         t.join().unwrap();
 
-        let word = b.load();
-        assert_eq!(word.state(), State::HalfOpen);
-        assert_eq!((word.taken(), word.succeeded(), word.failed()), (1, 1, 0));
+        assert_eq!(b.load().state(), State::HalfOpen);
+        assert_eq!(probes_of(&b), (1, 1, 0));
     });
 }
 
@@ -286,9 +293,8 @@ fn two_failures_racing_to_trip_open_once() {
         let second = admit(&b, 0);
 
         let b2 = b.clone();
-        let t =
-            thread::spawn(move || b2.complete(first, Outcome::Failure, false, &mut Now::fixed(0)));
-        b.complete(second, Outcome::Failure, false, &mut Now::fixed(0));
+        let t = thread::spawn(move || complete(&b2, first, Outcome::Failure, 0));
+        complete(&b, second, Outcome::Failure, 0);
         t.join().unwrap();
 
         assert_eq!(b.load().state(), State::Open);
@@ -314,13 +320,126 @@ fn two_failures_racing_to_trip_by_rate_open_once() {
         let second = admit(&b, 0);
 
         let b2 = b.clone();
-        let t =
-            thread::spawn(move || b2.complete(first, Outcome::Failure, false, &mut Now::fixed(0)));
-        b.complete(second, Outcome::Failure, false, &mut Now::fixed(0));
+        let t = thread::spawn(move || complete(&b2, first, Outcome::Failure, 0));
+        complete(&b, second, Outcome::Failure, 0);
         t.join().unwrap();
 
         assert_eq!(drain(&mut events), [(State::Closed, State::Open)]);
         assert_eq!(b.load().state(), State::Open);
         assert_eq!(steps(start, b.load()), 1);
+    });
+}
+
+// ===== (e) outcomes racing at a threshold or the minimum (a snapshot of the window is always
+// one that a sequential order gives) =====
+
+/// One failure, then two successes at once reach `minimum_calls` together: every sequential
+/// order opens at the first success (1 of 2 failed >= 0.3), so the race must open too.
+#[test]
+fn two_successes_reaching_the_minimum_together_trip_as_in_sequence() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(10))
+                .minimum_calls(2)
+                .failure_rate_threshold(0.3),
+        );
+        let failure = admit(&b, 0);
+        complete(&b, failure, Outcome::Failure, 0);
+        let first = admit(&b, 0);
+        let second = admit(&b, 0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, first, Outcome::Success, 0));
+        complete(&b, second, Outcome::Success, 0);
+        t.join().unwrap();
+
+        assert_eq!(b.load().state(), State::Open);
+    });
+}
+
+/// Window `[F, S]` of `count(2)`, threshold 0.6: a success (evicting the failure) races a failure
+/// (evicting the success). Both orders end at 1 of 2 failed and stay Closed; so must the race.
+#[test]
+fn a_success_evicting_a_failure_racing_a_failure_stays_closed() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(2))
+                .minimum_calls(2)
+                .failure_rate_threshold(0.6),
+        );
+        for outcome in [Outcome::Failure, Outcome::Success] {
+            let ticket = admit(&b, 0);
+            complete(&b, ticket, outcome, 0);
+        }
+        let success = admit(&b, 0);
+        let failure = admit(&b, 0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, success, Outcome::Success, 0));
+        complete(&b, failure, Outcome::Failure, 0);
+        t.join().unwrap();
+
+        assert_eq!(b.load().state(), State::Closed);
+        let mut core = b.lock();
+        assert_eq!((core.totals(0).calls, core.totals(0).failed), (2, 1));
+    });
+}
+
+/// A time-window success that read the clock just before a bucket boundary races a failure that
+/// read it just after: 1 of 2 failed >= 0.5 in every order, so the race must open.
+#[test]
+fn a_success_from_before_a_bucket_boundary_racing_a_failure_trips_as_in_sequence() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::time(Duration::from_millis(4)).buckets(4))
+                .minimum_calls(2)
+                .failure_rate_threshold(0.5),
+        );
+        let success = admit(&b, 0);
+        let failure = admit(&b, 0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, success, Outcome::Success, 999_999));
+        complete(&b, failure, Outcome::Failure, 1_000_000);
+        t.join().unwrap();
+
+        assert_eq!(b.load().state(), State::Open);
+    });
+}
+
+// ===== (f) announcements =====
+
+/// Two operators' transitions race: each is announced once, in transition order, and the last
+/// event names the state the breaker is in.
+#[test]
+fn racing_transitions_are_announced_once_each_in_order() {
+    loom::model(|| {
+        let b = breaker(Builder::default());
+        let mut events = b.subscribe();
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || b2.force(State::ForcedOpen));
+        b.force(State::Disabled);
+        t.join().unwrap();
+
+        let seen = drain(&mut events);
+        let last = b.load().state();
+        match seen.as_slice() {
+            [
+                (State::Closed, State::ForcedOpen),
+                (State::ForcedOpen, State::Disabled),
+            ]
+            | [
+                (State::Closed, State::Disabled),
+                (State::Disabled, State::ForcedOpen),
+            ] => {
+                assert_eq!(seen[1].1, last)
+            }
+            other => panic!("unexpected transitions {other:?}"),
+        }
+        assert!(b.lock().is_announced(), "nothing left unannounced");
     });
 }

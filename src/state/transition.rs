@@ -114,6 +114,11 @@ impl Core {
         }
     }
 
+    #[cfg(all(test, loom))]
+    pub(super) fn is_announced(&self) -> bool {
+        self.unannounced.is_empty()
+    }
+
     fn next_uniform(&mut self) -> f64 {
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
@@ -165,10 +170,11 @@ impl Breaker {
         self.clean.store(core.is_clean(), Ordering::Relaxed);
         let next = from.next(to);
         // Every transition replaces the probe word: a permit or a result prepared against the
-        // old episode fails its compare-and-swap.
+        // old episode fails its compare-and-swap. A swap, not a store: a read-modify-write comes
+        // after every compare-and-swap it races with.
         words
             .probes
-            .store(Probes::fresh(next.generation()).0, Ordering::Relaxed);
+            .swap(Probes::fresh(next.generation()).0, Ordering::AcqRel);
         // Release: publishes the side effects above with the new word.
         words.state.store(next.0, Ordering::Release);
         // Into the subscribers' buffers now, in transition order; their tasks are woken later.
@@ -262,9 +268,10 @@ impl Breaker {
     /// too). Called after every release of the lock that may have queued one.
     pub(super) fn announce(&self) {
         loop {
-            // SeqCst with the check below: a transition queued after the running thread's last
-            // look is seen either by that thread's look or by this swap.
-            if self.announcing.swap(true, Ordering::SeqCst) {
+            // A transition queued after the running thread's last look (under the lock) is seen
+            // either by that look, or by this swap: the look follows the store below, so a
+            // queue written after the look comes after that store, and this swap reads it.
+            if self.announcing.swap(true, Ordering::AcqRel) {
                 return;
             }
             loop {
@@ -275,7 +282,9 @@ impl Breaker {
                     None => break,
                 }
             }
-            self.announcing.store(false, Ordering::SeqCst);
+            // A swap, not a store, so that it and the swap above are read-modify-writes of one
+            // location, totally ordered (loom checks this protocol; it models RMWs exactly).
+            self.announcing.swap(false, Ordering::AcqRel);
             if self.lock().unannounced.is_empty() {
                 return;
             }

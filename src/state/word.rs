@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_ticket_round_trips_a_generation_of_61_bits() {
-        let generation = StateWord(u64::MAX & !TAG_MASK).generation();
+        let generation = StateWord(!TAG_MASK).generation();
         for kind in [
             TicketKind::Recorded,
             TicketKind::Probe,
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn probe_counters_stay_in_their_fields_up_to_the_configured_limit() {
-        let generation = StateWord(u64::MAX & !TAG_MASK).generation();
+        let generation = StateWord(!TAG_MASK).generation();
         let mut probes = Probes::fresh(generation);
         assert!(!probes.started());
         for _ in 0..MAX_HALF_OPEN_CALLS {
