@@ -406,7 +406,9 @@ impl<C> Builder<C> {
     }
 
     /// A call is slow when it takes strictly longer than this (more than zero). Setting it turns
-    /// slow-call tracking on: slow calls are counted, and a slow probe fails.
+    /// slow-call tracking on: slow calls are counted, and a slow probe fails. An outcome the
+    /// classifier ignores stays ignored, slow or not: it is not recorded, and an ignored probe
+    /// gives its permit back.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.slow_call_duration = Some(duration);
         self
@@ -432,7 +434,9 @@ impl<C> Builder<C> {
         self
     }
 
-    /// How long the circuit stays open before it lets probes through (more than zero).
+    /// How long the circuit stays open before it lets probes through (more than zero; checked
+    /// even when [`open_backoff`](Self::open_backoff) replaces it). An interval beyond the
+    /// clock's range never ends: the rejections' `retry_after()` is `None`.
     pub fn open_duration(mut self, duration: Duration) -> Self {
         self.open_duration = duration;
         self
@@ -444,7 +448,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The number of probe calls admitted per half-open episode (`1..=4095`).
+    /// The number of probe permits a half-open episode holds at once (`1..=4095`): at most this
+    /// many probes are in flight. A probe that is ignored, dropped or never used gives its permit
+    /// back, so another call can take it; a probe that completed keeps its permit until the
+    /// episode ends.
     pub fn half_open_calls(mut self, n: u32) -> Self {
         self.half_open_calls = n;
         self
@@ -457,8 +464,10 @@ impl<C> Builder<C> {
         self
     }
 
-    /// A half-open episode still undecided after this long goes back to Open (more than zero), so
-    /// that a hung probe cannot keep the circuit half-open for ever.
+    /// A half-open episode still undecided this long after its first probe was admitted goes back
+    /// to Open, as a failed attempt (more than zero), so that a hung probe cannot keep the circuit
+    /// half-open for ever. The new open interval counts from that deadline. An episode in which no
+    /// probe was admitted (no traffic) has no deadline: it waits for its first call.
     pub fn half_open_max_wait(mut self, duration: Duration) -> Self {
         self.half_open_max_wait = Some(duration);
         self
@@ -467,10 +476,11 @@ impl<C> Builder<C> {
     /// Fails a call that takes longer than this (more than zero) with
     /// [`tower::timeout::error::Elapsed`], counted as a failure. The inner future is dropped.
     ///
-    /// The time counts from `call`. The timer is a `tokio::time::Sleep`, made (without
-    /// allocating) the first time the response future finds the inner future pending, so that
-    /// poll must run inside a tokio runtime with its timer enabled; a call answered on its first
-    /// poll never makes one.
+    /// The time counts from `call`, which reads the clock for it (once per call). The timer is a
+    /// `tokio::time::Sleep`, made (without allocating) the first time the response future finds
+    /// the inner future pending, so that poll must run inside a tokio runtime with its timer
+    /// enabled; a call answered on its first poll never makes one. A timeout too long for the
+    /// clock (within a millisecond of the end of its range, or beyond) never fires.
     pub fn call_timeout(mut self, duration: Duration) -> Self {
         self.call_timeout = Some(duration);
         self

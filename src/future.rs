@@ -90,7 +90,7 @@ struct Recorder<C> {
 /// deadline up to the next millisecond, so one within a millisecond of the end of the clock's
 /// range would overflow there. Such a timeout never fires.
 pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
-    let now = Instant::now();
+    let now = crate::state::clock::read();
     now.checked_add(timeout.checked_add(Duration::from_millis(1))?)?;
     Some(now + timeout)
 }

@@ -52,20 +52,31 @@
 //! * **Open**: calls are rejected without touching the inner service, not even its `poll_ready`.
 //!   The open interval is fixed or a [`Backoff`]. The breaker becomes half-open lazily, on the
 //!   next call, readiness check or state read, at `opened_at + interval`: no background task.
-//! * **HalfOpen**: at most [`half_open_calls`](Builder::half_open_calls) probes per episode. A
-//!   probe that is ignored, dropped (even unpolled) or never used gives its permit back. It closes
-//!   when enough probes succeeded, reopens as soon as that became impossible, and goes back to
-//!   Open if undecided after [`half_open_max_wait`](Builder::half_open_max_wait).
+//! * **HalfOpen**: at most [`half_open_calls`](Builder::half_open_calls) probe permits are held
+//!   at once. A probe that is ignored, dropped (even unpolled) or never used gives its permit
+//!   back, and another call may take it. It closes when enough probes succeeded, reopens as soon
+//!   as that became impossible, and goes back to Open if undecided
+//!   [`half_open_max_wait`](Builder::half_open_max_wait) after its first probe.
+//!   Transitions that time makes happen at their deadline, whoever notices them: reading the
+//!   state never changes what the breaker does.
 //! * **Always**: time comes from tokio's clock, so tests on a paused clock are exact. Each call
 //!   carries the generation of the state that admitted it, and a stale result never moves the
 //!   state. Transitions are linearizable: each happens once, and emits one [`Event`] and one
-//!   tracing event (`warn` on open, `info` otherwise; `debug` per rejection).
+//!   tracing event (`warn` on open, `info` otherwise; `debug` per rejection), in transition order.
+//!   No user code (a tracing subscriber, an event consumer, a waker, the classifier) runs under a
+//!   lock of the breaker, so any of it may call back into the breaker.
 //!
 //! # Performance
 //!
-//! The closed-state path takes no lock, allocates nothing and, with a count window and no
-//! slow-call tracking, reads no clock: one load of the state word to admit, and, while the window
-//! holds only successes, nothing but loads to record. See `BENCHMARKS.md` in the repository.
+//! A closed call allocates nothing. Admitting it is one load of the state word, and rejecting one
+//! takes no lock either. With a count window full of successes, a successful call records by
+//! reading one flag: no lock, no write to shared memory, and no clock read unless slow calls or a
+//! [`call_timeout`](Builder::call_timeout) are configured (each reads the clock once per call).
+//! An outcome that changes the window (a failure, a success while the window holds a failure,
+//! every outcome of a time window) takes a short internal lock, as do transitions: under it the
+//! window is plain data, so that racing outcomes always leave a state some sequential order of
+//! them gives. A call whose inner service is not ready registers its waker under a short lock.
+//! See `BENCHMARKS.md` in the repository.
 //!
 //! # Composition
 //!

@@ -236,3 +236,73 @@ impl<S: fmt::Debug, C, F> fmt::Debug for CircuitBreaker<S, C, F> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::{Ready, ready};
+    use std::time::Duration;
+
+    use futures::executor::block_on;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use crate::state::clock::counts::during;
+    use crate::{CircuitBreakerLayer, Window};
+
+    type Answer = Ready<Result<(), &'static str>>;
+
+    fn answer(fail: bool) -> Answer {
+        ready(if fail { Err("down") } else { Ok(()) })
+    }
+
+    fn calls(layer: &CircuitBreakerLayer, outcomes: &[bool]) {
+        let svc = layer.layer(service_fn(answer as fn(bool) -> Answer));
+        for &fail in outcomes {
+            let _ = block_on(svc.clone().oneshot(fail));
+        }
+    }
+
+    #[test]
+    fn a_healthy_closed_call_takes_no_lock_and_reads_no_clock() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .build()
+            .unwrap();
+        calls(&layer, &[false; 10]); // a full window of successes
+        assert_eq!(during(|| calls(&layer, &[false; 100])), (0, 0));
+    }
+
+    #[test]
+    fn a_call_timeout_reads_the_clock_once_per_call_and_takes_no_lock() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .call_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        calls(&layer, &[false; 10]);
+        assert_eq!(during(|| calls(&layer, &[false; 100])), (100, 0));
+    }
+
+    #[test]
+    fn recording_a_failure_takes_the_lock_once() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(10)
+            .build()
+            .unwrap();
+        calls(&layer, &[false; 10]);
+        assert_eq!(during(|| calls(&layer, &[true])), (0, 1));
+        // The window holds a failure: successes record (under the lock) until it leaves.
+        assert_eq!(during(|| calls(&layer, &[false; 9])), (0, 9));
+        assert_eq!(during(|| calls(&layer, &[false])), (0, 1));
+        assert_eq!(during(|| calls(&layer, &[false])), (0, 0));
+    }
+
+    #[test]
+    fn a_time_window_reads_the_clock_and_takes_the_lock_for_every_outcome() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(10)))
+            .build()
+            .unwrap();
+        assert_eq!(during(|| calls(&layer, &[false; 10])), (10, 10));
+    }
+}

@@ -31,6 +31,8 @@ impl<T> std::ops::Deref for CachePadded<T> {
 /// section leaves the protected data consistent before anything that can panic runs, so a
 /// poisoned lock holds valid data.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    #[cfg(all(test, not(loom)))]
+    crate::state::clock::counts::LOCKS.set(crate::state::clock::counts::LOCKS.get() + 1);
     match mutex.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),

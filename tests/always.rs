@@ -215,6 +215,28 @@ async fn result_admitted_before_a_reset_is_stale() {
     assert_eq!(h.handle.metrics().calls(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_result_stays_stale_across_2_pow_25_transitions() {
+    // 2^25 transitions once brought a 25-bit generation round again, and this failure counted.
+    let mut h = tripping();
+    let (req, gate) = gated();
+    let late = start(&mut h.svc, req).await;
+    for _ in 0..(1 << 24) - 1 {
+        h.handle.force_open();
+        h.handle.disable();
+    }
+    h.handle.force_open();
+    h.handle.reset(); // the 2^25th transition since the call was admitted
+    gate.open(Reply::Fail);
+    late.await.unwrap_err();
+    assert_eq!(
+        h.handle.state(),
+        State::Closed,
+        "one failure would trip if recorded"
+    );
+    assert_eq!(h.handle.metrics().calls(), 0);
+}
+
 // ===== operator states =====
 
 #[tokio::test(start_paused = true)]

@@ -459,3 +459,71 @@ fn rejections_counted_on_many_threads_add_up_and_are_cleared_together() {
     reject_on_every_thread(10);
     assert_eq!(handle.metrics().not_permitted(), (THREADS * 10) as u64);
 }
+
+/// One failure, then two successes on two threads at once, in a `count(10)` window with a minimum
+/// of 2 and a threshold of 0.3: every sequential order opens at the first success (1 of 2
+/// failed), so every race must open too. Once, two successes that both saw the other's slot both
+/// skipped the evaluation. Bounded: a fixed number of trials on two threads.
+#[test]
+fn two_successes_reaching_the_minimum_together_trip_as_in_sequence() {
+    const TRIALS: usize = 20_000;
+    type Svc = tower_circuit_breaker::CircuitBreaker<
+        tower::util::ServiceFn<fn(bool) -> std::future::Ready<Result<(), &'static str>>>,
+    >;
+    fn answer(fail: bool) -> std::future::Ready<Result<(), &'static str>> {
+        ready(if fail { Err("down") } else { Ok(()) })
+    }
+    let start = Arc::new(std::sync::Barrier::new(3));
+    let done = Arc::new(std::sync::Barrier::new(3));
+    // Counted, not asserted on the workers: a panicking worker would leave the barriers waiting.
+    let failed_calls = Arc::new(AtomicUsize::new(0));
+    let (senders, workers): (Vec<_>, Vec<_>) = (0..2)
+        .map(|_| {
+            let (send, receive) = std::sync::mpsc::channel::<Svc>();
+            let (start, done) = (start.clone(), done.clone());
+            let failed_calls = failed_calls.clone();
+            let worker = std::thread::spawn(move || {
+                while let Ok(mut svc) = receive.recv() {
+                    // Admitted (in Closed) before the race starts; the results race.
+                    let ready = futures::executor::block_on(svc.ready()).is_ok();
+                    start.wait();
+                    let answer = ready.then(|| futures::executor::block_on(svc.call(false)));
+                    if !matches!(answer, Some(Ok(()))) {
+                        failed_calls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    done.wait();
+                }
+            });
+            (send, worker)
+        })
+        .unzip();
+    let mut closed = 0;
+    for _ in 0..TRIALS {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(tower_circuit_breaker::Window::count(10))
+            .minimum_calls(2)
+            .failure_rate_threshold(0.3)
+            .build()
+            .unwrap();
+        let svc: Svc = layer.layer(service_fn(answer as fn(bool) -> _));
+        futures::executor::block_on(svc.clone().oneshot(true)).unwrap_err();
+        for send in &senders {
+            send.send(svc.clone()).unwrap();
+        }
+        start.wait();
+        done.wait();
+        if layer.handle().state() != State::Open {
+            closed += 1;
+        }
+    }
+    drop(senders);
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(
+        failed_calls.load(Ordering::SeqCst),
+        0,
+        "admitted calls that failed"
+    );
+    assert_eq!(closed, 0, "trials that ended Closed, of {TRIALS}");
+}

@@ -32,9 +32,35 @@ impl<'a> Now<'a> {
 
     pub(crate) fn get(&mut self) -> u64 {
         let epoch = *self.epoch;
-        *self.value.get_or_insert_with(|| {
-            saturating_nanos(Instant::now().saturating_duration_since(epoch))
-        })
+        *self
+            .value
+            .get_or_insert_with(|| saturating_nanos(read().saturating_duration_since(epoch)))
+    }
+}
+
+/// Reads tokio's clock: every read on a call's path goes through here.
+#[inline]
+pub(crate) fn read() -> Instant {
+    #[cfg(all(test, not(loom)))]
+    counts::CLOCK_READS.set(counts::CLOCK_READS.get() + 1);
+    Instant::now()
+}
+
+/// What the call path did on this thread, for the tests of what it promises (no lock, no clock).
+#[cfg(all(test, not(loom)))]
+pub(crate) mod counts {
+    use std::cell::Cell;
+
+    thread_local! {
+        pub(crate) static CLOCK_READS: Cell<usize> = const { Cell::new(0) };
+        pub(crate) static LOCKS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// (clock reads, locks taken) on this thread while `f` runs.
+    pub(crate) fn during(f: impl FnOnce()) -> (usize, usize) {
+        let before = (CLOCK_READS.get(), LOCKS.get());
+        f();
+        (CLOCK_READS.get() - before.0, LOCKS.get() - before.1)
     }
 }
 
