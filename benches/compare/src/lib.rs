@@ -2,10 +2,18 @@
 //! counter (`src/bin/cg.rs`) and the allocation counter (`src/bin/mem.rs`).
 //!
 //! Every row wraps the same inner service: a zero-sized `tower::service_fn` over the fn item
-//! [`inner_call`], which bumps a thread-local counter and returns `std::future::ready`. Every row is
-//! driven the same way: [`block_on`] of `ready().await` + `call().await` (the
-//! futures-only peers, failsafe and recloser, guard a future that does both, so that an open
-//! breaker never touches the inner service).
+//! [`inner_call`], which bumps a thread-local counter and returns `std::future::ready`. Every row
+//! says once, in [`Row::future`], how one call is made: `svc.ready().await` then
+//! `svc.call(x).await` (the futures-only peers, failsafe and recloser, guard a future that does
+//! both, so that an open breaker never touches the inner service). Each row runs in two modes:
+//!
+//! * `<row>-await`, as applications call ([`Task`]): the call's future is polled through
+//!   `Pin<&mut dyn Future>` by a minimal executor ([`block_on_task`]), as an executor polls a task
+//!   it holds type-erased. The async state machine really exists in memory: the response future is
+//!   moved into it and polled from there, as in any `async fn` that awaits it.
+//! * `<row>`, the secondary view ([`block_on`]): the same future, polled once in line, so that the
+//!   compiler sees through it and can keep the whole state machine in registers. This is the
+//!   least a call can cost, not what a caller pays.
 //!
 //! Common targets (peer-perf.md §4): trip at 50 % failures over 100 calls, or 5 consecutive
 //! failures, open 30 s. Each peer gets the closest configuration it supports.
@@ -14,7 +22,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -26,7 +34,23 @@ pub const OPEN: Duration = Duration::from_secs(30);
 
 // ===== driving a call =====
 
-/// Runs a future to completion on this thread: one poll with a no-op waker (every future here is
+/// As applications call: polls `future` to completion through `Pin<&mut dyn Future>`, the way an
+/// executor polls a task it holds type-erased. `black_box` hides which future it is, so the poll
+/// is an indirect call the compiler cannot inline, and the future's state machine lives in memory
+/// as it does in a spawned task. One poll with a no-op waker, then `futures::executor::block_on`
+/// for a future that is not ready (tower-resilience's mutex under contention).
+#[inline]
+pub fn block_on_task<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut task: Pin<&mut dyn Future<Output = F::Output>> = black_box(future.as_mut());
+    match task.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => futures::executor::block_on(task),
+    }
+}
+
+/// The secondary view: runs a future to completion on this thread, in line: one poll with a no-op
+/// waker (every future here is
 /// ready at once unless a breaker makes it wait), then `futures::executor::block_on` for a future
 /// that is not (tower-resilience's mutex under contention).
 #[inline]
@@ -89,10 +113,44 @@ pub enum Res {
 
 /// One breaker (or none) in front of the inner service.
 pub trait Row: Clone + Send + 'static {
-    /// One call, driven to completion on this thread.
-    fn call(&mut self, fail: bool) -> Res;
+    /// What a call gives, as the service (or the peer's guard) gives it.
+    type Output;
+    /// One call as an application writes it: `svc.ready().await?.call(x).await` (for the
+    /// futures-only peers, their guard around that).
+    fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output>;
+    /// What the output of a call means.
+    fn res(output: Self::Output) -> Res;
+    /// One call, driven to completion on this thread: by default [`block_on`] of
+    /// [`Row::future`], in line; [`Task`] drives it as an executor does.
+    #[inline]
+    fn call(&mut self, fail: bool) -> Res {
+        Self::res(block_on(self.future(fail)))
+    }
     /// The breaker's state as the crate reports it (for the checks).
     fn state(&self) -> String;
+}
+
+/// Any row, each call driven as applications drive it ([`block_on_task`]); named `<row>-await`.
+#[derive(Clone)]
+pub struct Task<R>(pub R);
+
+impl<R: Row> Row for Task<R> {
+    type Output = R::Output;
+    #[inline]
+    fn future(&mut self, fail: bool) -> impl Future<Output = R::Output> {
+        self.0.future(fail)
+    }
+    #[inline]
+    fn res(output: R::Output) -> Res {
+        R::res(output)
+    }
+    #[inline]
+    fn call(&mut self, fail: bool) -> Res {
+        R::res(block_on_task(self.0.future(fail)))
+    }
+    fn state(&self) -> String {
+        self.0.state()
+    }
 }
 
 // ===== scenarios =====
@@ -207,10 +265,15 @@ pub fn baseline() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, InnerErr>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
             let svc = &mut self.0;
-            block_on(async move { svc.ready().await?.call(fail).await }).into_res()
+            async move { svc.ready().await?.call(fail).await }
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            output.into_res()
         }
         fn state(&self) -> String {
             "n/a".into()
@@ -271,9 +334,14 @@ pub fn floor() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, InnerErr>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
-            block_on(async move { Service::call(self.ready().await?, fail).await }).into_res()
+        async fn future(&mut self, fail: bool) -> Self::Output {
+            Service::call(self.ready().await?, fail).await
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            output.into_res()
         }
         fn state(&self) -> String {
             "closed".into()
@@ -374,9 +442,14 @@ pub fn sketch() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, tower::BoxError>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
-            match block_on(async move { Service::call(self.ready().await?, fail).await }) {
+        async fn future(&mut self, fail: bool) -> Self::Output {
+            Service::call(self.ready().await?, fail).await
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            match output {
                 Ok(_) => Res::Ok,
                 Err(_) => Res::Failed,
             }
@@ -438,10 +511,15 @@ impl<S> Row for Our<S>
 where
     S: Service<bool, Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
 {
+    type Output = Result<u64, tower::BoxError>;
     #[inline]
-    fn call(&mut self, fail: bool) -> Res {
+    fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
         let svc = &mut self.0;
-        our_res(block_on(async move { svc.ready().await?.call(fail).await }))
+        async move { svc.ready().await?.call(fail).await }
+    }
+    #[inline(always)]
+    fn res(output: Self::Output) -> Res {
+        our_res(output)
     }
     fn state(&self) -> String {
         self.1.state().to_string()
@@ -493,9 +571,14 @@ pub fn baseline_oneshot() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, InnerErr>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
-            block_on(self.0.clone().oneshot(fail)).into_res()
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
+            self.0.clone().oneshot(fail)
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            output.into_res()
         }
         fn state(&self) -> String {
             "n/a".into()
@@ -512,9 +595,14 @@ pub fn ours_oneshot() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
     {
+        type Output = Result<u64, tower::BoxError>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
-            our_res(block_on(self.0.clone().oneshot(fail)))
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
+            self.0.clone().oneshot(fail)
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            our_res(output)
         }
         fn state(&self) -> String {
             self.1.state().to_string()
@@ -554,13 +642,17 @@ pub fn failsafe() -> impl Row {
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
         P: failsafe::FailurePolicy + Send + Sync + 'static,
     {
+        type Output = Result<u64, failsafe::Error<InnerErr>>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
             let Failsafe { inner, cb } = self;
             // The inner service is driven inside the guarded future, so that an open breaker
             // touches neither its `poll_ready` nor its `call`.
-            let r = block_on(cb.call(async move { inner.ready().await?.call(fail).await }));
-            match r {
+            cb.call(async move { inner.ready().await?.call(fail).await })
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            match output {
                 Ok(_) => Res::Ok,
                 Err(failsafe::Error::Rejected) => Res::Rejected,
                 Err(failsafe::Error::Inner(_)) => Res::Failed,
@@ -607,13 +699,17 @@ pub fn recloser() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, recloser::Error<InnerErr>>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
             let Recl { inner, cb } = self;
             // The inner service is driven inside the guarded future, so that an open breaker
             // touches neither its `poll_ready` nor its `call`.
-            let r = block_on(cb.call(async move { inner.ready().await?.call(fail).await }));
-            match r {
+            cb.call(async move { inner.ready().await?.call(fail).await })
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            match output {
                 Ok(_) => Res::Ok,
                 Err(recloser::Error::Rejected) => Res::Rejected,
                 Err(recloser::Error::Inner(_)) => Res::Failed,
@@ -660,10 +756,15 @@ pub fn tower_resilience() -> impl Row {
             + Send
             + 'static,
     {
+        type Output = Result<u64, CircuitBreakerError<InnerErr>>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
             let svc = &mut self.0;
-            match block_on(async move { svc.ready().await?.call(fail).await }) {
+            async move { svc.ready().await?.call(fail).await }
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            match output {
                 Ok(_) => Res::Ok,
                 Err(CircuitBreakerError::OpenCircuit) => Res::Rejected,
                 Err(_) => Res::Failed,
@@ -710,10 +811,15 @@ pub fn seatbelt() -> impl Row {
     where
         S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
     {
+        type Output = Result<u64, InnerErr>;
         #[inline]
-        fn call(&mut self, fail: bool) -> Res {
+        fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
             let svc = &mut self.svc;
-            block_on(async move { svc.ready().await?.call(fail).await }).into_res()
+            async move { svc.ready().await?.call(fail).await }
+        }
+        #[inline]
+        fn res(output: Self::Output) -> Res {
+            output.into_res()
         }
         fn state(&self) -> String {
             // No public state getter: `on_opened` / `on_closed` callbacks keep a flag.
@@ -750,7 +856,8 @@ pub fn seatbelt() -> impl Row {
 
 // ===== the list =====
 
-/// Row names, in table order.
+/// Row names, in table order. Each is also measured as applications call it, as `<row>-await`
+/// (see [`Task`] and [`with_task`]).
 pub const ROWS: &[&str] = &[
     "baseline",
     "floor",
@@ -767,7 +874,8 @@ pub const ROWS: &[&str] = &[
     "seatbelt",
 ];
 
-/// Evaluates `body` with `make` bound to the constructor of the row named `name`.
+/// Evaluates `body` with `make` bound to the constructor of the row named `name` (a row of
+/// [`ROWS`], polled in line).
 #[macro_export]
 macro_rules! with_make {
     ($name:expr, |$make:ident| $body:expr) => {
@@ -838,4 +946,25 @@ macro_rules! with_row {
             $body
         })
     };
+}
+
+/// Evaluates `body` with `row` bound to a new row named `name`, which ends in `-await`: the row
+/// without the suffix, wrapped in [`Task`] (driven as applications call).
+///
+/// A binary uses either this or [`with_row`], not both: one that held both drivers of a row held
+/// two copies of its calls, and the compiler inlined less into either (ours A, in line: 268 ->
+/// 329-341 Ir; as applications call: 336-419 Ir, depending on how the copies were shared). An
+/// application calls a service from one place.
+#[macro_export]
+macro_rules! with_task {
+    ($name:expr, |$row:ident| $body:expr) => {{
+        let name: &str = $name;
+        let base = name
+            .strip_suffix("-await")
+            .unwrap_or_else(|| panic!("{name}: not a -await row"));
+        $crate::with_make!(base, |make| {
+            let $row = $crate::Task(make());
+            $body
+        })
+    }};
 }
