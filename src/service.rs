@@ -123,6 +123,30 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
         }
     }
 
+    /// `poll_ready` of a call that will be rejected: the fallback's readiness decides.
+    #[inline(never)]
+    fn poll_fallback<Req>(
+        &mut self,
+        rejection: Rejection,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        F: Fallback<Req, S::Response>,
+    {
+        let ready = match self.fallback.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Readiness::Rejected(rejection),
+            // Answered from `call`: an error from `poll_ready` would poison a `Buffer` in front.
+            Poll::Ready(Err(e)) => Readiness::FallbackFailed(rejection, e),
+            Poll::Pending => {
+                self.wait(cx, &Decision::Reject(rejection));
+                return Poll::Pending;
+            }
+        };
+        self.ready = Some(ready);
+        Poll::Ready(Ok(()))
+    }
+
     fn rejected(&self, rejection: Rejection) -> Rejected {
         self.breaker.count_rejection();
         let name = self.breaker.name();
@@ -153,33 +177,25 @@ where
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
         }
-        let decision = self.breaker.admit(&mut self.breaker.now());
-        let ready = match decision {
-            Decision::Admit(ticket) => {
-                // Held from here: if the inner service panics, a probe permit goes back.
-                let admission = Admission::new(self.breaker.lane(), ticket);
-                match self.inner.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => Readiness::Admitted(admission),
-                    // The admission is dropped: a probe permit goes back.
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => {
-                        drop(admission);
-                        self.wait(cx, &decision);
-                        return Poll::Pending;
-                    }
-                }
-            }
-            Decision::Reject(rejection) => match self.fallback.poll_ready(cx) {
-                Poll::Ready(Ok(())) => Readiness::Rejected(rejection),
-                Poll::Ready(Err(e)) => Readiness::FallbackFailed(rejection, e),
-                Poll::Pending => {
-                    self.wait(cx, &decision);
-                    return Poll::Pending;
-                }
-            },
+        let ticket = match self.breaker.admit(&mut self.breaker.now()) {
+            Decision::Admit(ticket) => ticket,
+            Decision::Reject(rejection) => return self.poll_fallback(rejection, cx),
         };
-        self.ready = Some(ready);
-        Poll::Ready(Ok(()))
+        // Held from here: if the inner service panics, a probe permit goes back.
+        let admission = Admission::new(self.breaker.lane(), ticket);
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.ready = Some(Readiness::Admitted(admission));
+                Poll::Ready(Ok(()))
+            }
+            // The admission is dropped: a probe permit goes back.
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Pending => {
+                drop(admission);
+                self.wait(cx, &Decision::Admit(ticket));
+                Poll::Pending
+            }
+        }
     }
 
     #[inline]
