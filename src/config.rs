@@ -18,6 +18,9 @@ pub(crate) const MAX_WINDOW_CALLS: u32 = 1 << 20;
 pub(crate) const MAX_BUCKETS: u32 = 4096;
 /// The largest number of half-open probes per episode: the probe counters share the state word.
 pub(crate) const MAX_HALF_OPEN_CALLS: u32 = 4095;
+/// The failure-rate threshold when no rule is configured.
+const DEFAULT_FAILURE_RATE: f64 = 0.5;
+const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The shortest interval jitter can make (unless the interval itself is shorter).
 const MIN_JITTERED_INTERVAL: Duration = Duration::from_millis(1);
 
@@ -264,7 +267,8 @@ pub(crate) enum OpenInterval {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) name: Option<Arc<str>>,
-    pub(crate) failure_rate_threshold: f64,
+    /// `None`: the failure-rate rule is off.
+    pub(crate) failure_rate_threshold: Option<f64>,
     pub(crate) slow_call_rate_threshold: Option<f64>,
     /// `Some` when slow calls are tracked (a slow-call threshold or duration was set).
     pub(crate) slow_call_duration: Option<Duration>,
@@ -277,6 +281,7 @@ pub(crate) struct Config {
     pub(crate) half_open_successes: u32,
     pub(crate) half_open_max_wait: Option<Duration>,
     pub(crate) call_timeout: Option<Duration>,
+    pub(crate) max_retry_after: Duration,
 }
 
 impl Config {
@@ -295,9 +300,18 @@ impl Config {
 /// Every setter takes the builder by value. Nothing is checked until [`build`](Builder::build),
 /// which validates the whole configuration.
 ///
+/// # Which rules open the circuit
+///
+/// Three rules can open it: the failure rate, the slow-call rate and consecutive failures. The
+/// policy is what you configure: a rule you set is on, and the slow-call and consecutive rules are
+/// off unless set. The failure-rate rule is on when you set its threshold, and also when you set
+/// no rule at all (then 50 % of the last 100 calls: a breaker with no rule would never open).
+/// Setting only [`consecutive_failures`](Builder::consecutive_failures), as with pybreaker's
+/// `fail_max`, gives a breaker that opens on consecutive failures only.
+///
 /// | setter | default |
 /// |---|---|
-/// | [`failure_rate_threshold`](Builder::failure_rate_threshold) | 0.5 |
+/// | [`failure_rate_threshold`](Builder::failure_rate_threshold) | 0.5 if no other rule is set, else off |
 /// | [`slow_call_rate_threshold`](Builder::slow_call_rate_threshold) | off |
 /// | [`slow_call_duration`](Builder::slow_call_duration) | 60 s, when slow calls are tracked |
 /// | [`sliding_window`](Builder::sliding_window) | `Window::count(100)` |
@@ -308,6 +322,7 @@ impl Config {
 /// | [`half_open_successes`](Builder::half_open_successes) | all of `half_open_calls` |
 /// | [`half_open_max_wait`](Builder::half_open_max_wait) | 60 s |
 /// | [`call_timeout`](Builder::call_timeout) | off |
+/// | [`max_retry_after`](Builder::max_retry_after) | 5 min |
 ///
 /// ```
 /// use std::time::Duration;
@@ -328,7 +343,7 @@ impl Config {
 #[derive(Clone)]
 pub struct Builder<C = DefaultClassify> {
     name: Option<Arc<str>>,
-    failure_rate_threshold: f64,
+    failure_rate_threshold: Option<f64>,
     slow_call_rate_threshold: Option<f64>,
     slow_call_duration: Option<Duration>,
     window: Window,
@@ -340,6 +355,7 @@ pub struct Builder<C = DefaultClassify> {
     half_open_successes: Option<u32>,
     half_open_max_wait: Option<Duration>,
     call_timeout: Option<Duration>,
+    max_retry_after: Duration,
     classify: C,
 }
 
@@ -360,6 +376,7 @@ impl<C> fmt::Debug for Builder<C> {
             .field("half_open_successes", &self.half_open_successes)
             .field("half_open_max_wait", &self.half_open_max_wait)
             .field("call_timeout", &self.call_timeout)
+            .field("max_retry_after", &self.max_retry_after)
             .finish_non_exhaustive()
     }
 }
@@ -368,7 +385,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             name: None,
-            failure_rate_threshold: 0.5,
+            failure_rate_threshold: None,
             slow_call_rate_threshold: None,
             slow_call_duration: None,
             window: Window::default(),
@@ -380,6 +397,7 @@ impl Default for Builder {
             half_open_successes: None,
             half_open_max_wait: Some(Duration::from_secs(60)),
             call_timeout: None,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             classify: DefaultClassify,
         }
     }
@@ -393,8 +411,9 @@ impl<C> Builder<C> {
     }
 
     /// Opens the circuit when the failure rate in the window is at least this (in `(0, 1]`).
+    /// Setting it turns the failure-rate rule on (see [which rules](Builder#which-rules-open-the-circuit)).
     pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
-        self.failure_rate_threshold = rate;
+        self.failure_rate_threshold = Some(rate);
         self
     }
 
@@ -486,7 +505,20 @@ impl<C> Builder<C> {
         self
     }
 
-    /// Sets the classifier that turns each result into an [`Outcome`](crate::Outcome).
+    /// The longest an upstream's "do not come back before" may keep the circuit open (more than
+    /// zero; default 5 minutes). A failure recorded with
+    /// [`Completion::fail_until`](crate::Completion::fail_until) (an HTTP `Retry-After`, gRPC's
+    /// `grpc-retry-pushback-ms`) that opens the circuit keeps it open until that instant if that
+    /// is later than the configured interval, but at most this long.
+    pub fn max_retry_after(mut self, duration: Duration) -> Self {
+        self.max_retry_after = duration;
+        self
+    }
+
+    /// Sets the classifier that turns each result into an [`Outcome`](crate::Outcome): a closure
+    /// `Fn(Result<&Res, &E>) -> Outcome` (annotate its argument's type, or the compiler cannot
+    /// infer it), or a [`Classify`](crate::Classify), which may also defer its verdict to the end
+    /// of the response body ([`Classify::complete`](crate::Classify::complete)).
     ///
     /// ```
     /// use tower_circuit_breaker::{CircuitBreakerLayer, Outcome};
@@ -518,6 +550,7 @@ impl<C> Builder<C> {
             half_open_successes: self.half_open_successes,
             half_open_max_wait: self.half_open_max_wait,
             call_timeout: self.call_timeout,
+            max_retry_after: self.max_retry_after,
             classify,
         }
     }
@@ -553,7 +586,16 @@ impl<C> Builder<C> {
             }
         }
 
-        let failure_rate_threshold = rate("failure_rate_threshold", self.failure_rate_threshold)?;
+        let failure_rate_threshold = match self.failure_rate_threshold {
+            Some(r) => Some(rate("failure_rate_threshold", r)?),
+            // On by default only when no other rule would open the circuit.
+            None if self.slow_call_rate_threshold.is_none()
+                && self.consecutive_failures.is_none() =>
+            {
+                Some(DEFAULT_FAILURE_RATE)
+            }
+            None => None,
+        };
         let slow_call_rate_threshold = self
             .slow_call_rate_threshold
             .map(|r| rate("slow_call_rate_threshold", r))
@@ -656,6 +698,7 @@ impl<C> Builder<C> {
             .call_timeout
             .map(|d| positive("call_timeout", d))
             .transpose()?;
+        let max_retry_after = positive("max_retry_after", self.max_retry_after)?;
 
         Ok(Config {
             name: self.name.clone(),
@@ -670,6 +713,7 @@ impl<C> Builder<C> {
             half_open_successes,
             half_open_max_wait,
             call_timeout,
+            max_retry_after,
         })
     }
 }

@@ -32,8 +32,7 @@ use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower::timeout::error::Elapsed;
 
-use crate::classify::{Classify, Outcome};
-use crate::state::clock::saturating_nanos;
+use crate::classify::{Classify, Completion, Outcome};
 use crate::state::lane::Lane;
 use crate::state::word::Ticket;
 
@@ -82,7 +81,7 @@ pin_project! {
 
 /// What a called future needs to record its outcome.
 struct Recorder<C> {
-    permit: Permit,
+    completion: Completion,
     classify: C,
 }
 
@@ -99,7 +98,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
     pub(crate) fn called(
         future: F,
         deadline: Option<Instant>,
-        permit: Permit,
+        completion: Completion,
         classify: C,
     ) -> Self {
         ResponseFuture {
@@ -107,7 +106,10 @@ impl<F, C, R> ResponseFuture<F, C, R> {
                 future,
                 deadline,
                 timer: None,
-                recorder: Some(Recorder { permit, classify }),
+                recorder: Some(Recorder {
+                    completion,
+                    classify,
+                }),
             },
         }
     }
@@ -148,11 +150,14 @@ where
                     completed();
                 }
                 // The inner future first, so that a response wins a tie with the timeout.
-                if let Poll::Ready(result) = future.poll(cx) {
-                    // Taken first: if the classifier panics, the permit is dropped (a probe
+                if let Poll::Ready(mut result) = future.poll(cx) {
+                    // Taken first: if the classifier panics, the completion is dropped (a probe
                     // permit goes back) and a later poll does not poll the inner future again.
-                    let Recorder { permit, classify } = recorder.take().expect("checked above");
-                    permit.complete(classify.classify(result.as_ref()));
+                    let Recorder {
+                        completion,
+                        classify,
+                    } = recorder.take().expect("checked above");
+                    classify.complete(result.as_mut().map_err(|e| &*e), completion);
                     // The inner future and the timer stay until this future is dropped: moving
                     // to `Done` here would drop the whole enum out of line on every call.
                     return Poll::Ready(result.map_err(Into::into));
@@ -166,7 +171,7 @@ where
                 match timer.as_pin_mut().map(|sleep| sleep.poll(cx)) {
                     Some(Poll::Ready(())) => {
                         if let Some(recorder) = recorder.take() {
-                            recorder.permit.complete(Outcome::Failure);
+                            recorder.completion.record(Outcome::Failure);
                         }
                         Err(Elapsed::new().into())
                     }
@@ -276,15 +281,16 @@ impl<F> fmt::Debug for FallbackFuture<F> {
     }
 }
 
-// ===== Admission, Permit =====
+// ===== Admission =====
 
 /// An admitted call's claim on the breaker, from `poll_ready` to the end of the call: the
 /// breaker (through the admitting thread's lane, see `state::lane`) and the ticket. A guard:
 /// dropped before its outcome is recorded (unused, cancelled, or unwound by a panic), it gives
 /// back the half-open probe permit it holds, like tower's `OwnedSemaphorePermit`.
 pub(crate) struct Admission {
-    breaker: Arc<Lane>,
-    ticket: Option<Ticket>,
+    pub(crate) breaker: Arc<Lane>,
+    /// Taken when the outcome is recorded.
+    pub(crate) ticket: Option<Ticket>,
 }
 
 impl Admission {
@@ -311,58 +317,5 @@ impl fmt::Debug for Admission {
         f.debug_struct("Admission")
             .field("ticket", &self.ticket)
             .finish_non_exhaustive()
-    }
-}
-
-/// A dispatched call: its admission and when it started. Completed with the call's outcome, or
-/// released (by its admission) when dropped. Self-contained, so it can move into a response body.
-pub(crate) struct Permit {
-    admission: Admission,
-    /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
-    started: Option<u64>,
-}
-
-impl Permit {
-    /// Dispatches an admitted call, noting the time when slow calls are tracked.
-    #[inline]
-    pub(crate) fn start(admission: Admission, tracks_duration: bool) -> Self {
-        let started = tracks_duration.then(|| admission.breaker.now().get());
-        Permit { admission, started }
-    }
-
-    /// Records the outcome.
-    #[inline]
-    pub(crate) fn complete(mut self, outcome: Outcome) {
-        let Some(ticket) = self.admission.ticket.take() else {
-            return;
-        };
-        // The common case, inline: a timely success in a healthy closed breaker changes nothing
-        // (`started` is set only when slow calls are tracked).
-        if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome) {
-            return;
-        }
-        self.record(ticket, outcome);
-    }
-
-    #[inline(never)]
-    fn record(&self, ticket: Ticket, outcome: Outcome) {
-        let breaker = &self.admission.breaker;
-        let mut now = breaker.now();
-        let slow = match (breaker.config().slow_call_duration, self.started) {
-            (Some(limit), Some(started)) => {
-                now.get().saturating_sub(started) > saturating_nanos(limit)
-            }
-            _ => false,
-        };
-        breaker.complete(ticket, outcome, slow, &mut now);
-    }
-}
-
-impl fmt::Debug for Permit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit")
-            .field("admission", &self.admission)
-            .field("started", &self.started)
-            .finish()
     }
 }

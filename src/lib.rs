@@ -133,7 +133,7 @@ mod service;
 mod state;
 mod sync;
 
-pub use classify::{Classify, DefaultClassify, Outcome};
+pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, ConfigError, Window};
 pub use event::{EVENT_BUFFER, Event, EventStream};
 pub use handle::{Handle, Metrics};

@@ -4,10 +4,10 @@ use std::task::{Context, Poll};
 
 use tower::{BoxError, Service};
 
-use crate::classify::{Classify, DefaultClassify};
+use crate::classify::{Classify, Completion, DefaultClassify};
 use crate::error::Rejected;
 use crate::fallback::{Fallback, NoFallback};
-use crate::future::{Admission, Permit, ResponseFuture};
+use crate::future::{Admission, ResponseFuture};
 use crate::handle::Handle;
 use crate::state::lane::Lanes;
 use crate::state::waiters::Waiter;
@@ -125,14 +125,13 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
 
     /// `poll_ready` of a call that will be rejected: the fallback's readiness decides.
     #[inline(never)]
-    fn poll_fallback<Req>(
+    fn poll_fallback<Req, Res>(
         &mut self,
         rejection: Rejection,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BoxError>>
     where
-        S: Service<Req>,
-        F: Fallback<Req, S::Response>,
+        F: Fallback<Req, Res>,
     {
         let ready = match self.fallback.poll_ready(cx) {
             Poll::Ready(Ok(())) => Readiness::Rejected(rejection),
@@ -179,7 +178,9 @@ where
         }
         let ticket = match self.breaker.admit(&mut self.breaker.now()) {
             Decision::Admit(ticket) => ticket,
-            Decision::Reject(rejection) => return self.poll_fallback(rejection, cx),
+            Decision::Reject(rejection) => {
+                return self.poll_fallback::<Req, S::Response>(rejection, cx);
+            }
         };
         // Held from here: if the inner service panics, a probe permit goes back.
         let admission = Admission::new(self.breaker.lane(), ticket);
@@ -212,10 +213,10 @@ where
         });
         match ready {
             Readiness::Admitted(admission) => {
-                let permit = Permit::start(admission, self.breaker.tracks_duration);
+                let completion = Completion::start(admission, self.breaker.tracks_duration);
                 let deadline = self.breaker.call_timeout.and_then(crate::future::deadline);
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, deadline, permit, self.classify.clone())
+                ResponseFuture::called(future, deadline, completion, self.classify.clone())
             }
             Readiness::Rejected(rejection) => {
                 let rejected = self.rejected(rejection);

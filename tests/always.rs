@@ -528,6 +528,9 @@ struct Recorder;
 
 thread_local! {
     static TRACED: std::cell::RefCell<Vec<Traced>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Whether this thread's test installed the recorder: only its events are kept (another
+    /// test's millions of transitions would fill memory).
+    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Recorder {
@@ -536,6 +539,7 @@ impl Recorder {
         INSTALLED.call_once(|| {
             tracing::subscriber::set_global_default(Recorder).expect("no other global subscriber");
         });
+        RECORDING.set(true);
         Recorder::take();
     }
 
@@ -572,10 +576,11 @@ impl tracing::Subscriber for Recorder {
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
 
     fn event(&self, event: &tracing::Event<'_>) {
-        if !event
-            .metadata()
-            .target()
-            .starts_with("tower_circuit_breaker")
+        if !RECORDING.get()
+            || !event
+                .metadata()
+                .target()
+                .starts_with("tower_circuit_breaker")
         {
             return;
         }

@@ -12,6 +12,24 @@
 //!
 //! The classifier is cloned into each response future (as tower-http's classifiers are), so keep
 //! it cheap to clone: a closure, a unit struct, or an `Arc` around anything larger.
+//!
+//! # When the verdict comes later, or with a date
+//!
+//! [`Classify::classify`] answers when the response arrives. Some answers come later: a gRPC
+//! status sent in the trailers after the data, a failure found while streaming a body. And some
+//! failures say when to come back (an upstream `Retry-After`, `grpc-retry-pushback-ms`). For
+//! these, a classifier overrides [`Classify::complete`]: it gets the result (the response by
+//! `&mut`) together with the call's [`Completion`], and either records the outcome at once, with
+//! a date if it has one, or moves the completion into the response (a body that carries it) to
+//! record it at the end of the stream. A completion dropped without an outcome (a body dropped
+//! before its end) records nothing and gives back the probe permit it holds.
+//!
+//! The response keeps its type: a body that can carry a completion is the inner service's own
+//! (a layer under the breaker wraps it, as `tower_http::map_response_body` does).
+
+mod completion;
+
+pub use completion::Completion;
 
 /// What a call's result means for the health of the dependency.
 ///
@@ -27,6 +45,7 @@
 /// }
 /// assert_eq!(classify_status(503), Outcome::Failure);
 /// ```
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// The dependency worked.
@@ -39,7 +58,8 @@ pub enum Outcome {
 
 /// Turns a result of the inner service into an [`Outcome`].
 ///
-/// Implemented for closures `Fn(Result<&Res, &E>) -> Outcome`:
+/// Implemented for closures `Fn(Result<&Res, &E>) -> Outcome`. Annotate the closure's argument
+/// (`|result: Result<&Res, &E>|`): without it the compiler cannot infer the types (`E0282`).
 ///
 /// ```
 /// use tower_circuit_breaker::{Classify, Outcome};
@@ -55,6 +75,68 @@ pub enum Outcome {
 pub trait Classify<Res, E> {
     /// Classifies one result.
     fn classify(&self, result: Result<&Res, &E>) -> Outcome;
+
+    /// Completes one call: records the outcome of `result` on `completion`. The default records
+    /// [`classify`](Self::classify)'s answer at once.
+    ///
+    /// Override it to record later, at the end of the response body (move `completion` into a
+    /// response that carries it), or to record a failure with the upstream's "do not come back
+    /// before" ([`Completion::fail_until`]). Dropping `completion` records nothing (and gives
+    /// back a half-open probe permit).
+    ///
+    /// A response whose verdict is known at its end, like gRPC's trailers, with a test-only
+    /// body that carries the completion:
+    ///
+    /// ```
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Classify, Completion, Outcome, State};
+    ///
+    /// /// A response whose status comes at its end, and a slot for the breaker's completion.
+    /// struct Stream { ok_at_end: bool, completion: Option<Completion> }
+    ///
+    /// impl Stream {
+    ///     fn finish(mut self) {
+    ///         if let Some(completion) = self.completion.take() {
+    ///             completion.record(if self.ok_at_end { Outcome::Success } else { Outcome::Failure });
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// #[derive(Clone)]
+    /// struct AtTheEnd;
+    ///
+    /// impl Classify<Stream, std::io::Error> for AtTheEnd {
+    ///     fn classify(&self, result: Result<&Stream, &std::io::Error>) -> Outcome {
+    ///         match result {
+    ///             Ok(_) => Outcome::Success,
+    ///             Err(_) => Outcome::Failure,
+    ///         }
+    ///     }
+    ///
+    ///     fn complete(&self, result: Result<&mut Stream, &std::io::Error>, completion: Completion) {
+    ///         match result {
+    ///             Ok(stream) => stream.completion = Some(completion), // decided at the end
+    ///             Err(_) => completion.record(Outcome::Failure),
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder().consecutive_failures(1).classify(AtTheEnd).build().unwrap();
+    /// let svc = layer.layer(service_fn(|ok: bool| async move {
+    ///     Ok::<_, std::io::Error>(Stream { ok_at_end: ok, completion: None })
+    /// }));
+    /// let response = svc.oneshot(false).await.unwrap();
+    /// assert_eq!(layer.handle().state(), State::Closed, "nothing is known before the end");
+    /// response.finish();
+    /// assert_eq!(layer.handle().state(), State::Open);
+    /// # }
+    /// ```
+    #[inline]
+    fn complete(&self, result: Result<&mut Res, &E>, completion: Completion) {
+        completion.record(self.classify(result.map(|response| &*response)));
+    }
 }
 
 impl<F, Res, E> Classify<Res, E> for F

@@ -331,8 +331,16 @@ impl Breaker {
 
     // ===== recording =====
 
-    /// Records a dispatched call's `outcome` (`slow`: it took longer than the slow-call duration).
-    pub(crate) fn complete(&self, ticket: Ticket, outcome: Outcome, slow: bool, now: &mut Now<'_>) {
+    /// Records a dispatched call's `outcome` (`slow`: it took longer than the slow-call duration;
+    /// `not_before`: a failure's upstream asked not to be called again before then).
+    pub(crate) fn complete(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        not_before: Option<u64>,
+        now: &mut Now<'_>,
+    ) {
         let sample = match outcome {
             Outcome::Success => Sample {
                 failed: false,
@@ -344,16 +352,21 @@ impl Breaker {
         };
         match ticket.kind() {
             TicketKind::Unrecorded => {}
-            TicketKind::Recorded => self.record(ticket.generation(), sample, now),
+            TicketKind::Recorded => self.record(ticket.generation(), sample, not_before, now),
             TicketKind::Probe => {
                 let result = if sample.failed || sample.slow {
                     ProbeResult::Failed
                 } else {
                     ProbeResult::Succeeded
                 };
-                self.finish_probe(ticket.generation(), result, now);
+                self.finish_probe(ticket.generation(), result, not_before, now);
             }
         }
+    }
+
+    /// `instant` in nanoseconds since the breaker's creation.
+    pub(crate) fn nanos_at(&self, instant: Instant) -> u64 {
+        clock::saturating_nanos(instant.saturating_duration_since(self.epoch))
     }
 
     /// Whether a plain success of `ticket` would change nothing: the healthy closed path, which
@@ -372,11 +385,18 @@ impl Breaker {
     #[inline]
     pub(crate) fn release(&self, ticket: Ticket) {
         if ticket.kind() == TicketKind::Probe {
-            self.finish_probe(ticket.generation(), ProbeResult::Returned, &mut self.now());
+            let returned = ProbeResult::Returned;
+            self.finish_probe(ticket.generation(), returned, None, &mut self.now());
         }
     }
 
-    fn record(&self, generation: Generation, sample: Sample, now: &mut Now<'_>) {
+    fn record(
+        &self,
+        generation: Generation,
+        sample: Sample,
+        not_before: Option<u64>,
+        now: &mut Now<'_>,
+    ) {
         let at = if self.window_needs_clock() {
             now.get()
         } else {
@@ -387,7 +407,7 @@ impl Breaker {
         if word.generation() != generation {
             return; // stale: admitted under a state that has since changed
         }
-        core.record(sample, at);
+        core.record(sample, at, not_before);
         self.clean.store(core.is_clean(), Ordering::Relaxed);
         let totals = core.totals(at);
         if word.state() == State::Closed && should_trip(totals, core.consecutive(), &self.config) {
@@ -404,7 +424,13 @@ impl Breaker {
 
     /// Counts a probe's result (or gives its permit back) in its episode, and makes the
     /// transition it decides.
-    fn finish_probe(&self, generation: Generation, result: ProbeResult, now: &mut Now<'_>) {
+    fn finish_probe(
+        &self,
+        generation: Generation,
+        result: ProbeResult,
+        not_before: Option<u64>,
+        now: &mut Now<'_>,
+    ) {
         let mut probes = Probes(self.words.probes.load(Ordering::Acquire));
         loop {
             let word = self.load();
@@ -431,7 +457,7 @@ impl Breaker {
             ) {
                 Ok(_) => {
                     if let Some(to) = self.decided_by(next) {
-                        self.transition_from(generation, to);
+                        self.transition_from(generation, to, not_before);
                     }
                     return;
                 }

@@ -35,7 +35,9 @@ pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> 
         return false; // the rates are undefined below the minimum
     }
     let calls = totals.calls as f64;
-    totals.failed as f64 / calls >= config.failure_rate_threshold
+    config
+        .failure_rate_threshold
+        .is_some_and(|threshold| totals.failed as f64 / calls >= threshold)
         || config
             .slow_call_rate_threshold
             .is_some_and(|threshold| totals.slow as f64 / calls >= threshold)
@@ -60,6 +62,8 @@ pub(super) struct Core {
     attempt: u32,
     /// State of the jitter generator (splitmix64).
     rng: u64,
+    /// The latest "do not come back before" of a failure since the window was last cleared.
+    not_before: Option<u64>,
     /// The window as it was when the breaker stopped recording, shown by `Metrics` until it
     /// records again (an open time window would otherwise drain while nothing is recorded).
     frozen: Option<Totals>,
@@ -80,17 +84,24 @@ impl Core {
             consecutive: 0,
             attempt: 0,
             rng: seed,
+            not_before: None,
             frozen: None,
             unannounced: VecDeque::new(),
         }
     }
 
-    pub(super) fn record(&mut self, sample: Sample, at: u64) {
+    pub(super) fn record(&mut self, sample: Sample, at: u64, not_before: Option<u64>) {
+        self.note_not_before(not_before);
         self.consecutive = match sample.failed {
             true => self.consecutive.saturating_add(1),
             false => 0,
         };
         self.window.record(sample, at);
+    }
+
+    /// Keeps the latest "do not come back before" a failure carried, for the next opening.
+    pub(super) fn note_not_before(&mut self, not_before: Option<u64>) {
+        self.not_before = self.not_before.max(not_before);
     }
 
     pub(super) fn totals(&mut self, at: u64) -> Totals {
@@ -148,7 +159,12 @@ impl Breaker {
                 };
                 let uniform = core.next_uniform();
                 let interval = self.config.open_interval(core.attempt, uniform);
-                let until = at.saturating_add(saturating_nanos(interval));
+                let mut until = at.saturating_add(saturating_nanos(interval));
+                // An upstream's "not before" lengthens the interval, up to the configured cap.
+                if let Some(not_before) = core.not_before.take() {
+                    let cap = at.saturating_add(saturating_nanos(self.config.max_retry_after));
+                    until = until.max(not_before.min(cap));
+                }
                 words.open_until.store(until, Ordering::Relaxed);
             }
             // The episode's clock starts with its first probe.
@@ -156,6 +172,7 @@ impl Breaker {
             State::Closed | State::MetricsOnly => {
                 core.window.clear();
                 core.consecutive = 0;
+                core.not_before = None;
                 core.frozen = None;
                 if to == State::Closed {
                     core.attempt = 0;
@@ -201,10 +218,16 @@ impl Breaker {
 
     /// Makes the transition to `to` if the generation is still `generation` (a probe's
     /// decision), at the current time.
-    pub(super) fn transition_from(&self, generation: Generation, to: State) {
+    pub(super) fn transition_from(
+        &self,
+        generation: Generation,
+        to: State,
+        not_before: Option<u64>,
+    ) {
         let mut core = self.lock();
         let word = self.load();
         if word.generation() == generation {
+            core.note_not_before(not_before);
             // Read under the lock: the interval counts from the transition, not from before it.
             let at = self.now().get();
             self.transition(&mut core, word, to, at);
