@@ -5,21 +5,19 @@
 
 mod common;
 
-use common::{config, scenarios, selected, single, two_threads};
+use common::{config, selected, single, two_threads};
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower_circuit_breaker_benches::{ROWS, Scenario, with_task};
+use tower_circuit_breaker_benches::{ROWS, with_task};
 
 fn benches(c: &mut Criterion) {
-    for &base in ROWS.iter().filter(|name| selected(name)) {
-        let name = format!("{base}-await");
+    for row in ROWS.iter().filter(|row| selected(row.name)) {
+        let name = format!("{}-await", row.name);
         let name = name.as_str();
-        for &scenario in scenarios(base) {
-            if scenario == "D" {
-                with_task!(name, |row| two_threads(c, name, row));
-            } else {
-                let scenario = Scenario::parse(scenario).unwrap();
-                with_task!(name, |row| single(c, name, row, scenario));
-            }
+        for &scenario in row.scenarios {
+            with_task!(name, |r| single(c, name, r, scenario));
+        }
+        if row.two_threads() {
+            with_task!(name, |r| two_threads(c, name, r));
         }
     }
 }

@@ -12,19 +12,18 @@
 
 mod common;
 
-use common::{config, scenarios, selected, single, two_threads};
+use common::{config, selected, single, two_threads};
 use criterion::{Criterion, criterion_group, criterion_main};
-use tower_circuit_breaker_benches::{ROWS, Scenario, with_row};
+use tower_circuit_breaker_benches::{ROWS, with_row};
 
 fn benches(c: &mut Criterion) {
-    for &name in ROWS.iter().filter(|name| selected(name)) {
-        for &scenario in scenarios(name) {
-            if scenario == "D" {
-                with_row!(name, |row| two_threads(c, name, row));
-            } else {
-                let scenario = Scenario::parse(scenario).unwrap();
-                with_row!(name, |row| single(c, name, row, scenario));
-            }
+    for row in ROWS.iter().filter(|row| selected(row.name)) {
+        let name = row.name;
+        for &scenario in row.scenarios {
+            with_row!(name, |r| single(c, name, r, scenario));
+        }
+        if row.two_threads() {
+            with_row!(name, |r| two_threads(c, name, r));
         }
     }
 }

@@ -1,5 +1,8 @@
-//! Rows and scenarios shared by the criterion benches (`benches/compare.rs`), the instruction
-//! counter (`src/bin/cg.rs`) and the allocation counter (`src/bin/mem.rs`).
+//! Rows and scenarios shared by the criterion benches (`benches/compare.rs`,
+//! `benches/compare-await.rs`), the instruction counters (`src/bin/cg.rs`, `src/bin/cg-await.rs`),
+//! the allocation counter (`src/bin/mem.rs`) and, through `cg --list`, the scripts
+//! (`scripts/instructions`, `scripts/bench`, `scripts/report.py`). The list of rows, with the
+//! scenarios each runs, is [`ROWS`], and only there.
 //!
 //! Every row wraps the same inner service: a zero-sized `tower::service_fn` over the fn item
 //! [`inner_call`], which bumps a thread-local counter and returns `std::future::ready`. Every row
@@ -856,26 +859,135 @@ pub fn seatbelt() -> impl Row {
 
 // ===== the list =====
 
-/// Row names, in table order. Each is also measured as applications call it, as `<row>-await`
-/// (see [`Task`] and [`with_task`]).
-pub const ROWS: &[&str] = &[
-    "baseline",
-    "floor",
-    "sketch",
-    "ours",
-    "ours-time",
-    "ours-slow",
-    "ours-fallback",
-    "baseline-oneshot",
-    "ours-oneshot",
-    "failsafe",
-    "recloser",
-    "tower-resilience",
-    "seatbelt",
+/// One row of the benchmark tables: what every bench, binary and script of `benches/compare`
+/// reads (the scripts through `cg --list`, see [`rows_tsv`]). Its constructor is the arm of the
+/// same name in [`with_make`].
+#[derive(Debug, Clone, Copy)]
+pub struct RowSpec {
+    /// The row's name, as `cg`, `mem`, criterion's ids and `BENCH_ROWS` know it; `<name>-await`
+    /// is the same row as applications call it ([`Task`]).
+    pub name: &'static str,
+    /// What the table in BENCHMARKS.md calls it.
+    pub label: &'static str,
+    /// The scenarios it runs on one thread (criterion, callgrind, allocations). D, which is A on
+    /// two threads sharing one breaker (criterion only), runs wherever A runs.
+    pub scenarios: &'static [Scenario],
+}
+
+impl RowSpec {
+    /// Whether the row runs D (A on two threads sharing one breaker).
+    pub fn two_threads(&self) -> bool {
+        self.scenarios.contains(&Scenario::A)
+    }
+}
+
+/// Rows without a breaker that could open: closed scenarios only.
+const CLOSED: &[Scenario] = &[Scenario::A, Scenario::B];
+/// Rows with a breaker: closed and open.
+const EVERY: &[Scenario] = &[Scenario::A, Scenario::B, Scenario::C];
+
+/// Every row, in table order. Each is measured both ways: as applications call it,
+/// `<name>-await` (the rows that lead), and polled in line, `<name>` (the secondary view).
+pub const ROWS: &[RowSpec] = &[
+    RowSpec {
+        name: "baseline",
+        label: "raw service (no breaker)",
+        scenarios: CLOSED,
+    },
+    RowSpec {
+        name: "floor",
+        label: "floor: 1 shared load + 1 fetch_add",
+        scenarios: CLOSED,
+    },
+    RowSpec {
+        name: "sketch",
+        label: "sketch: floor + a response future owning an `Arc`",
+        scenarios: CLOSED,
+    },
+    RowSpec {
+        name: "ours",
+        label: "**tower-circuit-breaker** (count window)",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "ours-time",
+        label: "tower-circuit-breaker, time window 30 s",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "ours-slow",
+        label: "tower-circuit-breaker, + slow calls",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "ours-fallback",
+        label: "tower-circuit-breaker, fallback (C)",
+        scenarios: &[Scenario::C],
+    },
+    RowSpec {
+        name: "baseline-oneshot",
+        label: "raw service, cloned per call (`oneshot`, as hyper and axum call it)",
+        scenarios: CLOSED,
+    },
+    RowSpec {
+        name: "ours-oneshot",
+        label: "tower-circuit-breaker, cloned per call (`oneshot`)",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "failsafe",
+        label: "failsafe 1.3",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "recloser",
+        label: "recloser 1.4",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "tower-resilience",
+        label: "tower-resilience-circuitbreaker 0.14",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "seatbelt",
+        label: "seatbelt 0.11 (tower-service)",
+        scenarios: EVERY,
+    },
 ];
 
+/// The row named `name`, with or without the `-await` suffix.
+pub fn row_spec(name: &str) -> Option<&'static RowSpec> {
+    let base = name.strip_suffix("-await").unwrap_or(name);
+    ROWS.iter().find(|row| row.name == base)
+}
+
+/// [`ROWS`] as the scripts read it (`cg --list`): a TSV table `row scenarios label`, every
+/// `<row>-await` first (they lead), then the rows polled in line; scenarios space-separated,
+/// with `D` where the row runs on two threads.
+pub fn rows_tsv() -> String {
+    let mut out = String::from("row\tscenarios\tlabel\n");
+    for suffix in ["-await", ""] {
+        for row in ROWS {
+            let mut scenarios: Vec<String> =
+                row.scenarios.iter().map(|s| format!("{s:?}")).collect();
+            if row.two_threads() {
+                scenarios.push("D".into());
+            }
+            out.push_str(&format!(
+                "{}{suffix}\t{}\t{}\n",
+                row.name,
+                scenarios.join(" "),
+                row.label
+            ));
+        }
+    }
+    out
+}
+
 /// Evaluates `body` with `make` bound to the constructor of the row named `name` (a row of
-/// [`ROWS`], polled in line).
+/// [`ROWS`], polled in line). One arm per row of [`ROWS`] (the test `every_row_has_a_constructor`
+/// checks it); the constructors' types differ, so they cannot sit in the table itself.
 #[macro_export]
 macro_rules! with_make {
     ($name:expr, |$make:ident| $body:expr) => {
@@ -967,4 +1079,42 @@ macro_rules! with_task {
             $body
         })
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_has_a_constructor() {
+        for row in ROWS {
+            with_make!(row.name, |make| drop(make()));
+        }
+    }
+
+    #[test]
+    fn row_names_are_unique() {
+        for (i, row) in ROWS.iter().enumerate() {
+            assert!(
+                ROWS[..i].iter().all(|other| other.name != row.name),
+                "{} twice",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_list_leads_with_the_await_rows() {
+        let tsv = rows_tsv();
+        let names: Vec<&str> = tsv
+            .lines()
+            .skip(1)
+            .map(|line| line.split('\t').next().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2 * ROWS.len());
+        assert_eq!(names[0], "baseline-await");
+        assert_eq!(names[ROWS.len()], "baseline");
+        assert!(tsv.contains("ours-fallback-await\tC\t"));
+        assert!(tsv.contains("\nbaseline\tA B D\t"));
+    }
 }

@@ -9,16 +9,6 @@ use std::time::{Duration, Instant};
 use criterion::Criterion;
 use tower_circuit_breaker_benches::{Row, Scenario, check_state, prepare, run};
 
-/// Which scenarios each row takes part in.
-pub fn scenarios(row: &str) -> &'static [&'static str] {
-    match row {
-        "baseline" | "floor" | "sketch" | "baseline-oneshot" => &["A", "B", "D"],
-        "ours-time" | "ours-slow" => &["A", "B", "C", "D"],
-        "ours-fallback" => &["C"],
-        _ => &["A", "B", "C", "D"],
-    }
-}
-
 pub fn single<R: Row>(c: &mut Criterion, name: &str, mut row: R, scenario: Scenario) {
     prepare(name, &mut row, scenario);
     let id = format!("{scenario:?}/{name}");

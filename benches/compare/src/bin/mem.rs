@@ -11,7 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use tower_circuit_breaker_benches::{ROWS, Row, Scenario, prepare, run, with_make};
+use tower_circuit_breaker_benches::{ROWS, Row, RowSpec, Scenario, prepare, run, with_make};
 
 struct Counting;
 
@@ -76,7 +76,8 @@ fn fmt(x: f64) -> String {
     }
 }
 
-fn measure<R: Row>(name: &str, make: impl Fn() -> R) {
+fn measure<R: Row>(spec: &RowSpec, make: impl Fn() -> R) {
+    let name = spec.name;
     // Warm up thread-locals and lazily initialised statics with a first instance.
     drop(make());
     let (a0, b0, l0) = snapshot();
@@ -86,16 +87,11 @@ fn measure<R: Row>(name: &str, make: impl Fn() -> R) {
     drop(row);
     let mut line = format!("{name}\t{}\t{}\t{}", heap.0, heap.1, heap.2);
     for scenario in [Scenario::A, Scenario::B, Scenario::C] {
-        let skip = match name {
-            "baseline" | "floor" | "sketch" | "baseline-oneshot" => scenario == Scenario::C,
-            "ours-fallback" => scenario != Scenario::C,
-            _ => false,
-        };
-        if skip {
-            line.push_str("\t-\t-");
-        } else {
+        if spec.scenarios.contains(&scenario) {
             line.push('\t');
             line.push_str(&per_call(name, &make, scenario));
+        } else {
+            line.push_str("\t-\t-");
         }
     }
     println!("{line}");
@@ -105,7 +101,7 @@ fn main() {
     println!(
         "row\theap_bytes\theap_allocs\tlive_bytes\tallocs_A\tbytes_A\tallocs_B\tbytes_B\tallocs_C\tbytes_C"
     );
-    for &name in ROWS {
-        with_make!(name, |make| measure(name, make));
+    for spec in ROWS {
+        with_make!(spec.name, |make| measure(spec, make));
     }
 }
