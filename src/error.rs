@@ -14,6 +14,9 @@
 //!
 //! A call that outlives [`call_timeout`](crate::Builder::call_timeout) fails with tower's own
 //! [`Elapsed`](tower::timeout::error::Elapsed), so code written for `tower::timeout` keeps working.
+//!
+//! A configuration out of range is a [`ConfigError`] from [`Builder::build`](crate::Builder::build)
+//! (also exported at the crate root).
 
 use std::fmt;
 use std::sync::Arc;
@@ -133,3 +136,62 @@ impl fmt::Display for Rejected {
 }
 
 impl std::error::Error for Rejected {}
+
+// ===== ConfigError =====
+
+/// A configuration value out of its allowed range, returned by [`Builder::build`].
+///
+/// ```
+/// use tower_circuit_breaker::CircuitBreakerLayer;
+///
+/// let err = CircuitBreakerLayer::builder().failure_rate_threshold(1.5).build().unwrap_err();
+/// assert_eq!(err.field(), "failure_rate_threshold");
+/// assert_eq!(err.to_string(), "invalid `failure_rate_threshold`: 1.5 (allowed: (0, 1])");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    value: String,
+    allowed: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        field: &'static str,
+        value: impl fmt::Debug,
+        allowed: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            field,
+            value: format!("{value:?}"),
+            allowed: allowed.into(),
+        }
+    }
+
+    /// The name of the builder setter whose value is out of range.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The rejected value, as written with `Debug`.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The allowed range.
+    pub fn allowed(&self) -> &str {
+        &self.allowed
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid `{}`: {} (allowed: {})",
+            self.field, self.value, self.allowed
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -134,7 +134,8 @@ mod state;
 mod sync;
 
 pub use classify::{Classify, Completion, DefaultClassify, Outcome};
-pub use config::{Backoff, Builder, ConfigError, Window};
+pub use config::{Backoff, Builder, Window};
+pub use error::ConfigError;
 pub use event::{EVENT_BUFFER, Event, EventStream};
 pub use handle::{Handle, Metrics};
 pub use layer::CircuitBreakerLayer;

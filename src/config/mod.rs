@@ -5,11 +5,20 @@
 //! and the allowed range. The validated [`Config`] is immutable and shared behind an `Arc` by every
 //! clone of the layer, so a breaker does not carry a copy of it.
 
+mod backoff;
+mod window;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use backoff::Backoff;
+pub use window::Window;
+pub(crate) use window::WindowKind;
+use window::default_buckets;
+
 use crate::classify::DefaultClassify;
+use crate::error::ConfigError;
 use crate::layer::CircuitBreakerLayer;
 
 /// The largest count window, and the largest number of outcomes a time-window bucket counts.
@@ -23,236 +32,6 @@ const DEFAULT_FAILURE_RATE: f64 = 0.5;
 const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The shortest interval jitter can make (unless the interval itself is shorter).
 const MIN_JITTERED_INTERVAL: Duration = Duration::from_millis(1);
-
-// ===== Window =====
-
-/// The sliding window over which failure and slow-call rates are computed.
-///
-/// * [`Window::count`]: the last `n` recorded outcomes.
-/// * [`Window::time`]: the outcomes of the last `duration`, kept in `k` buckets of
-///   `duration / k` (see [`Window::buckets`] for the default). An outcome recorded in bucket `i`
-///   counts until the current bucket is `i + k`, so it leaves the window between
-///   `duration - duration / k` and `duration` after it was recorded; buckets are measured from
-///   the breaker's creation instant.
-///
-/// Both slide, in O(1) per call and without memory per call: a count window one outcome at a
-/// time, a time window one bucket at a time.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_circuit_breaker::Window;
-///
-/// let last_100_calls = Window::count(100);
-/// let last_minute = Window::time(Duration::from_secs(60)); // 60 buckets of 1 s
-/// let last_2s = Window::time(Duration::from_secs(2)); // 10 buckets of 200 ms
-/// let last_10s_fine = Window::time(Duration::from_secs(10)).buckets(100); // 100 ms buckets
-/// # let _ = (last_100_calls, last_minute, last_10s_fine);
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub(crate) kind: WindowKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum WindowKind {
-    Count(u32),
-    Time {
-        duration: Duration,
-        buckets: Option<u32>,
-    },
-}
-
-impl Window {
-    /// A window over the last `n` recorded outcomes (`1..=1_048_576`).
-    pub const fn count(n: u32) -> Self {
-        Window {
-            kind: WindowKind::Count(n),
-        }
-    }
-
-    /// A window over the outcomes of the last `duration`, in buckets of at most a second and at
-    /// least 10 of them by default (see [`buckets`](Self::buckets)).
-    pub const fn time(duration: Duration) -> Self {
-        Window {
-            kind: WindowKind::Time {
-                duration,
-                buckets: None,
-            },
-        }
-    }
-
-    /// Sets the number of buckets of a time window (`1..=4096`, each at least 1 ms long).
-    ///
-    /// The default is one bucket per whole second of the window, at least 10 (so that a short
-    /// window still slides in steps of a tenth) and at most 4096 (a window longer than 4096 s has
-    /// buckets longer than a second), and fewer if buckets would be shorter than 1 ms. More
-    /// buckets make the window slide more smoothly; each costs 32 bytes. On a count window this
-    /// does nothing.
-    pub const fn buckets(self, k: u32) -> Self {
-        match self.kind {
-            WindowKind::Count(_) => self,
-            WindowKind::Time { duration, .. } => Window {
-                kind: WindowKind::Time {
-                    duration,
-                    buckets: Some(k),
-                },
-            },
-        }
-    }
-}
-
-impl fmt::Debug for Window {
-    /// Written as the expression that builds it, e.g. `Window::time(10s).buckets(100)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            WindowKind::Count(n) => write!(f, "Window::count({n})"),
-            WindowKind::Time { duration, buckets } => {
-                write!(f, "Window::time({duration:?})")?;
-                match buckets {
-                    Some(k) => write!(f, ".buckets({k})"),
-                    None => Ok(()),
-                }
-            }
-        }
-    }
-}
-
-impl Default for Window {
-    /// The last 100 calls.
-    fn default() -> Self {
-        Window::count(100)
-    }
-}
-
-/// The default number of buckets of a time window of `duration` (see [`Window::buckets`]).
-fn default_buckets(duration: Duration) -> u32 {
-    let by_seconds = duration.as_secs().clamp(10, u64::from(MAX_BUCKETS));
-    let by_millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    by_seconds.min(by_millis).max(1) as u32
-}
-
-// ===== Backoff =====
-
-/// An open interval that grows with each failed recovery attempt.
-///
-/// Attempt 1 is the first opening after Closed; each reopening from HalfOpen adds one, and closing
-/// resets it. The interval is `min(max, initial * multiplier^(attempt - 1))`; jitter then moves it
-/// by at most that fraction either way, never above `max`.
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_circuit_breaker::Backoff;
-///
-/// // 1 s, 2 s, 4 s, ... up to 1 min, each moved by up to 10 %.
-/// let backoff = Backoff::exponential(Duration::from_secs(1), 2.0, Duration::from_secs(60)).jitter(0.1);
-/// # let _ = backoff;
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
-    pub(crate) initial: Duration,
-    pub(crate) multiplier: f64,
-    pub(crate) max: Duration,
-    pub(crate) jitter: f64,
-}
-
-impl Backoff {
-    /// Exponential backoff from `initial`, multiplied by `multiplier` (at least 1) per attempt and
-    /// capped at `max` (at least `initial`).
-    pub const fn exponential(initial: Duration, multiplier: f64, max: Duration) -> Self {
-        Backoff {
-            initial,
-            multiplier,
-            max,
-            jitter: 0.0,
-        }
-    }
-
-    /// Moves each interval at random by at most `fraction` (in `[0, 1]`) of itself, never above
-    /// `max` and never below 1 ms. Jitter keeps a fleet of clients from probing a recovering dependency in lockstep.
-    pub const fn jitter(mut self, fraction: f64) -> Self {
-        self.jitter = fraction;
-        self
-    }
-
-    /// The interval for `attempt` (1-based) before jitter.
-    pub(crate) fn base_interval(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
-        let secs = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
-        match Duration::try_from_secs_f64(secs) {
-            Ok(d) => d.min(self.max),
-            Err(_) => self.max,
-        }
-    }
-
-    /// The interval for `attempt` with jitter, given a uniform random number in `[0, 1)`.
-    pub(crate) fn interval(&self, attempt: u32, uniform: f64) -> Duration {
-        let base = self.base_interval(attempt);
-        if self.jitter == 0.0 {
-            return base;
-        }
-        let factor = 1.0 + self.jitter * (2.0 * uniform - 1.0);
-        match Duration::try_from_secs_f64(base.as_secs_f64() * factor) {
-            // Never zero: an interval of nothing would let every caller probe at once.
-            Ok(d) => d.min(self.max).max(MIN_JITTERED_INTERVAL.min(base)),
-            Err(_) => base,
-        }
-    }
-}
-
-// ===== ConfigError =====
-
-/// A configuration value out of its allowed range, returned by [`Builder::build`].
-///
-/// ```
-/// use tower_circuit_breaker::CircuitBreakerLayer;
-///
-/// let err = CircuitBreakerLayer::builder().failure_rate_threshold(1.5).build().unwrap_err();
-/// assert_eq!(err.field(), "failure_rate_threshold");
-/// assert_eq!(err.to_string(), "invalid `failure_rate_threshold`: 1.5 (allowed: (0, 1])");
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    value: String,
-    allowed: String,
-}
-
-impl ConfigError {
-    fn new(field: &'static str, value: impl fmt::Debug, allowed: impl Into<String>) -> Self {
-        ConfigError {
-            field,
-            value: format!("{value:?}"),
-            allowed: allowed.into(),
-        }
-    }
-
-    /// The name of the builder setter whose value is out of range.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// The rejected value, as written with `Debug`.
-    pub fn value(&self) -> &str {
-        &self.value
-    }
-
-    /// The allowed range.
-    pub fn allowed(&self) -> &str {
-        &self.allowed
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid `{}`: {} (allowed: {})",
-            self.field, self.value, self.allowed
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 // ===== Config =====
 
