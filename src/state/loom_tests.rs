@@ -34,7 +34,7 @@ fn admit(b: &Breaker, at: u64) -> Ticket {
 }
 
 fn complete(b: &Breaker, ticket: Ticket, outcome: Outcome, at: u64) {
-    b.complete(ticket, outcome, false, &mut now(b, at));
+    b.complete(ticket, outcome, false, None, &mut now(b, at));
 }
 
 fn probes_of(b: &Breaker) -> (u32, u32, u32) {
