@@ -139,7 +139,7 @@ impl std::error::Error for Rejected {}
 
 // ===== ConfigError =====
 
-/// A configuration value out of its allowed range, returned by [`Builder::build`].
+/// A configuration value out of its allowed range, returned by [`Builder::build`](crate::Builder::build).
 ///
 /// ```
 /// use tower_circuit_breaker::CircuitBreakerLayer;
