@@ -18,65 +18,25 @@
 //! Each call is driven by hand with a no-op waker, so no executor allocates on our behalf. The
 //! counter is per thread, so tests running in parallel do not see each other's allocations.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod support;
+
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Future, ready};
 use std::pin::pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::noop_waker;
+use support::alloc::{Counting, allocations};
+use support::plain::echo;
 use tower::{BoxError, Layer, Service, service_fn};
 use tower_circuit_breaker::error::Rejected;
 use tower_circuit_breaker::{CircuitBreakerLayer, State, Window};
 
 // ===== the counting allocator =====
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    // `try_with`: the allocator also runs while this thread's locals are being torn down.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
-// touches only a `const`-initialized thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static COUNTING: Counting = Counting;
 
 // ===== driving calls by hand =====
 
@@ -111,13 +71,6 @@ fn allocations_of(mut one: impl FnMut(u64)) -> u64 {
         one(i);
     }
     allocations() - before
-}
-
-type Echo = tower::util::ServiceFn<fn(u64) -> Ready<Result<u64, Infallible>>>;
-
-/// An always-ready service that answers at once.
-fn echo() -> Echo {
-    service_fn(|request: u64| ready(Ok(request)))
 }
 
 fn assert_closed_path_allocates_nothing(layer: &CircuitBreakerLayer, expected: State) {

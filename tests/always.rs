@@ -12,8 +12,6 @@ use tower::timeout::error::Elapsed;
 use tower::{Layer, ServiceExt};
 use tower_circuit_breaker::{CircuitBreakerLayer, Event, State, Window};
 
-const OPEN: Duration = Duration::from_secs(10);
-
 fn tripping() -> Harness {
     harness(
         builder()
@@ -360,14 +358,7 @@ async fn metrics_only_admits_calls_while_the_circuit_was_open() {
 
 #[tokio::test(start_paused = true)]
 async fn reset_returns_to_closed_with_empty_metrics() {
-    for from in [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::Disabled,
-        State::MetricsOnly,
-    ] {
+    for from in ALL_STATES {
         let mut h = harness(
             builder()
                 .sliding_window(Window::count(10))

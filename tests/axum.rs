@@ -3,13 +3,20 @@
 //! axum calls `Layer::layer` once per route and method (the fallback included), and the router is
 //! typically rebuilt or cloned per connection: the breaker lives in the layer, so all of those
 //! services share one state. axum needs `Error = Infallible`, so `HandleErrorLayer` turns the
-//! breaker's `BoxError` into a response: a rejection becomes a 503 with a `Retry-After` header.
-//! axum handlers answer a failure with a 5xx response, not an error, so the breaker classifies
-//! by status.
+//! breaker's `BoxError` into a response. axum handlers answer a failure with a 5xx response, not an
+//! error, so the breaker classifies by status.
+//!
+//! What is tested here is the breaker's part: which requests it rejects, and that its error
+//! reaches an axum error handler as a [`Rejected`] with the state and the `retry_after()` of the
+//! moment (the handler records each one it is given, see [`Handled`]). The 503 status and the
+//! rounding of `Retry-After` to whole seconds are the test's own error handler ([`error_response`]);
+//! the crate has no HTTP response mode yet, and when it has, its tests belong to it. The statuses
+//! are still asserted here: they say which requests were rejected and which reached a route.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -47,8 +54,9 @@ fn breaker() -> CircuitBreakerLayer<Classifier> {
         .expect("a valid configuration")
 }
 
-/// A rejection is a 503 that says when to come back; anything else a 500.
-async fn error_response(err: BoxError) -> Response {
+/// A rejection is a 503 that says when to come back (whole seconds, rounded up); anything else a
+/// 500. The test's own mapping: the crate has no HTTP response mode yet.
+fn error_response(err: &BoxError) -> Response {
     match err.downcast_ref::<Rejected>() {
         Some(rejected) => {
             let mut response =
@@ -62,6 +70,31 @@ async fn error_response(err: BoxError) -> Response {
             response
         }
         None => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+/// What the error handler was given: for each error, its rejection's state and `retry_after()`
+/// as the handler read them, or `None` for an error that is not a [`Rejected`].
+#[derive(Clone, Default)]
+struct Handled(Arc<Mutex<Vec<Option<(State, Option<Duration>)>>>>);
+
+impl Handled {
+    /// The error handler for `HandleErrorLayer`: records the error, then answers with
+    /// [`error_response`].
+    fn handler(&self) -> impl FnOnce(BoxError) -> Ready<Response> + Clone + Send + Sync + 'static {
+        let handled = self.clone();
+        move |err: BoxError| {
+            let seen = err
+                .downcast_ref::<Rejected>()
+                .map(|rejected| (rejected.state(), rejected.retry_after()));
+            handled.0.lock().unwrap().push(seen);
+            ready(error_response(&err))
+        }
+    }
+
+    /// The errors handled since the last call.
+    fn take(&self) -> Vec<Option<(State, Option<Duration>)>> {
+        std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
 
@@ -131,9 +164,10 @@ async fn router_layer_opens_after_the_configured_failures() {
     let handle = breaker.handle();
     let layers = Arc::new(AtomicUsize::new(0));
     let handled = Arc::new(AtomicUsize::new(0));
+    let errors = Handled::default();
     let app = routes(handled.clone()).layer(
         ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(error_response))
+            .layer(HandleErrorLayer::new(errors.handler()))
             .layer(CountLayers {
                 inner: breaker,
                 count: layers.clone(),
@@ -180,6 +214,11 @@ async fn router_layer_opens_after_the_configured_failures() {
             "29",
             "28.5 s left, rounded up"
         );
+        assert_eq!(
+            errors.take(),
+            [Some((State::Open, Some(Duration::from_millis(28_500))))],
+            "{method} {uri}: the breaker's rejection reached the error handler, 28.5 s left"
+        );
     }
     assert_eq!(handled.load(Ordering::SeqCst), 1 + FAILURES as usize);
     assert_eq!(handle.metrics().not_permitted(), 4);
@@ -190,9 +229,10 @@ async fn route_layer_opens_after_the_configured_failures_and_recovers() {
     let breaker = breaker();
     let handle = breaker.handle();
     let handled = Arc::new(AtomicUsize::new(0));
+    let errors = Handled::default();
     let app = routes(handled.clone()).route_layer(
         ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(error_response))
+            .layer(HandleErrorLayer::new(errors.handler()))
             .layer(breaker),
     );
 
@@ -206,6 +246,7 @@ async fn route_layer_opens_after_the_configured_failures_and_recovers() {
     let response = send(&app, "GET", "/other").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()[header::RETRY_AFTER], "30");
+    assert_eq!(errors.take(), [Some((State::Open, Some(OPEN)))]);
     // `route_layer` leaves unmatched paths alone.
     assert_eq!(get_status(&app, "/missing").await, StatusCode::NOT_FOUND);
     assert_eq!(handled.load(Ordering::SeqCst), FAILURES as usize);
@@ -216,6 +257,11 @@ async fn route_layer_opens_after_the_configured_failures_and_recovers() {
     assert_eq!(get_status(&app, "/ok").await, StatusCode::OK);
     assert_eq!(handle.state(), State::Closed);
     assert_eq!(get_status(&app, "/other").await, StatusCode::OK);
+    assert_eq!(
+        errors.take(),
+        [],
+        "nothing rejected after the circuit closed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,10 +270,11 @@ async fn a_router_built_per_request_still_shares_one_breaker() {
     let handle = breaker.handle();
     let handled = Arc::new(AtomicUsize::new(0));
     // Everything rebuilt for every request: routes, layering, services. Only the layer is cloned.
+    let errors = Handled::default();
     let app = || {
         routes(handled.clone()).layer(
             ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(error_response))
+                .layer(HandleErrorLayer::new(errors.handler()))
                 .layer(breaker.clone()),
         )
     };
@@ -243,6 +290,7 @@ async fn a_router_built_per_request_still_shares_one_breaker() {
         get_status(&app(), "/ok").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    assert_eq!(errors.take(), [Some((State::Open, Some(OPEN)))]);
     assert_eq!(handled.load(Ordering::SeqCst), FAILURES as usize);
 }
 
@@ -251,9 +299,10 @@ async fn forced_open_router_answers_503_without_retry_after() {
     let breaker = breaker();
     let handle = breaker.handle();
     let handled = Arc::new(AtomicUsize::new(0));
+    let errors = Handled::default();
     let app = routes(handled.clone()).layer(
         ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(error_response))
+            .layer(HandleErrorLayer::new(errors.handler()))
             .layer(breaker),
     );
 
@@ -263,6 +312,11 @@ async fn forced_open_router_answers_503_without_retry_after() {
     assert!(
         response.headers().get(header::RETRY_AFTER).is_none(),
         "nobody knows when"
+    );
+    assert_eq!(
+        errors.take(),
+        [Some((State::ForcedOpen, None))],
+        "a forced-open rejection has no retry-after"
     );
     assert_eq!(handled.load(Ordering::SeqCst), 0);
 

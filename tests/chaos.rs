@@ -15,11 +15,12 @@
 //! healthy phase; then a final healthy phase. Each request carries its phase's fault in a header,
 //! so the server injects exactly the fault of the phase the request belongs to.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use support::alloc::{Counting, process_live_bytes, process_peak_bytes};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tower::timeout::error::Elapsed;
@@ -43,65 +45,8 @@ use tower_circuit_breaker::{
 
 // ===== counting allocator =====
 
-/// The system allocator, counting the bytes live in this test binary and their peak.
-struct CountingAlloc;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static PEAK_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-fn grew(bytes: usize) {
-    let live = LIVE_BYTES.fetch_add(bytes as isize, Ordering::Relaxed) + bytes as isize;
-    PEAK_BYTES.fetch_max(live, Ordering::Relaxed);
-}
-
-fn shrank(bytes: usize) {
-    LIVE_BYTES.fetch_sub(bytes as isize, Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the counters
-// are plain atomics that never allocate.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as is; the caller upholds `GlobalAlloc::alloc`'s contract.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator, that is from `System`, with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc`; the caller upholds `GlobalAlloc::realloc`'s contract.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            grew(new_size);
-            shrank(layout.size());
-        }
-        new
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-fn live_bytes() -> isize {
-    LIVE_BYTES.load(Ordering::Relaxed)
-}
+static COUNTING: Counting = Counting;
 
 // ===== parameters =====
 
@@ -899,13 +844,13 @@ async fn chaos_soak_every_request_ends_no_permit_leaks_and_the_heap_stays_flat()
                     server.wait_idle().await,
                     "connections still open after warm-up"
                 );
-                heap_after_warm_up = Some(live_bytes());
+                heap_after_warm_up = Some(process_live_bytes());
             }
         }
     }
     let idle_at_end = server.wait_idle().await;
-    let heap_at_end = live_bytes();
-    let heap_peak = PEAK_BYTES.load(Ordering::Relaxed);
+    let heap_at_end = process_live_bytes();
+    let heap_peak = process_peak_bytes();
     let heap_after_warm_up = heap_after_warm_up.expect("the schedule measures after warm-up");
     let metrics = handle.metrics();
     let server_alive = !server.accept_loop.is_finished();

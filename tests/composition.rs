@@ -12,13 +12,13 @@
 //! Everything that depends on time runs on tokio's paused clock, except the multi-thread race at
 //! the end, which cannot pause its clock and never waits on time (see `tests/concurrency.rs`).
 
-use std::future::{Future, Ready, ready};
+use std::future::{Future, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::layer::layer_fn;
 use tower::limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer};
@@ -28,57 +28,12 @@ use tower_circuit_breaker::error::Rejected;
 use tower_circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_test::{assert_request_eq, mock};
 
-const OPEN: Duration = Duration::from_secs(10);
-
 mod support;
-use support::{Counted, Counts, await_half_open};
+use support::plain::{Dependency, breaker, echo, fail_once, half_open, trip};
+use support::{Counted, Counts, OPEN, await_half_open, rejected};
 
 type Req = &'static str;
 type Res = &'static str;
-
-/// Opens after one failure, for `OPEN`, then admits `probes` probes.
-fn breaker(probes: u32) -> CircuitBreakerLayer {
-    CircuitBreakerLayer::builder()
-        .name("composition")
-        .consecutive_failures(1)
-        .open_duration(OPEN)
-        .half_open_calls(probes)
-        .build()
-        .expect("a valid configuration")
-}
-
-/// Opens `layer`'s breaker with one failing call through a service of its own.
-async fn trip(layer: &CircuitBreakerLayer) {
-    fail_once(layer).await;
-    assert_eq!(layer.handle().state(), State::Open);
-}
-
-/// One failing call through a service of `layer`.
-async fn fail_once(layer: &CircuitBreakerLayer) {
-    let failing = layer.layer(service_fn(|_: Req| {
-        ready(Err::<Res, BoxError>("down".into()))
-    }));
-    let err = failing.oneshot("fail").await.expect_err("the call fails");
-    assert!(!err.is::<Rejected>(), "admitted, not rejected");
-}
-
-/// Trips the breaker and waits out the open interval on the paused clock.
-async fn half_open(layer: &CircuitBreakerLayer) {
-    trip(layer).await;
-    tokio::time::advance(OPEN).await;
-    assert_eq!(layer.handle().state(), State::HalfOpen);
-}
-
-fn rejected(err: &BoxError) -> &Rejected {
-    err.downcast_ref::<Rejected>()
-        .unwrap_or_else(|| panic!("expected a rejection, got {err:?}"))
-}
-
-fn echo()
--> impl Service<Req, Response = Res, Error = BoxError, Future = Ready<Result<Res, BoxError>>> + Clone
-{
-    service_fn(|request: Req| ready(Ok::<_, BoxError>(request)))
-}
 
 /// Answers at once, except the request `"hang"`, which never completes.
 fn hang_or_echo() -> impl Service<
@@ -99,7 +54,7 @@ fn hang_or_echo() -> impl Service<
 
 #[tokio::test(start_paused = true)]
 async fn open_breaker_outside_a_limit_takes_no_concurrency_permit() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     let semaphore = Arc::new(Semaphore::new(1));
     let counts = Counts::default();
     let service = ServiceBuilder::new()
@@ -147,7 +102,7 @@ async fn open_breaker_outside_a_limit_takes_no_concurrency_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn call_queued_at_a_limit_inside_the_breaker_holds_no_probe_permit() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     half_open(&layer).await;
     let semaphore = Arc::new(Semaphore::new(1));
     let limited = ServiceBuilder::new()
@@ -192,7 +147,7 @@ async fn call_queued_at_a_limit_inside_the_breaker_holds_no_probe_permit() {
 /// and with a limit of one every other caller starves, even after the circuit closed.
 #[tokio::test(start_paused = true)]
 async fn limit_inside_the_breaker_keeps_a_permit_it_queued_for_while_the_breaker_rejects() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     let semaphore = Arc::new(Semaphore::new(1));
     let limit = GlobalConcurrencyLimitLayer::with_semaphore(semaphore.clone());
     let stack = |inner| {
@@ -240,7 +195,7 @@ async fn limit_inside_the_breaker_keeps_a_permit_it_queued_for_while_the_breaker
 
 #[tokio::test(start_paused = true)]
 async fn limit_inside_the_breaker_dropped_hanging_probe_returns_both_permits() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     half_open(&layer).await;
     let semaphore = Arc::new(Semaphore::new(1));
     let service = ServiceBuilder::new()
@@ -285,7 +240,7 @@ async fn limit_inside_the_breaker_dropped_hanging_probe_returns_both_permits() {
 
 #[tokio::test(start_paused = true)]
 async fn limit_outside_the_breaker_gets_its_permit_back_from_each_rejection() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     let semaphore = Arc::new(Semaphore::new(1));
     let counts = Counts::default();
     let service = ServiceBuilder::new()
@@ -329,7 +284,7 @@ async fn limit_outside_the_breaker_gets_its_permit_back_from_each_rejection() {
 
 #[tokio::test(start_paused = true)]
 async fn limit_outside_the_breaker_dropped_hanging_probe_returns_both_permits() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     half_open(&layer).await;
     let semaphore = Arc::new(Semaphore::new(1));
     let service = ServiceBuilder::new()
@@ -367,7 +322,7 @@ async fn limit_outside_the_breaker_dropped_hanging_probe_returns_both_permits() 
 
 #[tokio::test(start_paused = true)]
 async fn load_shed_over_an_open_breaker_rejects_instead_of_shedding() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(
         ServiceBuilder::new()
@@ -404,7 +359,7 @@ async fn load_shed_over_an_open_breaker_rejects_instead_of_shedding() {
 
 #[tokio::test(start_paused = true)]
 async fn load_shed_over_a_half_open_breaker_sheds_without_spending_the_probe() {
-    let layer = breaker(1);
+    let layer = breaker("composition", 1);
     half_open(&layer).await;
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(
@@ -556,41 +511,6 @@ const ATTEMPTS: usize = 5;
 const ROUNDS: usize = 12;
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// The flaky inner service of a round: counts its calls (and the most in flight at once), holds
-/// each call until `gate` opens, then fails the first `failures` calls and answers the rest.
-fn flaky(
-    calls: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
-    gate: watch::Receiver<bool>,
-    failures: usize,
-) -> impl Service<
-    (),
-    Response = (),
-    Error = BoxError,
-    Future = impl Future<Output = Result<(), BoxError>> + Send,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |()| {
-        let index = calls.fetch_add(1, Ordering::SeqCst);
-        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let (in_flight, mut gate) = (in_flight.clone(), gate.clone());
-        async move {
-            gate.wait_for(|open| *open)
-                .await
-                .expect("the gate outlives the calls");
-            in_flight.fetch_sub(1, Ordering::SeqCst);
-            if index < failures {
-                Err(BoxError::from("flaky"))
-            } else {
-                Ok(())
-            }
-        }
-    })
-}
-
 /// What one task saw: the state of each rejection, and the answer to its admitted call.
 #[derive(Debug, Default)]
 struct Seen {
@@ -686,15 +606,8 @@ async fn many_tasks_through_a_limit_and_the_breaker_lose_no_permits_and_never_ex
 
         // Round by round: every probe succeeds, one fails, or all fail.
         let failures = [0, 1, PROBES][round % 3];
-        let (calls, in_flight, max_in_flight) = Default::default();
-        let (gate, closed_gate) = watch::channel(false);
-        let inner = flaky(
-            Arc::clone(&calls),
-            Arc::clone(&in_flight),
-            Arc::clone(&max_in_flight),
-            closed_gate,
-            failures,
-        );
+        let dependency = Dependency::new();
+        let inner = dependency.service(failures);
         // The limit starts full (calls in flight elsewhere), so that the callers queue at it
         // first: those with the breaker outside are admitted, find the limit full and must give
         // their probe permit back while they wait.
@@ -727,7 +640,7 @@ async fn many_tasks_through_a_limit_and_the_breaker_lose_no_permits_and_never_ex
         Race::wait(&race.all_decided, "was admitted or gave up").await;
 
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            dependency.calls(),
             PROBES,
             "round {round}: probes that reached the dependency"
         );
@@ -737,7 +650,7 @@ async fn many_tasks_through_a_limit_and_the_breaker_lose_no_permits_and_never_ex
             "round {round}: the probes hold their limit permits, every rejection gave its back"
         );
 
-        gate.send_replace(true);
+        dependency.open_gate();
         let (mut ok, mut failed, mut rejections) = (0, 0, 0);
         for task in tasks {
             let seen = task.await.expect("no task panicked");
@@ -754,11 +667,7 @@ async fn many_tasks_through_a_limit_and_the_breaker_lose_no_permits_and_never_ex
         }
         assert_eq!((ok, failed), (PROBES - failures, failures), "round {round}");
         assert!(rejections >= (TASKS - PROBES) * ATTEMPTS, "round {round}");
-        assert_eq!(
-            max_in_flight.load(Ordering::SeqCst),
-            PROBES,
-            "round {round}"
-        );
+        assert_eq!(dependency.max_in_flight(), PROBES, "round {round}");
         assert_eq!(
             semaphore.available_permits(),
             LIMIT,

@@ -10,20 +10,20 @@
 //! HalfOpen with an open interval of one nanosecond (over by the time anyone looks again), and
 //! keep it open afterwards with a backoff whose second interval is an hour. Nothing sleeps.
 
-use std::future::{Future, ready};
+use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use tokio::sync::{Barrier, Notify, watch};
+use tokio::sync::{Barrier, Notify};
 use tokio::task::JoinHandle;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_circuit_breaker::error::Rejected;
-use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, Event, EventStream, State};
+use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, State};
 
 mod support;
-use support::await_half_open;
+use support::plain::{Dependency, EVERY_CALL, fail_once};
+use support::{await_half_open, transitions};
 
 const TASKS: usize = 1_000;
 const ROUNDS: usize = 20;
@@ -33,32 +33,6 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// The first open interval is 1 ns (HalfOpen at once); every reopening lasts an hour.
 fn one_nanosecond_then_an_hour() -> Backoff {
     Backoff::exponential(Duration::from_nanos(1), 1e13, HOUR)
-}
-
-/// An inner service that counts its calls, then waits for `gate` to open and answers `result`.
-fn gated(
-    calls: Arc<AtomicUsize>,
-    gate: watch::Receiver<bool>,
-    result: Result<(), &'static str>,
-) -> impl Service<
-    (),
-    Response = (),
-    Error = BoxError,
-    Future = impl Future<Output = Result<(), BoxError>> + Send,
-> + Clone
-+ Send
-+ Sync
-+ 'static {
-    service_fn(move |()| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        let mut gate = gate.clone();
-        async move {
-            gate.wait_for(|open| *open)
-                .await
-                .expect("the gate outlives the calls");
-            result.map_err(BoxError::from)
-        }
-    })
 }
 
 /// Spawns `TASKS` tasks that pass a barrier together and then each make one call through the
@@ -109,25 +83,6 @@ async fn outcomes(tasks: Vec<JoinHandle<Result<(), BoxError>>>) -> (usize, usize
     (ok, failed, rejected)
 }
 
-/// The transitions buffered in `events` so far.
-fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
-    let mut seen = Vec::new();
-    while let Some(Some(event)) = events.next().now_or_never() {
-        match event {
-            Event::StateTransition { from, to, .. } => seen.push((from, to)),
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-    seen
-}
-
-/// Opens the breaker with one failure through a service of `layer`.
-async fn trip(layer: &CircuitBreakerLayer) {
-    let failing = layer.layer(service_fn(|()| ready(Err::<(), BoxError>("down".into()))));
-    let err = failing.oneshot(()).await.expect_err("the call fails");
-    assert!(!err.is::<Rejected>(), "admitted, not rejected");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_callers_get_exactly_the_probe_permits() {
     const PROBES: usize = 5;
@@ -142,20 +97,15 @@ async fn racing_callers_get_exactly_the_probe_permits() {
     let handle = layer.handle();
 
     for round in 0..ROUNDS {
-        trip(&layer).await;
+        fail_once(&layer).await;
         await_half_open(&handle);
 
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate, closed_gate) = watch::channel(false);
-        let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+        let dependency = Dependency::new();
+        let service = layer.layer(dependency.service(0));
         let tasks = race(|_| service.clone()).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            PROBES,
-            "round {round}: probes admitted"
-        );
+        assert_eq!(dependency.calls(), PROBES, "round {round}: probes admitted");
 
-        gate.send_replace(true);
+        dependency.open_gate();
         let (ok, failed, rejected) = outcomes(tasks).await;
         assert_eq!((ok, failed), (PROBES, 0), "round {round}");
         assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
@@ -168,7 +118,7 @@ async fn racing_callers_get_exactly_the_probe_permits() {
             State::Closed,
             "round {round}: all probes succeeded"
         );
-        assert_eq!(calls.load(Ordering::SeqCst), PROBES);
+        assert_eq!(dependency.calls(), PROBES);
     }
 }
 
@@ -184,16 +134,15 @@ async fn cancelled_probes_return_their_permits_under_a_race() {
         .build()
         .unwrap();
     let handle = layer.handle();
-    trip(&layer).await;
+    fail_once(&layer).await;
     await_half_open(&handle);
 
-    let calls = Arc::new(AtomicUsize::new(0));
-    let (gate, closed_gate) = watch::channel(false);
-    let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+    let dependency = Dependency::new();
+    let service = layer.layer(dependency.service(0));
     for round in 1..=ROUNDS {
         let tasks = race(|_| service.clone()).await;
         assert_eq!(
-            calls.load(Ordering::SeqCst),
+            dependency.calls(),
             PROBES * round,
             "round {round}: every permit came back from the round before"
         );
@@ -223,7 +172,7 @@ async fn cancelled_probes_return_their_permits_under_a_race() {
 
     // And the permits still admit probes that complete.
     let tasks = race(|_| service.clone()).await;
-    gate.send_replace(true);
+    dependency.open_gate();
     let (ok, _, rejected) = outcomes(tasks).await;
     assert_eq!((ok, rejected.len()), (PROBES, TASKS - PROBES));
     assert_eq!(handle.state(), State::Closed);
@@ -244,18 +193,13 @@ async fn concurrent_failures_open_the_circuit_once() {
     for round in 0..ROUNDS {
         handle.reset();
         let mut events = handle.subscribe();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate, closed_gate) = watch::channel(false);
-        let service = layer.layer(gated(calls.clone(), closed_gate, Err("down")));
+        let dependency = Dependency::new();
+        let service = layer.layer(dependency.service(EVERY_CALL));
         let tasks = race(|_| service.clone()).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            TASKS,
-            "closed: everyone admitted"
-        );
+        assert_eq!(dependency.calls(), TASKS, "closed: everyone admitted");
 
         // A thousand failures land together; many of them cross the thresholds.
-        gate.send_replace(true);
+        dependency.open_gate();
         let (ok, failed, rejected) = outcomes(tasks).await;
         assert_eq!((ok, failed, rejected.len()), (0, TASKS, 0), "round {round}");
         assert_eq!(
@@ -284,18 +228,17 @@ async fn concurrent_successful_probes_close_the_circuit_once() {
     for round in 0..ROUNDS {
         handle.reset();
         let mut events = handle.subscribe();
-        trip(&layer).await;
+        fail_once(&layer).await;
 
         // No waiting for HalfOpen here: the racing callers themselves end the open interval,
         // so Open -> HalfOpen is raced too.
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate, closed_gate) = watch::channel(false);
-        let service = layer.layer(gated(calls.clone(), closed_gate, Ok(())));
+        let dependency = Dependency::new();
+        let service = layer.layer(dependency.service(0));
         let tasks = race(|_| service.clone()).await;
-        assert_eq!(calls.load(Ordering::SeqCst), PROBES, "round {round}");
+        assert_eq!(dependency.calls(), PROBES, "round {round}");
 
         // Every probe succeeds at once; any one of them is enough to close.
-        gate.send_replace(true);
+        dependency.open_gate();
         let (ok, failed, rejected) = outcomes(tasks).await;
         assert_eq!((ok, failed), (PROBES, 0), "round {round}");
         assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
@@ -328,16 +271,15 @@ async fn concurrent_failing_probes_reopen_the_circuit_once() {
     for round in 0..ROUNDS {
         handle.reset();
         let mut events = handle.subscribe();
-        trip(&layer).await;
+        fail_once(&layer).await;
         await_half_open(&handle);
 
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate, closed_gate) = watch::channel(false);
-        let service = layer.layer(gated(calls.clone(), closed_gate, Err("still down")));
+        let dependency = Dependency::new();
+        let service = layer.layer(dependency.service(EVERY_CALL));
         let tasks = race(|_| service.clone()).await;
-        assert_eq!(calls.load(Ordering::SeqCst), PROBES, "round {round}");
+        assert_eq!(dependency.calls(), PROBES, "round {round}");
 
-        gate.send_replace(true);
+        dependency.open_gate();
         let (ok, failed, rejected) = outcomes(tasks).await;
         assert_eq!((ok, failed), (0, PROBES), "round {round}");
         assert_eq!(rejected.len(), TASKS - PROBES, "round {round}");
@@ -373,9 +315,8 @@ async fn clones_and_services_of_one_layer_share_one_state() {
 
     for round in 0..ROUNDS {
         handle.reset();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (gate, closed_gate) = watch::channel(false);
-        let inner = gated(calls.clone(), closed_gate, Err("down"));
+        let dependency = Dependency::new();
+        let inner = dependency.service(EVERY_CALL);
         let cloned = layer.layer(inner.clone());
         // Half the tasks use clones of one service, half a service of their own from the layer
         // (as axum makes them).
@@ -387,10 +328,10 @@ async fn clones_and_services_of_one_layer_share_one_state() {
             }
         })
         .await;
-        assert_eq!(calls.load(Ordering::SeqCst), TASKS);
+        assert_eq!(dependency.calls(), TASKS);
         assert_eq!(handle.metrics().calls(), 0, "nothing completed yet");
 
-        gate.send_replace(true);
+        dependency.open_gate();
         let (_, failed, _) = outcomes(tasks).await;
         assert_eq!(failed, TASKS, "round {round}");
         let metrics = handle.metrics();
@@ -412,11 +353,7 @@ async fn clones_and_services_of_one_layer_share_one_state() {
         .await;
         let (ok, failed, rejected) = outcomes(tasks).await;
         assert_eq!((ok, failed, rejected.len()), (0, 0, TASKS), "round {round}");
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            TASKS,
-            "no call reached the inner"
-        );
+        assert_eq!(dependency.calls(), TASKS, "no call reached the inner");
         assert_eq!(handle.metrics().not_permitted(), TASKS as u64);
     }
 }

@@ -37,8 +37,11 @@ fn rejects(builder: Builder, field: &str, value: &str, allowed: &str) -> ConfigE
             err.allowed()
         )
     );
-    let source: &dyn std::error::Error = &err;
-    assert!(source.source().is_none());
+    // An error users can `?` into tower's `BoxError` (it is `Error + Send + Sync + 'static`, or
+    // this does not compile) and get back by downcasting, unchanged.
+    let boxed = tower::BoxError::from(err.clone());
+    assert_eq!(boxed.to_string(), message);
+    assert_eq!(boxed.downcast_ref::<ConfigError>(), Some(&err));
     err
 }
 

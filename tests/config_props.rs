@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, State, Window};
+use tower::timeout::error::Elapsed;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_circuit_breaker::error::Rejected;
+use tower_circuit_breaker::{Backoff, CircuitBreakerLayer, Handle, Metrics, State, Window};
 
 const MAX_WINDOW: u32 = 1 << 20;
 const MAX_PROBES: u32 = 4095;
@@ -418,6 +420,41 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
+/// A call's answer is one the call can have: `Ok` only if it did not fail, the inner error only
+/// if it failed, a timeout only if it took time, and a rejection only from a rejecting state.
+#[track_caller]
+fn assert_answer_fits_the_call(answer: &Result<(), BoxError>, fail: bool, delay: Duration) {
+    match answer {
+        Ok(()) => assert!(!fail, "a failing call answered Ok"),
+        Err(err) => {
+            if let Some(rejected) = err.downcast_ref::<Rejected>() {
+                assert!(
+                    matches!(
+                        rejected.state(),
+                        State::Open | State::HalfOpen | State::ForcedOpen
+                    ),
+                    "rejected in {:?}",
+                    rejected.state()
+                );
+            } else if err.is::<Elapsed>() {
+                assert!(delay > Duration::ZERO, "a call without delay timed out");
+            } else {
+                assert!(fail, "a succeeding call answered {err}");
+                assert_eq!(err.to_string(), "failure");
+            }
+        }
+    }
+}
+
+/// Formatting a handle and its metrics must not panic, in any state the actions reach. Only a
+/// "does not panic" property: what the text says is not this test's business (`Debug` has tests
+/// of its own), so the check is that the text was made.
+#[track_caller]
+fn assert_formats_without_panicking(handle: &Handle, metrics: &Metrics) {
+    let shown = format!("{handle:?} {metrics:?}");
+    assert!(!shown.is_empty());
+}
+
 /// Drives a built layer through `actions` on a paused clock; panics are the failure.
 fn exercise(layer: CircuitBreakerLayer, actions: &[Action]) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -436,7 +473,8 @@ fn exercise(layer: CircuitBreakerLayer, actions: &[Action]) {
             match action {
                 Action::Call { fail, delay } => {
                     let ready = svc.ready().await.expect("never an error from poll_ready");
-                    let _ = ready.call((*fail, *delay)).await;
+                    let answer = ready.call((*fail, *delay)).await;
+                    assert_answer_fits_the_call(&answer, *fail, *delay);
                 }
                 Action::Advance(d) => tokio::time::advance(*d).await,
                 Action::ForceOpen => handle.force_open(),
@@ -451,17 +489,28 @@ fn exercise(layer: CircuitBreakerLayer, actions: &[Action]) {
             if let Some(rate) = m.failure_rate() {
                 assert!((0.0..=1.0).contains(&rate));
             }
-            let _ = (handle.state(), format!("{handle:?} {m:?}"));
+            assert_eq!(
+                handle.state(),
+                m.state(),
+                "a state read agrees with the metrics read at the same instant"
+            );
+            assert_formats_without_panicking(&handle, &m);
         }
         // A reset always brings the breaker back to a working Closed state.
         handle.reset();
         assert_eq!(handle.state(), State::Closed);
-        let _ = svc
+        let answer = svc
             .ready()
             .await
             .expect("ready")
             .call((false, Duration::ZERO))
             .await;
+        // Admitted and answered (its outcome may still trip: a zero-delay call can be a slow one
+        // on the paused clock, whose timer has a resolution of a millisecond).
+        assert!(
+            answer.is_ok(),
+            "a call after a reset is admitted: {answer:?}"
+        );
     });
 }
 
@@ -488,7 +537,12 @@ proptest! {
                     err
                 );
                 prop_assert!(!err.to_string().is_empty() && !err.allowed().is_empty());
-                let _ = err.value();
+                prop_assert!(
+                    err.to_string().contains(err.value()),
+                    "the message shows the value {:?}: {}",
+                    err.value(),
+                    err
+                );
             }
         }
     }

@@ -6,15 +6,11 @@
 //! run on a std thread with a bounded wait ([`within`]): a callback that re-enters a lock of the
 //! breaker deadlocks, and the test fails instead of hanging the suite.
 //!
-//! The counting allocator below measures this thread's live heap for the subscription test. It is
-//! defined here and not in tests/support: a `#[global_allocator]` in support would be installed in
-//! every test binary that includes it (and clash with the one of tests/alloc.rs, which counts
-//! allocations, not bytes).
+//! The counting allocator (`support::alloc`, installed here) measures this thread's live heap for
+//! the subscription test.
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{Ready, ready};
@@ -26,6 +22,7 @@ use std::time::Duration;
 use futures::executor::block_on;
 use futures::task::noop_waker;
 use futures::{FutureExt, StreamExt};
+use support::alloc::{Counting, live_bytes};
 use support::*;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_circuit_breaker::{
@@ -39,52 +36,8 @@ const DEADLOCK: Duration = Duration::from_secs(5);
 
 // ===== a counting allocator: this thread's live heap =====
 
-struct Counting;
-
-thread_local! {
-    /// Bytes allocated minus bytes freed by this thread.
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-fn count(bytes: i64) {
-    // `try_with`: the allocator also runs while this thread's locals are being torn down.
-    let _ = LIVE.try_with(|live| live.set(live.get() + bytes));
-}
-
-fn live_bytes() -> i64 {
-    LIVE.with(Cell::get)
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
-// touches only a `const`-initialized thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as i64);
-        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size() as i64);
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size as i64 - layout.size() as i64);
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(-(layout.size() as i64));
-        // SAFETY: `ptr` was allocated by `System` through this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static COUNTING: Counting = Counting;
 
 // ===== a tracing subscriber that calls back =====
 
@@ -112,17 +65,10 @@ impl Visit for Fields {
 
 /// A state as the tracing events write it (its `Display`).
 fn parse(shown: &str) -> State {
-    [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::Disabled,
-        State::MetricsOnly,
-    ]
-    .into_iter()
-    .find(|state| state.to_string() == shown)
-    .unwrap_or_else(|| panic!("unknown state {shown:?}"))
+    ALL_STATES
+        .into_iter()
+        .find(|state| state.to_string() == shown)
+        .unwrap_or_else(|| panic!("unknown state {shown:?}"))
 }
 
 /// Records the transitions of every tracing event it sees, and calls `on_opened` with the handle
@@ -233,16 +179,6 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         self.dropped.store(true, Ordering::SeqCst);
         (self.action)();
-    }
-}
-
-/// A waker that counts its wake-ups.
-#[derive(Default)]
-struct CountsWakes(AtomicUsize);
-
-impl Wake for CountsWakes {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -401,12 +337,12 @@ fn a_waker_the_breaker_replaces_is_dropped_outside_its_lock() {
         });
         poll_pending(&mut waiting, &first);
         drop(first); // the breaker holds the last clone now
-        let counts = Arc::new(CountsWakes::default());
-        poll_pending(&mut waiting, &Waker::from(counts.clone()));
+        let (waker, counts) = CountsWakes::waker();
+        poll_pending(&mut waiting, &waker);
         let dropped = dropped.load(Ordering::SeqCst);
         // The waiting list still works: the new waker is woken when the circuit opens.
         layer.handle().force_open();
-        (dropped, counts.0.load(Ordering::SeqCst))
+        (dropped, counts.wakes())
     });
     assert!(dropped, "the breaker dropped the replaced waker");
     assert_eq!(

@@ -10,24 +10,12 @@ use tokio_test::{assert_pending, task};
 use tower::{Service, ServiceExt};
 use tower_circuit_breaker::{Backoff, Builder, State, Window};
 
-const OPEN: Duration = Duration::from_secs(10);
-
 /// Trips on the first failure, open for 10 s, with `half_open_calls` probes.
 fn probing(calls: u32) -> Builder<Classifier> {
     builder()
         .consecutive_failures(1)
         .open_duration(OPEN)
         .half_open_calls(calls)
-}
-
-/// Builds the breaker and brings it to HalfOpen.
-async fn half_open(builder: Builder<Classifier>) -> Harness {
-    let mut h = harness(builder);
-    assert_admitted(&call(&mut h.svc, fail()).await);
-    assert_eq!(h.handle.state(), State::Open);
-    advance(OPEN).await;
-    assert_eq!(h.handle.state(), State::HalfOpen);
-    h
 }
 
 #[tokio::test(start_paused = true)]

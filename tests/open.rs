@@ -29,10 +29,6 @@ fn backing_off(backoff: Backoff) -> Harness {
     )
 }
 
-async fn trip(svc: &mut Svc) {
-    assert_admitted(&call(svc, fail()).await);
-}
-
 /// The open interval now beginning, read from the rejection's retry-after at the instant of
 /// opening.
 async fn current_interval(h: &mut Harness) -> Duration {

@@ -18,10 +18,6 @@ fn tripping(open: Duration) -> Harness {
     harness(builder().consecutive_failures(1).open_duration(open))
 }
 
-async fn trip(svc: &mut Svc) {
-    assert_admitted(&call(svc, fail()).await);
-}
-
 // ===== retry-after is computed when asked =====
 
 #[tokio::test(start_paused = true)]

@@ -22,52 +22,17 @@ use tower_circuit_breaker::error::Rejected;
 use tower_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
 use tower_test::{assert_request_eq, mock};
 
-const OPEN: Duration = Duration::from_secs(10);
-
 mod support;
-use support::{Counted, Counts};
+use support::plain::{breaker, echo, half_open, trip};
+use support::{Counted, Counts, CountsWakes, OPEN, rejected};
 
 type Req = &'static str;
 type Res = &'static str;
-type MockHandle = mock::Handle<Req, Res>;
 type Guarded<S> = mock::Spawn<CircuitBreaker<S>>;
-
-/// Opens after one failure, for `OPEN`, then admits `probes` probes.
-fn layer(probes: u32) -> CircuitBreakerLayer {
-    CircuitBreakerLayer::builder()
-        .name("contract")
-        .consecutive_failures(1)
-        .open_duration(OPEN)
-        .half_open_calls(probes)
-        .build()
-        .expect("a valid configuration")
-}
-
-/// Sends one failing call through `service` (whose inner mock is `mock`): the breaker opens.
-async fn trip(service: &mut Guarded<mock::Mock<Req, Res>>, mock: &mut MockHandle) {
-    assert_ready_ok!(service.poll_ready());
-    let response = service.call("fail");
-    assert_request_eq!(mock, "fail").send_error("boom");
-    let err = response.await.expect_err("the inner service failed");
-    assert!(!err.is::<Rejected>(), "the inner error, not a rejection");
-    assert_eq!(service.get_ref().handle().state(), State::Open);
-}
-
-/// Trips the breaker and waits out the open interval on the paused clock.
-async fn half_open(service: &mut Guarded<mock::Mock<Req, Res>>, mock: &mut MockHandle) {
-    trip(service, mock).await;
-    tokio::time::advance(OPEN).await;
-    assert_eq!(service.get_ref().handle().state(), State::HalfOpen);
-}
 
 /// A second service on the same breaker, from a clone of the first (as axum and hyper make them).
 fn clone_of<S: Clone>(service: &Guarded<S>) -> Guarded<S> {
     mock::Spawn::new(service.get_ref().clone())
-}
-
-fn rejected(err: &BoxError) -> &Rejected {
-    err.downcast_ref::<Rejected>()
-        .unwrap_or_else(|| panic!("expected a rejection, got {err:?}"))
 }
 
 /// An inner service that must never be touched: it panics on `poll_ready` and on `call`.
@@ -88,18 +53,13 @@ impl Service<Req> for Untouchable {
     }
 }
 
-fn echo()
--> impl Service<Req, Response = Res, Error = BoxError, Future = Ready<Result<Res, BoxError>>> + Clone
-{
-    service_fn(|request: Req| ready(Ok::<_, BoxError>(request)))
-}
-
 // ===== an open circuit does not touch the inner service =====
 
 #[tokio::test(start_paused = true)]
 async fn open_circuit_never_polls_nor_calls_the_inner_service() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    trip(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    trip(&layer).await;
 
     // An inner service that is not ready would make `poll_ready` Pending if it were polled.
     mock.allow(0);
@@ -115,7 +75,7 @@ async fn open_circuit_never_polls_nor_calls_the_inner_service() {
 
 #[tokio::test]
 async fn forced_open_circuit_never_polls_nor_calls_the_inner_service() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     layer.handle().force_open();
     let mut service = mock::Spawn::new(layer.layer(Untouchable));
 
@@ -131,8 +91,9 @@ async fn forced_open_circuit_never_polls_nor_calls_the_inner_service() {
 
 #[tokio::test(start_paused = true)]
 async fn open_circuit_rejects_in_the_future_not_in_poll_ready() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    trip(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, _mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    trip(&layer).await;
     tokio::time::advance(Duration::from_secs(4)).await;
 
     // `poll_ready` is `Ready(Ok)`: Buffer, balancers and tonic would discard a service whose
@@ -148,8 +109,9 @@ async fn open_circuit_rejects_in_the_future_not_in_poll_ready() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_without_a_permit_rejects_in_the_future_not_in_poll_ready() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     assert_ready_ok!(service.poll_ready(), "takes the only probe permit");
     let mut other = clone_of(&service);
@@ -170,7 +132,7 @@ async fn half_open_without_a_permit_rejects_in_the_future_not_in_poll_ready() {
 
 #[tokio::test]
 async fn admission_is_carried_from_poll_ready_to_call() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(breaker("contract", 1));
     let breaker = service.get_ref().handle();
 
     assert_ready_ok!(service.poll_ready());
@@ -185,7 +147,7 @@ async fn admission_is_carried_from_poll_ready_to_call() {
 
 #[tokio::test]
 async fn admitted_result_after_a_state_change_is_stale() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(breaker("contract", 1));
     let breaker = service.get_ref().handle();
 
     assert_ready_ok!(service.poll_ready());
@@ -200,7 +162,7 @@ async fn admitted_result_after_a_state_change_is_stale() {
 
 #[tokio::test]
 async fn rejection_is_carried_from_poll_ready_to_call() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(breaker("contract", 1));
     let breaker = service.get_ref().handle();
     breaker.force_open();
 
@@ -219,8 +181,9 @@ async fn rejection_is_carried_from_poll_ready_to_call() {
 
 #[tokio::test(start_paused = true)]
 async fn probe_permit_is_carried_from_poll_ready_to_call() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     assert_ready_ok!(service.poll_ready());
     // While `service` holds the permit, nobody else is admitted.
@@ -237,8 +200,9 @@ async fn probe_permit_is_carried_from_poll_ready_to_call() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_is_stable_and_holds_one_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(2));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 2);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     for _ in 0..5 {
         assert_ready_ok!(service.poll_ready(), "ready stays ready until `call`");
@@ -264,7 +228,7 @@ async fn readiness_is_stable_and_holds_one_permit() {
 
 #[tokio::test]
 async fn readiness_of_a_rejection_is_stable() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     layer.handle().force_open();
     let mut service = mock::Spawn::new(layer.layer(Untouchable));
     for _ in 0..5 {
@@ -283,7 +247,7 @@ async fn clone_does_not_inherit_readiness() {
         inner: echo(),
         counts: counts.clone(),
     };
-    let mut service = mock::Spawn::new(layer(1).layer(inner));
+    let mut service = mock::Spawn::new(breaker("contract", 1).layer(inner));
 
     assert_ready_ok!(service.poll_ready());
     assert_eq!(counts.ready(), 1);
@@ -299,8 +263,9 @@ async fn clone_does_not_inherit_readiness() {
 
 #[tokio::test(start_paused = true)]
 async fn clone_does_not_hold_the_original_probe_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     assert_ready_ok!(service.poll_ready(), "takes the only permit");
     let mut clone = clone_of(&service);
@@ -324,7 +289,7 @@ async fn clone_does_not_hold_the_original_probe_permit() {
 
 #[tokio::test]
 async fn clone_does_not_inherit_a_rejection() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(breaker("contract", 1));
     let breaker = service.get_ref().handle();
     breaker.force_open();
     assert_ready_ok!(service.poll_ready(), "holds a rejection");
@@ -342,8 +307,9 @@ async fn clone_does_not_inherit_a_rejection() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_unpolled_probe_future_returns_its_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
     let breaker = service.get_ref().handle();
 
     assert_ready_ok!(service.poll_ready());
@@ -368,8 +334,9 @@ async fn dropped_unpolled_probe_future_returns_its_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn dropped_polled_probe_future_returns_its_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
     let breaker = service.get_ref().handle();
 
     assert_ready_ok!(service.poll_ready());
@@ -398,8 +365,9 @@ async fn dropped_polled_probe_future_returns_its_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn service_dropped_after_poll_ready_returns_its_probe_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     let mut holder = clone_of(&service);
     assert_ready_ok!(holder.poll_ready());
@@ -414,8 +382,9 @@ async fn service_dropped_after_poll_ready_returns_its_probe_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn into_inner_after_poll_ready_returns_the_probe_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
 
     let mut holder = clone_of(&service);
     assert_ready_ok!(holder.poll_ready());
@@ -429,7 +398,7 @@ async fn into_inner_after_poll_ready_returns_the_probe_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn panicking_probe_returns_its_permit_and_the_panic_propagates() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let breaker = layer.handle();
     let failing = layer.layer(service_fn(|_: Req| ready(Err::<Res, _>("boom"))));
     assert!(failing.oneshot("fail").await.is_err());
@@ -458,7 +427,7 @@ async fn panicking_probe_returns_its_permit_and_the_panic_propagates() {
 
 #[tokio::test(start_paused = true)]
 async fn probe_whose_inner_call_panics_returns_its_permit() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let breaker = layer.handle();
     let failing = layer.layer(service_fn(|_: Req| ready(Err::<Res, _>("boom"))));
     assert!(failing.oneshot("fail").await.is_err());
@@ -478,7 +447,7 @@ async fn probe_whose_inner_call_panics_returns_its_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn timeout_outside_the_breaker_drops_the_probe_and_returns_its_permit() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let breaker = layer.handle();
     let failing = layer.layer(service_fn(|_: Req| ready(Err::<Res, _>("boom"))));
     assert!(failing.oneshot("fail").await.is_err());
@@ -503,7 +472,7 @@ async fn timeout_outside_the_breaker_drops_the_probe_and_returns_its_permit() {
 
 #[tokio::test]
 async fn never_ready_inner_does_not_hold_up_rejections() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(layer.layer(inner));
 
@@ -521,15 +490,13 @@ async fn never_ready_inner_does_not_hold_up_rejections() {
 
 #[tokio::test(start_paused = true)]
 async fn trip_while_the_inner_is_not_ready_rejects_on_the_next_poll() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(layer.layer(inner));
-    let (other_inner, mut other_mock) = mock::pair::<Req, Res>();
-    let mut other = mock::Spawn::new(layer.layer(other_inner));
 
     mock.allow(0);
     assert_pending!(service.poll_ready());
-    trip(&mut other, &mut other_mock).await;
+    trip(&layer).await; // through another service of the same layer
     assert!(
         service.is_woken(),
         "the trip wakes the task waiting for the inner service"
@@ -541,10 +508,10 @@ async fn trip_while_the_inner_is_not_ready_rejects_on_the_next_poll() {
 
 #[tokio::test(start_paused = true)]
 async fn not_ready_inner_holds_no_probe_permit() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(layer.layer(inner));
-    trip(&mut service, &mut mock).await;
+    trip(&layer).await;
     tokio::time::advance(OPEN).await;
 
     mock.allow(0);
@@ -560,8 +527,9 @@ async fn not_ready_inner_holds_no_probe_permit() {
 
 #[tokio::test(start_paused = true)]
 async fn inner_poll_ready_error_passes_through_and_returns_the_permit() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
-    half_open(&mut service, &mut mock).await;
+    let layer = breaker("contract", 1);
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer.clone());
+    half_open(&layer).await;
     let breaker = service.get_ref().handle();
 
     mock.send_error("not ready: broken");
@@ -579,7 +547,7 @@ async fn inner_poll_ready_error_passes_through_and_returns_the_permit() {
 
 #[tokio::test]
 async fn inner_poll_ready_error_in_closed_state_passes_through() {
-    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(layer(1));
+    let (mut service, mut mock) = mock::spawn_layer::<Req, Res, _>(breaker("contract", 1));
     mock.send_error("not ready: broken");
     let err = assert_ready_err!(service.poll_ready());
     assert_eq!(err.to_string(), "not ready: broken");
@@ -591,7 +559,7 @@ async fn inner_poll_ready_error_in_closed_state_passes_through() {
 #[tokio::test]
 async fn fallback_is_called_only_while_rejecting() {
     let (fallback, mut fallback_mock) = mock::pair::<Req, Res>();
-    let layer = layer(1).with_fallback(fallback);
+    let layer = breaker("contract", 1).with_fallback(fallback);
     let breaker = layer.handle();
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let mut service = mock::Spawn::new(layer.layer(inner));
@@ -629,7 +597,7 @@ async fn fallback_readiness_is_polled_instead_of_the_inner_while_rejecting() {
         inner: fallback,
         counts: fallback_counts.clone(),
     };
-    let layer = layer(1).with_fallback(fallback);
+    let layer = breaker("contract", 1).with_fallback(fallback);
     let inner_counts = Counts::default();
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let inner = Counted {
@@ -669,7 +637,7 @@ async fn fallback_serves_half_open_calls_without_a_permit() {
         inner: service_fn(|_: Req| ready(Ok::<Res, BoxError>("cached"))),
         counts: fallback_counts.clone(),
     };
-    let layer = layer(1).with_fallback(fallback);
+    let layer = breaker("contract", 1).with_fallback(fallback);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     let inner_counts = Counts::default();
     let inner = Counted {
@@ -709,7 +677,7 @@ async fn fallback_serves_half_open_calls_without_a_permit() {
 #[tokio::test]
 async fn fallback_readiness_error_fails_that_call_not_poll_ready() {
     let (fallback, mut fallback_mock) = mock::pair::<Req, Res>();
-    let layer = layer(1).with_fallback(fallback);
+    let layer = breaker("contract", 1).with_fallback(fallback);
     layer.handle().force_open();
     let mut service = mock::Spawn::new(layer.layer(Untouchable));
 
@@ -735,7 +703,7 @@ async fn fallback_readiness_error_fails_that_call_not_poll_ready() {
 #[tokio::test]
 async fn fallback_errors_are_boxed_and_pass_through() {
     let fallback = service_fn(|_: Req| ready(Err::<Res, _>(std::io::Error::other("no cache"))));
-    let layer = layer(1).with_fallback(fallback);
+    let layer = breaker("contract", 1).with_fallback(fallback);
     layer.handle().force_open();
     let err = layer.layer(Untouchable).oneshot("x").await.unwrap_err();
     assert!(!err.is::<Rejected>());
@@ -746,7 +714,7 @@ async fn fallback_errors_are_boxed_and_pass_through() {
 
 #[tokio::test(start_paused = true)]
 async fn errors_downcast_to_rejected_or_to_the_inner_error() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let failing = layer.layer(service_fn(|_: Req| {
         ready(Err::<Res, _>(std::io::Error::other("inner")))
     }));
@@ -1082,7 +1050,7 @@ async fn a_timed_out_call_drops_its_inner_future_at_once_and_panics_if_polled_ag
 /// opens, the breaker wakes it and the queued request is rejected.
 #[tokio::test(start_paused = true)]
 async fn buffer_parked_on_a_never_ready_inner_is_released_when_the_circuit_opens() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let handle = layer.handle();
     let (inner, mut mock) = mock::pair::<Req, Res>();
     mock.allow(0);
@@ -1102,19 +1070,55 @@ async fn buffer_parked_on_a_never_ready_inner_is_released_when_the_circuit_opens
     assert!(matches!(mock.poll_request(), Poll::Ready(None)));
 }
 
+/// A clone that waits leaves its waker in one slot of the breaker's waiting list, reused when it
+/// is polled again and given back when it is dropped: a transition wakes only the waker of each
+/// live clone's latest poll.
 #[tokio::test]
 async fn clones_that_waited_and_were_dropped_leave_later_waiters_working() {
-    let layer = layer(1);
+    let layer = breaker("contract", 1);
     let (inner, mut mock) = mock::pair::<Req, Res>();
     mock.allow(0);
     let service = layer.layer(inner);
+    let mut dropped = Vec::new();
     for _ in 0..100 {
-        let mut clone = mock::Spawn::new(service.clone());
-        assert_pending!(clone.poll_ready());
-        assert_pending!(clone.poll_ready(), "polled twice: still one slot");
+        let mut clone = service.clone();
+        let ((first, first_wakes), (second, second_wakes)) =
+            (CountsWakes::waker(), CountsWakes::waker());
+        assert!(
+            clone
+                .poll_ready(&mut Context::from_waker(&first))
+                .is_pending()
+        );
+        assert!(
+            clone
+                .poll_ready(&mut Context::from_waker(&second))
+                .is_pending()
+        );
+        dropped.extend([first_wakes, second_wakes]);
     }
-    let mut waiting = mock::Spawn::new(service.clone());
-    assert_pending!(waiting.poll_ready());
+    let mut waiting = service.clone();
+    let ((first, first_wakes), (second, second_wakes)) =
+        (CountsWakes::waker(), CountsWakes::waker());
+    assert!(
+        waiting
+            .poll_ready(&mut Context::from_waker(&first))
+            .is_pending()
+    );
+    assert!(
+        waiting
+            .poll_ready(&mut Context::from_waker(&second))
+            .is_pending()
+    );
+
     layer.handle().force_open();
-    assert!(waiting.is_woken());
+    assert_eq!(second_wakes.wakes(), 1, "the waiting clone is woken");
+    assert_eq!(
+        first_wakes.wakes(),
+        0,
+        "polled twice: still one slot, the second poll's waker replaced the first's"
+    );
+    assert!(
+        dropped.iter().all(|wakes| wakes.wakes() == 0),
+        "a dropped clone gave its slot back: none of its wakers is woken"
+    );
 }

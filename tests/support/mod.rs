@@ -10,12 +10,15 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod alloc;
+pub mod plain;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -265,12 +268,32 @@ where
 #[track_caller]
 pub fn rejection<T: fmt::Debug>(result: Result<T, BoxError>) -> Rejected {
     match result {
-        Err(e) => match e.downcast_ref::<Rejected>() {
-            Some(r) => r.clone(),
-            None => panic!("expected a rejection, got the error {e:?}"),
-        },
+        Err(e) => rejected(&e).clone(),
         Ok(v) => panic!("expected a rejection, got Ok({v:?})"),
     }
+}
+
+/// The rejection `err` is; panics if it is another error.
+#[track_caller]
+pub fn rejected(err: &BoxError) -> &Rejected {
+    err.downcast_ref::<Rejected>()
+        .unwrap_or_else(|| panic!("expected a rejection, got the error {err:?}"))
+}
+
+/// One failure through `svc`, admitted: opens a breaker that trips on the first failure.
+pub async fn trip(svc: &mut Svc) {
+    assert_admitted(&call(svc, fail()).await);
+}
+
+/// Builds the breaker, which must trip on the first failure and stay open for [`OPEN`], and brings
+/// it to HalfOpen.
+pub async fn half_open(builder: Builder<Classifier>) -> Harness {
+    let mut h = harness(builder);
+    trip(&mut h.svc).await;
+    assert_eq!(h.handle.state(), State::Open);
+    advance(OPEN).await;
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    h
 }
 
 /// Panics unless `result` was admitted (an inner success or an inner error, not a rejection).
@@ -296,6 +319,19 @@ pub const fn secs(n: u64) -> Duration {
 
 pub const NS: Duration = Duration::from_nanos(1);
 
+/// Every state, in declaration order.
+pub const ALL_STATES: [State; 6] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::Disabled,
+    State::MetricsOnly,
+];
+
+/// The open interval of the tests that do not vary it.
+pub const OPEN: Duration = Duration::from_secs(10);
+
 // ===== events =====
 
 /// The transitions that are already in `events`, without waiting.
@@ -308,6 +344,29 @@ pub fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
         }
     }
     seen
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Debug, Default)]
+pub struct CountsWakes(AtomicUsize);
+
+impl CountsWakes {
+    /// A waker on a new counter, and the counter.
+    pub fn waker() -> (Waker, Arc<CountsWakes>) {
+        let counts = Arc::new(CountsWakes::default());
+        (Waker::from(counts.clone()), counts)
+    }
+
+    /// Wake-ups so far.
+    pub fn wakes(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Wake for CountsWakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 // ===== counting a service's readiness checks and calls =====
