@@ -76,7 +76,10 @@ fn error_response(err: &BoxError) -> Response {
 /// What the error handler was given: for each error, its rejection's state and `retry_after()`
 /// as the handler read them, or `None` for an error that is not a [`Rejected`].
 #[derive(Clone, Default)]
-struct Handled(Arc<Mutex<Vec<Option<(State, Option<Duration>)>>>>);
+struct Handled(Arc<Mutex<Vec<Option<Seen>>>>);
+
+/// A rejection's state and `retry_after()`, as the error handler read them.
+type Seen = (State, Option<Duration>);
 
 impl Handled {
     /// The error handler for `HandleErrorLayer`: records the error, then answers with
