@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::buffer::Buffer;
 use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_circuit_breaker::fallback::WithFallback;
 use tower_circuit_breaker::{Outcome, State};
 
 // ===== services =====
@@ -154,18 +155,28 @@ where
     tokio::spawn(async move { call(&mut buffered, ok()).await })
 }
 
+/// A breaker that opens for `open` after one failure, with a fallback that is never ready.
+fn behind_a_never_ready_fallback(
+    open: std::time::Duration,
+) -> (
+    tower_circuit_breaker::Handle,
+    tower_circuit_breaker::CircuitBreaker<Inner, Classifier, WithFallback<NeverReady>>,
+) {
+    let layer = builder()
+        .consecutive_failures(1)
+        .open_duration(open)
+        .build()
+        .expect("valid")
+        .with_fallback(NeverReady);
+    (layer.handle(), layer.layer(Inner::default()))
+}
+
 // ===== a task waiting on the fallback is woken when the circuit stops rejecting =====
 
 #[tokio::test(start_paused = true)]
 async fn a_buffered_call_waiting_on_the_fallback_proceeds_when_the_open_interval_ends() {
-    let layer = builder()
-        .consecutive_failures(1)
-        .open_duration(secs(1))
-        .build()
-        .expect("valid")
-        .with_fallback(NeverReady);
-    let handle = layer.handle();
-    let mut buffered = Buffer::new(layer.layer(Inner::default()), 8);
+    let (handle, svc) = behind_a_never_ready_fallback(secs(1));
+    let mut buffered = Buffer::new(svc, 8);
     assert_admitted(&call(&mut buffered, fail()).await);
     let tripped = Instant::now();
 
@@ -196,14 +207,8 @@ async fn a_buffered_call_waiting_on_the_fallback_proceeds_when_the_open_interval
 
 #[tokio::test(start_paused = true)]
 async fn a_buffered_call_waiting_on_the_fallback_proceeds_on_reset() {
-    let layer = builder()
-        .consecutive_failures(1)
-        .open_duration(secs(60))
-        .build()
-        .expect("valid")
-        .with_fallback(NeverReady);
-    let handle = layer.handle();
-    let mut buffered = Buffer::new(layer.layer(Inner::default()), 8);
+    let (handle, svc) = behind_a_never_ready_fallback(secs(60));
+    let mut buffered = Buffer::new(svc, 8);
     assert_admitted(&call(&mut buffered, fail()).await);
 
     let waiting = spawn_call(buffered.clone());
@@ -226,15 +231,7 @@ async fn a_buffered_call_waiting_on_the_fallback_proceeds_on_reset() {
 
 #[tokio::test(start_paused = true)]
 async fn a_buffered_call_waiting_on_the_fallback_proceeds_when_a_probe_closes_the_circuit() {
-    let layer = builder()
-        .consecutive_failures(1)
-        .open_duration(secs(1))
-        .half_open_calls(1)
-        .build()
-        .expect("valid")
-        .with_fallback(NeverReady);
-    let handle = layer.handle();
-    let svc = layer.layer(Inner::default());
+    let (handle, svc) = behind_a_never_ready_fallback(secs(1)); // one probe permit
     let mut prober = svc.clone();
     let mut buffered = Buffer::new(svc, 8);
     assert_admitted(&call(&mut buffered, fail()).await);
