@@ -368,6 +368,30 @@ mod tests {
     }
 
     #[test]
+    fn the_jitter_generator_spreads_its_draws_evenly_over_0_to_1() {
+        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)));
+        for seed in [0, 42, u64::MAX] {
+            core.rng = seed;
+            let mut deciles = [0u32; 10];
+            let mut pairs = [0u32; 4];
+            let mut last = 0.0;
+            for _ in 0..10_000 {
+                let u = core.next_uniform();
+                assert!((0.0..1.0).contains(&u), "{u}");
+                deciles[(u * 10.0) as usize] += 1;
+                // Successive draws are independent: each quadrant of (last, this) gets a quarter.
+                pairs[usize::from(last >= 0.5) * 2 + usize::from(u >= 0.5)] += 1;
+                last = u;
+            }
+            assert!(
+                deciles.iter().all(|d| (850..=1150).contains(d)),
+                "{deciles:?}"
+            );
+            assert!(pairs.iter().all(|q| (2300..=2700).contains(q)), "{pairs:?}");
+        }
+    }
+
+    #[test]
     fn should_trip_on_the_slow_call_rate_or_consecutive_failures() {
         let c = config(
             CircuitBreakerLayer::builder()
