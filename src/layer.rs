@@ -94,10 +94,15 @@ impl<C, F> CircuitBreakerLayer<C, F> {
     /// # }
     /// ```
     pub fn with_fallback<S>(self, service: S) -> CircuitBreakerLayer<C, WithFallback<S>> {
+        self.answer_with(WithFallback::new(service))
+    }
+
+    /// The same breaker and classifier, with rejected calls answered by `fallback`.
+    pub(crate) fn answer_with<F2>(self, fallback: F2) -> CircuitBreakerLayer<C, F2> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classify: self.classify,
-            fallback: WithFallback::new(service),
+            fallback,
         }
     }
 }

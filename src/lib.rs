@@ -123,6 +123,10 @@
 pub mod error;
 pub mod fallback;
 pub mod future;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+pub mod retry;
 
 mod classify;
 mod config;

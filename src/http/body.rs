@@ -1,0 +1,176 @@
+//! A response body that records its call's outcome at its end.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::BoxError;
+use tower::timeout::error::Elapsed;
+
+use crate::{Completion, Outcome};
+
+/// What a body's end means: called with the trailers, if any.
+pub(crate) type AtEnd = fn(Option<&HeaderMap>) -> Outcome;
+
+pin_project! {
+    /// A response body that records its call's outcome when it ends: a success at its end (or as
+    /// its trailers say, for gRPC), a failure on an error or when the
+    /// [`call_timeout`](crate::Builder::call_timeout) fires while it streams. So a slow call is
+    /// timed to the end of its body, and the call timeout covers the body too. A body dropped
+    /// before its end records nothing (and gives back a half-open probe permit).
+    ///
+    /// Put it on responses with [`track_body`] in a layer *under* the breaker, and classify with
+    /// [`HttpClassify::to_end_of_body`](super::HttpClassify::to_end_of_body):
+    ///
+    /// ```
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    /// use tower_circuit_breaker::http::{HttpClassify, track_body};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder()
+    ///     .classify(HttpClassify::new().to_end_of_body())
+    ///     .build()?;
+    /// let handle = breaker.handle();
+    /// let client = ServiceBuilder::new()
+    ///     .layer(breaker)
+    ///     .map_response(track_body)
+    ///     .service(service_fn(|_: ()| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(Full::new(bytes::Bytes::from("hi"))))
+    ///     }));
+    ///
+    /// let response = client.oneshot(()).await?;
+    /// assert_eq!(handle.metrics().calls(), 0, "recorded at the end of the body");
+    /// let body = response.into_body().collect().await?.to_bytes();
+    /// assert_eq!(body, "hi");
+    /// assert_eq!(handle.metrics().successful(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        // The call timeout's timer, made when the body first waits.
+        #[pin]
+        timer: Option<Sleep>,
+        // Taken when the outcome is recorded.
+        pending: Option<(Completion, AtEnd)>,
+    }
+}
+
+/// Wraps a response's body in a [`TrackedBody`], for `ServiceBuilder::map_response` (or
+/// `ServiceExt::map_response`) under the breaker.
+pub fn track_body<B>(response: Response<B>) -> Response<TrackedBody<B>> {
+    response.map(TrackedBody::new)
+}
+
+impl<B> TrackedBody<B> {
+    /// A body that records nothing until the breaker attaches its completion.
+    pub fn new(inner: B) -> Self {
+        TrackedBody {
+            inner,
+            timer: None,
+            pending: None,
+        }
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// Records the outcome at the end of this body (or at once, if it has already ended).
+    pub(crate) fn attach(&mut self, completion: Completion, at_end: AtEnd)
+    where
+        B: Body,
+    {
+        if self.inner.is_end_stream() {
+            // A reader may never poll an ended body.
+            completion.record(at_end(None));
+        } else {
+            self.pending = Some((completion, at_end));
+        }
+    }
+}
+
+impl<B: Default> Default for TrackedBody<B> {
+    fn default() -> Self {
+        TrackedBody::new(B::default())
+    }
+}
+
+impl<B> Body for TrackedBody<B>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let mut this = self.project();
+        let frame = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let deadline = this.pending.as_ref().and_then(|(c, _)| c.deadline());
+                let Some(deadline) = deadline else {
+                    return Poll::Pending;
+                };
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep_until(deadline)));
+                }
+                let fired = this
+                    .timer
+                    .as_pin_mut()
+                    .is_some_and(|t| t.poll(cx).is_ready());
+                if !fired {
+                    return Poll::Pending;
+                }
+                if let Some((completion, _)) = this.pending.take() {
+                    completion.record(Outcome::Failure);
+                }
+                return Poll::Ready(Some(Err(Elapsed::new().into())));
+            }
+        };
+        let Some((completion, at_end)) = this.pending.take() else {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        };
+        match &frame {
+            Some(Err(_)) => completion.record(Outcome::Failure),
+            Some(Ok(frame)) if frame.is_trailers() => {
+                completion.record(at_end(frame.trailers_ref()))
+            }
+            None => completion.record(at_end(None)),
+            // A reader may stop at `is_end_stream` without polling for the end.
+            Some(Ok(_)) if this.inner.is_end_stream() => completion.record(at_end(None)),
+            Some(Ok(_)) => *this.pending = Some((completion, at_end)),
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedBody")
+            .field("inner", &self.inner)
+            .field("recording", &self.pending.is_some())
+            .finish()
+    }
+}
