@@ -56,9 +56,10 @@ pin_project! {
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
-        // The call timeout's timer, made when the body first waits.
-        #[pin]
-        timer: Option<Sleep>,
+        // The call timeout's timer, made when the body first waits. Boxed so that the body is
+        // `Unpin` when `B` is (readers often need it), at the cost of one allocation per body
+        // that waits under a call timeout.
+        timer: Option<Pin<Box<Sleep>>>,
         // Taken when the outcome is recorded.
         pending: Option<(Completion, AtEnd)>,
     }
@@ -125,13 +126,10 @@ where
                 let Some(deadline) = deadline else {
                     return Poll::Pending;
                 };
-                if this.timer.is_none() {
-                    this.timer.set(Some(tokio::time::sleep_until(deadline)));
-                }
-                let fired = this
+                let timer = this
                     .timer
-                    .as_pin_mut()
-                    .is_some_and(|t| t.poll(cx).is_ready());
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let fired = timer.as_mut().poll(cx).is_ready();
                 if !fired {
                     return Poll::Pending;
                 }
