@@ -8,8 +8,7 @@
 //!
 //! A response mode answers rejections with a response of the inner service's own type instead,
 //! and keeps its error type (axum needs `Infallible`): with the `http` feature,
-//! [`CircuitBreakerLayer::with_http_responses`](crate::CircuitBreakerLayer::with_http_responses)
-//! answers `503 Service Unavailable`.
+//! `CircuitBreakerLayer::with_http_responses` answers `503 Service Unavailable`.
 //!
 //! The [`Fallback`] trait is sealed: [`NoFallback`], [`WithFallback`] and the response modes are
 //! its only implementations, and they appear in the type of the service. Each decides the

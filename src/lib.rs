@@ -81,8 +81,9 @@
 //! # Composition
 //!
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts
-//! count as failures, and *inside* `tower::retry` with a policy that does not retry
-//! [`Rejected`](error::Rejected) errors.
+//! count as failures, and *inside* `tower::retry`, with the policy wrapped in
+//! [`RespectBreaker`](retry::RespectBreaker) so that a rejection is never retried (the
+//! [`retry`] module weighs both orders).
 //!
 //! Put `ConcurrencyLimit` and `LoadShed` *outside* the breaker as well:
 //!
@@ -111,6 +112,16 @@
 //! # Ok::<(), tower_circuit_breaker::ConfigError>(())
 //! ```
 
+//!
+//! # Features
+//!
+//! The core depends on tower, tokio, pin-project-lite, futures and tracing only. Integrations sit
+//! behind features, none on by default:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `http` | `http::HttpClassify` (5xx and transport errors are failures, `Retry-After` honoured), the 503/504 response mode (`CircuitBreakerLayer::with_http_responses`), `http::TrackedBody` (a verdict at the end of the body), `http::HttpHints` for [`retry::RespectBreaker`] |
+
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -136,6 +147,11 @@ mod layer;
 mod service;
 mod state;
 mod sync;
+
+/// The README's snippets, compiled as doc-tests.
+#[cfg(all(doctest, feature = "http"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};
