@@ -159,30 +159,15 @@ impl<At> HttpClassify<At> {
             Err(_) => Outcome::Failure,
         }
     }
+}
 
-    /// Records the head's verdict unless it is a success; returns the completion if it is.
-    fn complete_head<B, E: 'static>(
-        &self,
-        result: Result<&Response<B>, &E>,
-        completion: Completion,
-    ) -> Option<Completion> {
-        match self.classify_result(result) {
-            Outcome::Success => Some(completion),
-            Outcome::Failure => {
-                let wait = result
-                    .ok()
-                    .and_then(|r| retry_after::parse(r.headers(), SystemTime::now()));
-                match wait {
-                    Some(wait) => completion.fail_until(Instant::now() + wait),
-                    None => completion.record(Outcome::Failure),
-                }
-                None
-            }
-            outcome => {
-                completion.record(outcome);
-                None
-            }
-        }
+/// Records a failure, with the upstream's `Retry-After` if the response carries one.
+#[cold]
+fn fail<B>(response: Option<&Response<B>>, completion: Completion) {
+    let wait = response.and_then(|r| retry_after::parse(r.headers(), SystemTime::now()));
+    match wait {
+        Some(wait) => completion.fail_until(Instant::now() + wait),
+        None => completion.record(Outcome::Failure),
     }
 }
 
@@ -196,9 +181,12 @@ impl<B, E: 'static> Classify<Response<B>, E> for HttpClassify<AtHead> {
         self.classify_result(result)
     }
 
+    #[inline]
     fn complete(&self, result: Result<&mut Response<B>, &E>, completion: Completion) {
-        if let Some(completion) = self.complete_head(result.map(|r| &*r), completion) {
-            completion.record(Outcome::Success);
+        let result = result.map(|response| &*response);
+        match self.classify_result(result) {
+            Outcome::Failure => fail(result.ok(), completion),
+            outcome => completion.record(outcome),
         }
     }
 }
@@ -213,17 +201,16 @@ where
     }
 
     fn complete(&self, result: Result<&mut Response<TrackedBody<B>>, &E>, completion: Completion) {
-        let (response, completion) = match result {
-            Ok(response) => match self.complete_head(Ok::<_, &E>(&*response), completion) {
-                Some(completion) => (response, completion),
-                None => return,
-            },
-            Err(e) => {
-                self.complete_head::<TrackedBody<B>, E>(Err(e), completion);
-                return;
+        let outcome =
+            self.classify_result(result.as_ref().map(|response| &**response).map_err(|e| *e));
+        match (outcome, result) {
+            // The body decides: a success at its end, a failure if it breaks or times out.
+            (Outcome::Success, Ok(response)) => {
+                response.body_mut().attach(completion, |_| Outcome::Success)
             }
-        };
-        response.body_mut().attach(completion, |_| Outcome::Success);
+            (Outcome::Failure, result) => fail(result.ok().map(|r| &*r), completion),
+            (outcome, _) => completion.record(outcome),
+        }
     }
 }
 
