@@ -623,10 +623,10 @@ async fn a_retry_waits_at_least_the_upstreams_retry_after() {
 #[derive(Clone)]
 struct Budgeted(Arc<TpsBudget>);
 
-impl<B, E> Policy<u16, Response<B>, E> for Budgeted {
+impl<Req: Clone, B, E> Policy<Req, Response<B>, E> for Budgeted {
     type Future = Ready<()>;
 
-    fn retry(&mut self, _: &mut u16, result: &mut Result<Response<B>, E>) -> Option<Ready<()>> {
+    fn retry(&mut self, _: &mut Req, result: &mut Result<Response<B>, E>) -> Option<Ready<()>> {
         match result {
             Ok(response) if !response.status().is_server_error() => {
                 self.0.deposit();
@@ -636,8 +636,8 @@ impl<B, E> Policy<u16, Response<B>, E> for Budgeted {
         }
     }
 
-    fn clone_request(&mut self, request: &u16) -> Option<u16> {
-        Some(*request)
+    fn clone_request(&mut self, request: &Req) -> Option<Req> {
+        Some(request.clone())
     }
 }
 
@@ -737,4 +737,41 @@ async fn the_503_mode_keeps_infallible_for_axum_and_hyper() {
         }));
     assert_infallible(&svc);
     let _ = BoxError::from("unused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_breaker_and_timeout_over_a_hanging_server_stop_after_the_trip() {
+    // A server that accepts and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(|| std::future::pending::<&'static str>());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counted = attempts.clone();
+    let layer = breaker(3);
+    let retry = Budgeted(Arc::new(TpsBudget::new(Duration::from_secs(1), 100, 0.0)));
+    let svc = ServiceBuilder::new()
+        .retry(RespectBreaker::new(retry).with_hints(HttpHints))
+        .layer(layer.clone())
+        .timeout(Duration::from_secs(1))
+        .map_request(move |addr: SocketAddr| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            get_request(addr)
+        })
+        .service(client());
+    for _ in 0..5 {
+        let err = svc.clone().oneshot(addr).await.unwrap_err();
+        assert!(
+            err.is::<tower::timeout::error::Elapsed>() || err.is::<Rejected>(),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "three timeouts, then rejections"
+    );
+    assert_eq!(layer.handle().state(), State::Open);
+    assert_eq!(layer.handle().metrics().not_permitted(), 5);
 }
