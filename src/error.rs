@@ -129,7 +129,15 @@ impl fmt::Display for Rejected {
         match (self.state, self.retry_after()) {
             (State::ForcedOpen, _) => f.write_str("forced open"),
             (State::HalfOpen, None) => f.write_str("half-open; no probe permit available"),
-            (state, Some(after)) => write!(f, "{state}; retry after {after:?}"),
+            // Whole milliseconds, rounded up: a log line, not a measurement.
+            (state, Some(after)) => {
+                let ms = after.as_nanos().div_ceil(1_000_000);
+                if ms % 1000 == 0 {
+                    write!(f, "{state}; retry after {}s", ms / 1000)
+                } else {
+                    write!(f, "{state}; retry after {ms}ms")
+                }
+            }
             (state, None) => write!(f, "{state}"),
         }
     }

@@ -120,6 +120,7 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
+//! | `grpc` | `grpc::GrpcClassify` (the status from the headers or the trailers; `tonic::Status` errors by their code), the UNAVAILABLE response mode (`CircuitBreakerLayer::with_grpc_responses`), `grpc::GrpcHints`; implies `http` |
 //! | `http` | `http::HttpClassify` (5xx and transport errors are failures, `Retry-After` honoured), the 503/504 response mode (`CircuitBreakerLayer::with_http_responses`), `http::TrackedBody` (a verdict at the end of the body), `http::HttpHints` for [`retry::RespectBreaker`] |
 
 #![warn(
@@ -134,6 +135,9 @@
 pub mod error;
 pub mod fallback;
 pub mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
@@ -149,7 +153,7 @@ mod state;
 mod sync;
 
 /// The README's snippets, compiled as doc-tests.
-#[cfg(all(doctest, feature = "http"))]
+#[cfg(all(doctest, feature = "http", feature = "grpc"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 

@@ -64,8 +64,9 @@ use crate::error::Rejected;
 /// to wait. Implemented for every response type by [`NoHints`] (responses say nothing), and for
 /// `http::Response` by `HttpHints` (feature `http`).
 pub trait Hints<Res> {
-    /// Whether `response` is a breaker's answer to a rejected call.
-    fn rejected(&self, response: &Res) -> bool;
+    /// Whether `response` must not be retried: a breaker's answer to a rejected call, or an
+    /// upstream's "do not retry" (gRPC's negative `grpc-retry-pushback-ms`).
+    fn never_retry(&self, response: &Res) -> bool;
 
     /// How long the upstream asked callers to wait before the next attempt.
     fn retry_after(&self, response: &Res) -> Option<Duration>;
@@ -76,7 +77,7 @@ pub trait Hints<Res> {
 pub struct NoHints;
 
 impl<Res> Hints<Res> for NoHints {
-    fn rejected(&self, _: &Res) -> bool {
+    fn never_retry(&self, _: &Res) -> bool {
         false
     }
 
@@ -139,7 +140,7 @@ where
     fn retry(&mut self, request: &mut Req, result: &mut Result<Res, E>) -> Option<Self::Future> {
         let wait = match &*result {
             Err(e) if Rejected::is_in(e) => return None,
-            Ok(response) if self.hints.rejected(response) => return None,
+            Ok(response) if self.hints.never_retry(response) => return None,
             Ok(response) => self.hints.retry_after(response),
             Err(_) => None,
         };

@@ -744,7 +744,7 @@ async fn retry_breaker_and_timeout_over_a_hanging_server_stop_after_the_trip() {
     // A server that accepts and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new().fallback(|| std::future::pending::<&'static str>());
+    let app = Router::new().fallback(std::future::pending::<&'static str>);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let attempts = Arc::new(AtomicUsize::new(0));

@@ -8,13 +8,34 @@ use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
-use tower::BoxError;
+use tower::layer::util::Stack;
 use tower::timeout::error::Elapsed;
+use tower::{BoxError, Layer, Service};
 
-use crate::{Completion, Outcome};
+use crate::{CircuitBreakerLayer, Completion, Outcome};
 
-/// What a body's end means: called with the trailers, if any.
-pub(crate) type AtEnd = fn(Option<&HeaderMap>) -> Outcome;
+/// What the end of a body means.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AtEnd {
+    /// The head was a success, and the whole body came: a success.
+    Success,
+    /// The status is in the trailers (gRPC), read by this classifier.
+    #[cfg(feature = "grpc")]
+    Trailers(crate::grpc::GrpcClassify),
+}
+
+impl AtEnd {
+    /// Records the outcome of a body that ended, with its trailers if it had any.
+    fn finish(self, completion: Completion, trailers: Option<&HeaderMap>) {
+        match self {
+            AtEnd::Success => completion.record(Outcome::Success),
+            #[cfg(feature = "grpc")]
+            AtEnd::Trailers(classify) => classify.finish(completion, trailers),
+        }
+        #[cfg(not(feature = "grpc"))]
+        let _ = trailers;
+    }
+}
 
 pin_project! {
     /// A response body that records its call's outcome when it ends: a success at its end (or as
@@ -93,7 +114,7 @@ impl<B> TrackedBody<B> {
     {
         if self.inner.is_end_stream() {
             // A reader may never poll an ended body.
-            completion.record(at_end(None));
+            at_end.finish(completion, None);
         } else {
             self.pending = Some((completion, at_end));
         }
@@ -145,11 +166,11 @@ where
         match &frame {
             Some(Err(_)) => completion.record(Outcome::Failure),
             Some(Ok(frame)) if frame.is_trailers() => {
-                completion.record(at_end(frame.trailers_ref()))
+                at_end.finish(completion, frame.trailers_ref())
             }
-            None => completion.record(at_end(None)),
+            None => at_end.finish(completion, None),
             // A reader may stop at `is_end_stream` without polling for the end.
-            Some(Ok(_)) if this.inner.is_end_stream() => completion.record(at_end(None)),
+            Some(Ok(_)) if this.inner.is_end_stream() => at_end.finish(completion, None),
             Some(Ok(_)) => *this.pending = Some((completion, at_end)),
         }
         Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -170,5 +191,100 @@ impl<B: fmt::Debug> fmt::Debug for TrackedBody<B> {
             .field("inner", &self.inner)
             .field("recording", &self.pending.is_some())
             .finish()
+    }
+}
+
+// ===== TrackBodyLayer =====
+
+/// Wraps the bodies of a service's responses in [`TrackedBody`]; put it under the breaker, or
+/// use [`CircuitBreakerLayer::with_tracked_bodies`](crate::CircuitBreakerLayer::with_tracked_bodies),
+/// which does it in one layer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackBodyLayer;
+
+impl<S> Layer<S> for TrackBodyLayer {
+    type Service = TrackBody<S>;
+
+    fn layer(&self, inner: S) -> TrackBody<S> {
+        TrackBody { inner }
+    }
+}
+
+/// A service whose responses' bodies are [`TrackedBody`]s; made by [`TrackBodyLayer`].
+#[derive(Clone, Debug)]
+pub struct TrackBody<S> {
+    inner: S,
+}
+
+impl<S, Req, B> Service<Req> for TrackBody<S>
+where
+    S: Service<Req, Response = Response<B>>,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = TrackBodyFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        TrackBodyFuture {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TrackBody`].
+    #[derive(Debug)]
+    pub struct TrackBodyFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, B, E> Future for TrackBodyFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_ok(track_body)
+    }
+}
+
+impl<C, F> CircuitBreakerLayer<C, F> {
+    /// This breaker, with the bodies of the inner service's responses wrapped in
+    /// [`TrackedBody`] under it: one layer for a classifier that gives its verdict at the end of
+    /// the body ([`HttpClassify::to_end_of_body`](super::HttpClassify::to_end_of_body), gRPC's
+    /// classifier).
+    ///
+    /// ```
+    /// use http_body_util::Full;
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    /// use tower_circuit_breaker::http::HttpClassify;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder()
+    ///     .classify(HttpClassify::new().to_end_of_body())
+    ///     .build()?;
+    /// let client = ServiceBuilder::new()
+    ///     .layer(breaker.with_tracked_bodies())
+    ///     .service(service_fn(|_: ()| async {
+    ///         Ok::<_, std::io::Error>(http::Response::new(Full::new(bytes::Bytes::new())))
+    ///     }));
+    /// client.oneshot(()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_tracked_bodies(self) -> Stack<TrackBodyLayer, Self> {
+        Stack::new(TrackBodyLayer, self)
     }
 }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
-use super::body::TrackedBody;
+use super::body::{AtEnd, TrackedBody};
 use super::retry_after;
 use crate::error::Rejected;
 use crate::{Classify, Completion, Outcome};
@@ -206,7 +206,7 @@ where
         match (outcome, result) {
             // The body decides: a success at its end, a failure if it breaks or times out.
             (Outcome::Success, Ok(response)) => {
-                response.body_mut().attach(completion, |_| Outcome::Success)
+                response.body_mut().attach(completion, AtEnd::Success)
             }
             (Outcome::Failure, result) => fail(result.ok().map(|r| &*r), completion),
             (outcome, _) => completion.record(outcome),

@@ -24,7 +24,7 @@ use crate::retry::Hints;
 pub struct HttpHints;
 
 impl<B> Hints<Response<B>> for HttpHints {
-    fn rejected(&self, response: &Response<B>) -> bool {
+    fn never_retry(&self, response: &Response<B>) -> bool {
         response.extensions().get::<Rejected>().is_some()
     }
 

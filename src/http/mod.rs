@@ -31,13 +31,13 @@
 //! # }
 //! ```
 
-mod body;
+pub(crate) mod body;
 mod classify;
 mod hints;
 mod response;
 mod retry_after;
 
-pub use body::{TrackedBody, track_body};
+pub use body::{TrackBody, TrackBodyFuture, TrackBodyLayer, TrackedBody, track_body};
 pub use classify::{AtEndOfBody, AtHead, HttpClassify};
 pub use hints::HttpHints;
 pub use response::{HttpResponseFuture, HttpResponses};

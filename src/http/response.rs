@@ -1,6 +1,7 @@
 //! The 503 response mode: rejections and call timeouts answered with HTTP responses.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -94,23 +95,26 @@ fn unavailable<B: Default>(rejected: Rejected) -> Response<B> {
     response
 }
 
-/// The future of a call answered by [`HttpResponses`]: the response is ready at once.
-pub struct HttpResponseFuture<B, E> {
+/// The future of a call answered by a response mode `M` ([`HttpResponses`], or gRPC's
+/// `GrpcResponses`): the response is ready at once.
+pub struct HttpResponseFuture<B, E, M = HttpResponses> {
     answer: Option<Result<Response<B>, E>>,
+    mode: PhantomData<fn() -> M>,
 }
 
-impl<B, E> HttpResponseFuture<B, E> {
-    fn new(response: Response<B>) -> Self {
+impl<B, E, M> HttpResponseFuture<B, E, M> {
+    pub(crate) fn new(response: Response<B>) -> Self {
         HttpResponseFuture {
             answer: Some(Ok(response)),
+            mode: PhantomData,
         }
     }
 }
 
 // Holds no pinned data.
-impl<B, E> Unpin for HttpResponseFuture<B, E> {}
+impl<B, E, M> Unpin for HttpResponseFuture<B, E, M> {}
 
-impl<B, E> Future for HttpResponseFuture<B, E> {
+impl<B, E, M> Future for HttpResponseFuture<B, E, M> {
     type Output = Result<Response<B>, E>;
 
     fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
@@ -122,9 +126,9 @@ impl<B, E> Future for HttpResponseFuture<B, E> {
     }
 }
 
-impl<B, E> sealed::Sealed for HttpResponseFuture<B, E> {}
+impl<B, E, M> sealed::Sealed for HttpResponseFuture<B, E, M> {}
 
-impl<B: Default, E> Answer<Response<B>, E> for HttpResponseFuture<B, E> {
+impl<B: Default, E> Answer<Response<B>, E> for HttpResponseFuture<B, E, HttpResponses> {
     type Error = E;
 
     #[inline]
@@ -139,7 +143,7 @@ impl<B: Default, E> Answer<Response<B>, E> for HttpResponseFuture<B, E> {
     }
 }
 
-impl<B, E> fmt::Debug for HttpResponseFuture<B, E> {
+impl<B, E, M> fmt::Debug for HttpResponseFuture<B, E, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpResponseFuture")
             .field("done", &self.answer.is_none())
