@@ -2,7 +2,7 @@
 
 use std::error::Error;
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderName, Response};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
@@ -12,7 +12,8 @@ use crate::http::TrackedBody;
 use crate::http::body::AtEnd;
 use crate::{Classify, Completion, Outcome};
 
-const STATUS: &str = "grpc-status";
+// A `HeaderName`, not a `&str`: a lookup by string parses the name every time.
+const STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// A classifier for gRPC responses: reads `grpc-status` from the response headers (a
 /// trailers-only response) or, at the end of the body, from the trailers. See the
@@ -111,11 +112,12 @@ impl GrpcClassify {
 
     /// Records the outcome of a status read from `headers` (the response's or its trailers).
     fn record(&self, code: Code, headers: &HeaderMap, completion: Completion) {
-        match (self.outcome(code), pushback(headers)) {
-            (Outcome::Failure, Some(Pushback::After(wait))) => {
-                completion.fail_until(Instant::now() + wait)
-            }
-            (outcome, _) => completion.record(outcome),
+        match self.outcome(code) {
+            Outcome::Failure => match pushback(headers) {
+                Some(Pushback::After(wait)) => completion.fail_until(Instant::now() + wait),
+                _ => completion.record(Outcome::Failure),
+            },
+            outcome => completion.record(outcome),
         }
     }
 

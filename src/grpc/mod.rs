@@ -50,10 +50,10 @@ pub use response::GrpcResponses;
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// The header (or trailer) of gRFC A6's server pushback.
-const PUSHBACK: &str = "grpc-retry-pushback-ms";
+const PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// What `grpc-retry-pushback-ms` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

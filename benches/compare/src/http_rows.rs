@@ -1,6 +1,6 @@
 //! The HTTP rows: the same inner service answering `http::Response<()>` behind the plain
 //! breaker, `HttpClassify`, the 503 response mode, and a closure classifier, called as
-//! applications call. Shared by `benches/http.rs` (criterion, allocations) and `cg-http`
+//! applications call; and a gRPC unary answer behind the plain breaker and `GrpcClassify`. Shared by `benches/http.rs` (criterion, allocations) and `cg-http`
 //! (callgrind).
 //!
 //! Scenarios: `A`, closed, every call a 200; `C`, open after a transport error, every call
@@ -10,8 +10,11 @@ use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Duration;
 
-use http::Response;
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use http_body_util::Empty;
 use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_circuit_breaker::grpc::GrpcClassify;
 use tower_circuit_breaker::http::HttpClassify;
 use tower_circuit_breaker::{CircuitBreakerLayer, Outcome};
 
@@ -23,6 +26,23 @@ type Inner = tower::util::ServiceFn<fn(u64) -> Answer>;
 
 /// The request that fails, to open a breaker.
 pub const FAIL: u64 = u64::MAX;
+
+/// A gRPC unary answer, trailers-only: `grpc-status: 0` in the headers (or a transport error).
+type GrpcAnswer = Ready<Result<Response<Empty<Bytes>>, &'static str>>;
+
+fn grpc_inner() -> tower::util::ServiceFn<fn(u64) -> GrpcAnswer> {
+    service_fn(|x: u64| {
+        ready(if x == FAIL {
+            Err("refused")
+        } else {
+            let mut response = Response::new(Empty::new());
+            response
+                .headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("0"));
+            Ok(response)
+        })
+    })
+}
 
 fn inner() -> Inner {
     service_fn(|x: u64| {
@@ -73,7 +93,14 @@ pub fn rows(open: bool) -> Vec<Row> {
         })
         .build()
         .unwrap();
+    let grpc = builder().classify(GrpcClassify::new()).build().unwrap();
     vec![
+        row("grpc-plain", plain.clone().layer(grpc_inner()), open),
+        row(
+            "grpc-classify",
+            grpc.with_tracked_bodies().layer(grpc_inner()),
+            open,
+        ),
         row("plain", plain.layer(inner()), open),
         row("http-classify", classify.layer(inner()), open),
         row("http-503", mode.layer(inner()), open),
