@@ -7,6 +7,7 @@ use crate::classify::DefaultClassify;
 use crate::config::{Builder, Config};
 use crate::fallback::{NoFallback, WithFallback};
 use crate::handle::Handle;
+use crate::readiness::Gate;
 use crate::service::CircuitBreaker;
 use crate::state::Breaker;
 use crate::state::lane::Lanes;
@@ -45,9 +46,11 @@ use crate::state::lane::Lanes;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer<C = DefaultClassify, F = NoFallback> {
-    breaker: Arc<Lanes>,
+    pub(crate) breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
+    /// The readiness mode, if on (`readiness.rs`).
+    pub(crate) gate: Option<Gate>,
 }
 
 impl CircuitBreakerLayer {
@@ -63,6 +66,7 @@ impl<C> CircuitBreakerLayer<C> {
             breaker: Arc::new(Lanes::new(Arc::new(Breaker::new(Arc::new(config))))),
             classify,
             fallback: NoFallback,
+            gate: None,
         }
     }
 }
@@ -103,6 +107,7 @@ impl<C, F> CircuitBreakerLayer<C, F> {
             breaker: self.breaker,
             classify: self.classify,
             fallback,
+            gate: self.gate,
         }
     }
 }
@@ -116,6 +121,7 @@ impl<S, C: Clone, F: Clone> Layer<S> for CircuitBreakerLayer<C, F> {
             self.breaker.clone(),
             self.classify.clone(),
             self.fallback.clone(),
+            self.gate.clone(),
         )
     }
 }

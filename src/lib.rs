@@ -141,6 +141,7 @@ pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+pub mod readiness;
 pub mod retry;
 
 mod classify;

@@ -9,8 +9,10 @@ use crate::error::Rejected;
 use crate::fallback::{Answer, Fallback, NoFallback};
 use crate::future::{Admission, ResponseFuture};
 use crate::handle::Handle;
+use crate::readiness::Gate;
 use crate::state::lane::Lanes;
 use crate::state::waiters::Waiter;
+use crate::state::word::Ticket;
 use crate::state::{Decision, Rejection, State};
 
 /// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -60,6 +62,8 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     ready: Option<Readiness>,
     /// Where this clone waits for a transition while it is not ready (made on first use).
     waiter: Option<Waiter>,
+    /// The readiness mode: wait, rather than reject, while the circuit rejects.
+    gate: Option<Gate>,
 }
 
 /// What `poll_ready` decided.
@@ -74,7 +78,13 @@ enum Readiness {
 }
 
 impl<S, C, F> CircuitBreaker<S, C, F> {
-    pub(crate) fn new(inner: S, breaker: Arc<Lanes>, classify: C, fallback: F) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        breaker: Arc<Lanes>,
+        classify: C,
+        fallback: F,
+        gate: Option<Gate>,
+    ) -> Self {
         CircuitBreaker {
             inner,
             breaker,
@@ -82,6 +92,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             fallback,
             ready: None,
             waiter: None,
+            gate,
         }
     }
 
@@ -177,9 +188,16 @@ where
         }
         let ticket = match self.breaker.admit(&mut self.breaker.now()) {
             Decision::Admit(ticket) => ticket,
-            Decision::Reject(rejection) => {
-                return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx);
-            }
+            Decision::Reject(rejection) => match self.gate.as_ref().map(|g| g.lets_through(cx)) {
+                None => return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx),
+                // The readiness mode: wait until a probe is possible.
+                Some(false) => {
+                    self.wait(cx, &Decision::Reject(rejection));
+                    return Poll::Pending;
+                }
+                // The group panics: through, unrecorded.
+                Some(true) => Ticket::unrecorded(rejection.generation),
+            },
         };
         // Held from here: if the inner service panics, a probe permit goes back.
         let admission = Admission::new(self.breaker.lane(), ticket);
@@ -240,6 +258,7 @@ impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
             fallback: self.fallback.clone(),
             ready: None,
             waiter: None,
+            gate: self.gate.clone(),
         }
     }
 }

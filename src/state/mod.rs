@@ -165,6 +165,9 @@ pub(crate) struct Breaker {
     subscribers: Subscribers,
     /// Tasks waiting for readiness, woken on every transition.
     waiters: Waiters,
+    /// Run after every transition, with no lock held: the panic group this breaker is in
+    /// (`readiness.rs`) wakes its members' waiting tasks.
+    on_transition: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     config: StdArc<Config>,
     epoch: Instant,
 }
@@ -193,6 +196,7 @@ impl Breaker {
             not_permitted: lane::Rejections::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
+            on_transition: std::sync::OnceLock::new(),
             config,
             epoch: Instant::now(),
         }
@@ -200,6 +204,16 @@ impl Breaker {
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets the hook run after every transition, if none was set.
+    pub(crate) fn on_transition(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_transition.set(hook);
+    }
+
+    /// Whether no hook is set yet.
+    pub(crate) fn on_transition_free(&self) -> bool {
+        self.on_transition.get().is_none()
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
@@ -458,6 +472,9 @@ impl Breaker {
                 Ok(_) => {
                     if let Some(to) = self.decided_by(next) {
                         self.transition_from(generation, to, not_before);
+                    } else if result == ProbeResult::Returned {
+                        // A permit is free again: a task waiting for one may go on.
+                        self.waiters.wake_all();
                     }
                     return;
                 }

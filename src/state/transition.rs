@@ -334,6 +334,9 @@ impl Breaker {
         // Every transition may change what a waiting `poll_ready` would poll.
         self.waiters.wake_all();
         subscribers.wake();
+        if let Some(hook) = self.on_transition.get() {
+            hook();
+        }
     }
 }
 

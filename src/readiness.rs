@@ -1,0 +1,253 @@
+//! The readiness mode, for load balancers: `poll_ready` waits while the circuit is open.
+//!
+//! By default an open breaker is ready and rejects each call at once (with an error, a fallback
+//! or a response mode): that is what a caller wants, who would rather hear "no" now than wait.
+//! A balancer wants something else. `tower::balance::p2c` picks among *ready* endpoints, and
+//! drops an endpoint whose `poll_ready` fails for good; an open endpoint that is ready gets
+//! picked and rejects its share of the calls. With
+//! [`CircuitBreakerLayer::pending_while_open`](crate::CircuitBreakerLayer::pending_while_open),
+//! `poll_ready` returns `Pending` while the circuit rejects (Open, ForcedOpen, and HalfOpen with
+//! every probe permit taken), without polling the inner service, and wakes the task when a probe
+//! becomes possible: at the end of the open interval (on tokio's timer), when a probe permit
+//! comes back, or at any transition. The balancer routes around the endpoint meanwhile.
+//!
+//! # Which mode
+//!
+//! * **Error** (the default): a caller that must answer at once; handle [`Rejected`](crate::error::Rejected).
+//! * **Response** (`with_http_responses`, `with_grpc_responses`): the same, for servers whose
+//!   callers are HTTP or gRPC clients (a 503, an UNAVAILABLE).
+//! * **Readiness** (`pending_while_open`): an endpoint among others behind a balancer, which
+//!   chooses among ready ones. Alone, a waiting `poll_ready` only delays callers: put
+//!   `tower::load_shed` in front to turn the wait into an immediate `Overloaded`, or a timeout.
+//!   Behind a `tower::buffer::Buffer`, the buffer's worker waits for the circuit and every
+//!   caller of the buffer waits with it (head-of-line): that is the point for one endpoint, but
+//!   put the buffer *under* the breaker if its callers must not wait.
+//!
+//! # A panic threshold
+//!
+//! When most endpoints are open at once, waiting for all of them turns a partial outage into a
+//! total one. Breakers that share a [`PanicGroup`] stop gating while more than its threshold of
+//! the group (half, by default) is open: their calls go through to the inner service again,
+//! until the fraction falls back. Calls let through this way are not recorded by an open member
+//! (its window stays as it was when it tripped, as for any open breaker): the member still probes
+//! and closes on its own schedule. A `warn` tracing event says when a group starts to panic, an
+//! `info` one when it stops.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_circuit_breaker::CircuitBreakerLayer;
+//! use tower_circuit_breaker::readiness::PanicGroup;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let group = PanicGroup::new(0.5)?;
+//! let endpoint = |name: &'static str| {
+//!     CircuitBreakerLayer::builder()
+//!         .name(name)
+//!         .open_duration(Duration::from_secs(5))
+//!         .build()
+//!         .map(|layer| layer.pending_while_open().in_panic_group(&group))
+//! };
+//! let (a, b) = (endpoint("a")?, endpoint("b")?);
+//! a.handle().force_open();
+//! assert!(!group.is_panicking(), "one of two is not more than half");
+//! b.handle().force_open();
+//! assert!(group.is_panicking());
+//! // Both open, the group panics: calls go through.
+//! let svc = a.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>("through") }));
+//! assert_eq!(svc.oneshot(()).await?, "through");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::task::{Context, Waker};
+
+use crate::CircuitBreakerLayer;
+use crate::error::ConfigError;
+use crate::state::Breaker;
+
+/// Breakers that stop gating together while more than a fraction of them is open. Cloning it
+/// gives another handle to the same group.
+#[derive(Clone)]
+pub struct PanicGroup {
+    shared: Arc<Group>,
+}
+
+struct Group {
+    threshold: f64,
+    members: RwLock<Vec<Weak<Breaker>>>,
+    panicking: AtomicBool,
+    /// Tasks of members waiting while open: a change of the group may let them through.
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl PanicGroup {
+    /// A group that panics while more than `threshold` of its members are open; `threshold` in
+    /// `(0, 1]`. Envoy's and Finagle's equivalents default to half.
+    pub fn new(threshold: f64) -> Result<Self, ConfigError> {
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            return Err(ConfigError::new("panic_threshold", threshold, "(0, 1]"));
+        }
+        Ok(PanicGroup {
+            shared: Arc::new(Group {
+                threshold,
+                members: RwLock::new(Vec::new()),
+                panicking: AtomicBool::new(false),
+                waiting: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Whether more than the threshold of the group's members is open now (Open or ForcedOpen,
+    /// as stored: reading it changes no state).
+    pub fn is_panicking(&self) -> bool {
+        let members = self
+            .shared
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let (mut alive, mut open) = (0usize, 0usize);
+        for member in members.iter().filter_map(Weak::upgrade) {
+            alive += 1;
+            open += usize::from(member.stored_state().is_open());
+        }
+        drop(members);
+        let panicking = alive > 0 && open as f64 > self.shared.threshold * alive as f64;
+        if self.shared.panicking.swap(panicking, Ordering::AcqRel) != panicking {
+            if panicking {
+                tracing::warn!(
+                    open,
+                    members = alive,
+                    "panic group: too many open, gates lifted"
+                );
+            } else {
+                tracing::info!(open, members = alive, "panic group recovered: gates back");
+            }
+        }
+        panicking
+    }
+
+    fn join(&self, breaker: &Arc<Breaker>) {
+        let mut members = self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        if members
+            .iter()
+            .any(|m| std::ptr::eq(m.as_ptr(), Arc::as_ptr(breaker)))
+        {
+            return;
+        }
+        members.push(Arc::downgrade(breaker));
+        drop(members);
+        let group = Arc::downgrade(&self.shared);
+        breaker.on_transition(Box::new(move || {
+            if let Some(group) = group.upgrade() {
+                group.wake_all();
+            }
+        }));
+    }
+
+    /// Leaves the task's waker to be woken at the group's members' next transition.
+    fn wait(&self, cx: &mut Context<'_>) {
+        let mut waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+    }
+}
+
+impl Group {
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+impl Default for PanicGroup {
+    /// A group that panics while more than half of it is open.
+    fn default() -> Self {
+        PanicGroup::new(0.5).expect("one half is in range")
+    }
+}
+
+impl fmt::Debug for PanicGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PanicGroup")
+            .field("threshold", &self.shared.threshold)
+            .field("panicking", &self.shared.panicking.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a gated service does with a call its breaker would reject.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gate {
+    group: Option<PanicGroup>,
+}
+
+impl Gate {
+    /// Whether the call goes through anyway (the group panics); if not, the task is left to be
+    /// woken by the group too.
+    pub(crate) fn lets_through(&self, cx: &mut Context<'_>) -> bool {
+        match &self.group {
+            Some(group) if group.is_panicking() => true,
+            Some(group) => {
+                group.wait(cx);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl<C, F> CircuitBreakerLayer<C, F> {
+    /// The readiness mode: `poll_ready` returns `Pending` while the circuit rejects, and wakes
+    /// when a probe becomes possible; see the [module docs](crate::readiness).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use std::task::Poll;
+    /// use tower::{Layer, Service, service_fn};
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder().build().unwrap().pending_while_open();
+    /// let mut svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// layer.handle().force_open();
+    /// let waker = std::task::Waker::noop();
+    /// assert!(svc.poll_ready(&mut std::task::Context::from_waker(&waker)).is_pending());
+    /// layer.handle().reset();
+    /// assert!(matches!(svc.poll_ready(&mut std::task::Context::from_waker(&waker)), Poll::Ready(Ok(()))));
+    /// # }
+    /// ```
+    pub fn pending_while_open(mut self) -> Self {
+        self.gate.get_or_insert_with(Gate::default);
+        self
+    }
+
+    /// Puts this breaker in `group` (and in the readiness mode): while more than the group's
+    /// threshold of its members is open, none of them gates. A breaker is in one group at most;
+    /// a second call changes nothing.
+    pub fn in_panic_group(mut self, group: &PanicGroup) -> Self {
+        let gate = self.gate.get_or_insert_with(Gate::default);
+        if gate.group.is_none() && self.breaker.breaker().on_transition_free() {
+            group.join(self.breaker.breaker());
+            gate.group = Some(group.clone());
+        }
+        self
+    }
+}
