@@ -82,6 +82,10 @@ impl<C, F> CircuitBreakerLayer<C, F> {
     /// The fallback takes the same requests and gives the same responses as the inner service.
     /// While the breaker rejects, the fallback's `poll_ready` is polled instead of the inner's.
     ///
+    /// It answers the calls the breaker *rejects*, not the admitted calls that fail: those
+    /// still fail (or time out) to the caller, and count toward opening the circuit. For a
+    /// "stale if error" answer, put the cache around the breaker instead.
+    ///
     /// ```
     /// use tower::{Layer, ServiceExt, service_fn};
     /// use tower_circuit_breaker::CircuitBreakerLayer;
