@@ -225,3 +225,175 @@ fn the_gated_service_is_still_clone_send_sync() {
     let svc = layer.layer(service_fn(|_: ()| ready(Ok::<_, Infallible>(()))));
     assert_bounds(&svc);
 }
+
+// ===== attacks: wakers and hooks that call back, members that go away =====
+
+/// A waker that runs `on_clone` the first time it is cloned (user code inside `Waker::clone`).
+fn waker_calling_on_clone(on_clone: impl Fn() + Send + Sync + 'static) -> std::task::Waker {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+
+    struct Hook {
+        fired: AtomicBool,
+        on_clone: Box<dyn Fn() + Send + Sync>,
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, drop_waker, wake_by_ref, drop_waker);
+    unsafe fn clone(data: *const ()) -> RawWaker {
+        // SAFETY: `data` is an `Arc<Hook>` made by `into_raw` below; it is not consumed here.
+        let hook = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(data.cast::<Hook>()) });
+        if !hook.fired.swap(true, Ordering::SeqCst) {
+            (hook.on_clone)();
+        }
+        RawWaker::new(Arc::into_raw(Arc::clone(&hook)).cast(), &VTABLE)
+    }
+    unsafe fn wake_by_ref(_: *const ()) {}
+    unsafe fn drop_waker(data: *const ()) {
+        // SAFETY: as in `clone`; this consumes the reference.
+        drop(unsafe { Arc::from_raw(data.cast::<Hook>()) });
+    }
+    let hook = Arc::new(Hook {
+        fired: AtomicBool::new(false),
+        on_clone: Box::new(on_clone),
+    });
+    // SAFETY: the vtable's functions treat the pointer as the `Arc<Hook>` it is.
+    unsafe { Waker::from_raw(RawWaker::new(Arc::into_raw(hook).cast(), &VTABLE)) }
+}
+
+#[test]
+fn a_waker_whose_clone_opens_another_member_does_not_deadlock_the_group() {
+    let answer = support::within(Duration::from_secs(5), "poll_ready", || {
+        let group = PanicGroup::new(0.5).unwrap();
+        let (a, b) = (member(&group), member(&group));
+        let (inner, _) = inner();
+        let mut svc = a.layer(inner);
+        a.handle().force_open();
+        let other = b.handle();
+        // Cloning the waker opens the other member: the group panics (two of two).
+        let waker = waker_calling_on_clone(move || other.force_open());
+        let ready = svc.poll_ready(&mut std::task::Context::from_waker(&waker));
+        (ready.is_ready(), group.is_panicking())
+    });
+    assert_eq!(
+        answer,
+        (true, true),
+        "the group panics by the time poll_ready returns: through"
+    );
+}
+
+#[test]
+fn the_group_keeps_no_waker_of_a_service_that_is_gone() {
+    let group = PanicGroup::new(0.5).unwrap();
+    let (a, _b) = (member(&group), member(&group));
+    a.handle().force_open();
+    let mut counters = Vec::new();
+    for _ in 0..64 {
+        let (inner, _) = inner();
+        let mut svc = a.layer(inner);
+        let (waker, counts) = support::CountsWakes::waker();
+        let polled = svc.poll_ready(&mut std::task::Context::from_waker(&waker));
+        assert!(polled.is_pending());
+        drop((svc, waker));
+        counters.push(counts);
+    }
+    let kept = counters
+        .iter()
+        .filter(|c| std::sync::Arc::strong_count(c) > 1)
+        .count();
+    assert_eq!(kept, 0, "wakers of dropped services still held");
+}
+
+#[test]
+fn a_member_that_goes_away_wakes_the_tasks_its_departure_lets_through() {
+    let group = PanicGroup::new(0.5).unwrap();
+    let (a, b) = (member(&group), member(&group));
+    let (inner, _) = inner();
+    let mut svc = a.layer(inner);
+    a.handle().force_open();
+    let (waker, counts) = support::CountsWakes::waker();
+    assert!(
+        svc.poll_ready(&mut std::task::Context::from_waker(&waker))
+            .is_pending()
+    );
+    drop(b);
+    assert!(group.is_panicking(), "one of one is open");
+    assert_eq!(counts.wakes(), 1, "the waiting task is woken to go through");
+}
+
+/// A tracing subscriber that runs `hook` once, at the first `info` event of the readiness module
+/// (the panic group's "recovered"): user code in the middle of `poll_ready`.
+struct HookOnRecovery {
+    hook: Box<dyn Fn() + Send + Sync>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl tracing::Subscriber for HookOnRecovery {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let metadata = event.metadata();
+        if metadata.target().ends_with("readiness")
+            && *metadata.level() == tracing::Level::INFO
+            && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            (self.hook)();
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_member_opening_while_the_group_is_read_wakes_the_task_that_read_it() {
+    let group = PanicGroup::new(0.5).unwrap();
+    let (a, b) = (member(&group), member(&group));
+    let (inner, _) = inner();
+    let mut svc = a.layer(inner);
+    a.handle().force_open();
+    b.handle().force_open();
+    assert!(group.is_panicking());
+    b.handle().reset();
+    // The next read finds the group recovered; while it says so, `b` opens again.
+    let other = b.handle();
+    let subscriber = HookOnRecovery {
+        hook: Box::new(move || other.force_open()),
+        fired: Default::default(),
+    };
+    let (waker, counts) = support::CountsWakes::waker();
+    let polled = tracing::subscriber::with_default(subscriber, || {
+        svc.poll_ready(&mut std::task::Context::from_waker(&waker))
+    });
+    assert!(group.is_panicking(), "both open again");
+    assert!(
+        polled.is_ready() || counts.wakes() > 0,
+        "pending while the group panics, and never woken"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_of_a_breaker_in_a_group_lets_calls_through_while_it_panics() {
+    let (first, second) = (PanicGroup::new(0.5).unwrap(), PanicGroup::new(0.5).unwrap());
+    let base = gated();
+    let joined = base.clone().in_panic_group(&first);
+    let late = base.in_panic_group(&second); // already in `first`: "changes nothing"
+    let peer = member(&first);
+    joined.handle().force_open();
+    peer.handle().force_open();
+    assert!(first.is_panicking());
+    let (inner_joined, _) = inner();
+    let (inner_late, _) = inner();
+    let mut through = spawn(joined.layer(inner_joined).oneshot(false));
+    assert_eq!(assert_ready_ok!(through.poll()), "up");
+    let mut same_breaker = spawn(late.layer(inner_late).oneshot(false));
+    assert_eq!(
+        assert_ready_ok!(same_breaker.poll()),
+        "up",
+        "the same breaker, in the same panicking group"
+    );
+}
