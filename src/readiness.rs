@@ -63,12 +63,12 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Waker};
+use std::sync::{Arc, RwLock, Weak};
 
 use crate::CircuitBreakerLayer;
 use crate::error::ConfigError;
 use crate::state::Breaker;
+use crate::sync::{caught, raise};
 
 /// Breakers that stop gating together while more than a fraction of them is open. Cloning it
 /// gives another handle to the same group.
@@ -81,8 +81,6 @@ struct Group {
     threshold: f64,
     members: RwLock<Vec<Weak<Breaker>>>,
     panicking: AtomicBool,
-    /// Tasks of members waiting while open: a change of the group may let them through.
-    waiting: Mutex<Vec<Waker>>,
 }
 
 impl PanicGroup {
@@ -97,7 +95,6 @@ impl PanicGroup {
                 threshold,
                 members: RwLock::new(Vec::new()),
                 panicking: AtomicBool::new(false),
-                waiting: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -105,16 +102,13 @@ impl PanicGroup {
     /// Whether more than the threshold of the group's members is open now (Open or ForcedOpen,
     /// as stored: reading it changes no state).
     pub fn is_panicking(&self) -> bool {
-        let members = self
-            .shared
-            .members
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let (mut alive, mut open) = (0usize, 0usize);
-        for member in members.iter().filter_map(Weak::upgrade) {
-            alive += 1;
-            open += usize::from(member.stored_state().is_open());
-        }
+        let members = self.members();
+        let alive = members.len();
+        let open = members
+            .iter()
+            .filter(|member| member.stored_state().is_open())
+            .count();
+        // Dropped here, with no lock held: the last reference to a member drops its breaker.
         drop(members);
         let panicking = alive > 0 && open as f64 > self.shared.threshold * alive as f64;
         if self.shared.panicking.swap(panicking, Ordering::AcqRel) != panicking {
@@ -131,48 +125,39 @@ impl PanicGroup {
         panicking
     }
 
+    /// The members still alive, taken out of the lock.
+    fn members(&self) -> Vec<Arc<Breaker>> {
+        let members = self
+            .shared
+            .members
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        members.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Puts `breaker` in this group, unless it is in a group already.
     fn join(&self, breaker: &Arc<Breaker>) {
+        if !breaker.join_group(self.clone()) {
+            return;
+        }
         let mut members = self
             .shared
             .members
             .write()
             .unwrap_or_else(|e| e.into_inner());
         members.retain(|m| m.strong_count() > 0);
-        if members
-            .iter()
-            .any(|m| std::ptr::eq(m.as_ptr(), Arc::as_ptr(breaker)))
-        {
-            return;
-        }
         members.push(Arc::downgrade(breaker));
-        drop(members);
-        let group = Arc::downgrade(&self.shared);
-        breaker.on_transition(Box::new(move || {
-            if let Some(group) = group.upgrade() {
-                group.wake_all();
-            }
-        }));
     }
 
-    /// Leaves the task's waker to be woken at the group's members' next transition.
-    fn wait(&self, cx: &mut Context<'_>) {
-        let mut waiting = self
-            .shared
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-            waiting.push(cx.waker().clone());
+    /// Wakes the tasks waiting on every member: a member's transition, or its departure, may
+    /// change whether the group panics. Their services left their wakers with their own breaker
+    /// before reading the group, so none misses a change it did not see.
+    pub(crate) fn wake_members(&self) {
+        let mut panic = None;
+        for member in self.members() {
+            caught(&mut panic, || member.waiters().wake_all());
         }
-    }
-}
-
-impl Group {
-    fn wake_all(&self) {
-        let wakers = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        for waker in wakers {
-            waker.wake();
-        }
+        raise(panic);
     }
 }
 
@@ -192,24 +177,15 @@ impl fmt::Debug for PanicGroup {
     }
 }
 
-/// What a gated service does with a call its breaker would reject.
+/// The readiness mode: a gated service waits, rather than reject, while its breaker rejects.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Gate {
-    group: Option<PanicGroup>,
-}
+pub(crate) struct Gate;
 
 impl Gate {
-    /// Whether the call goes through anyway (the group panics); if not, the task is left to be
-    /// woken by the group too.
-    pub(crate) fn lets_through(&self, cx: &mut Context<'_>) -> bool {
-        match &self.group {
-            Some(group) if group.is_panicking() => true,
-            Some(group) => {
-                group.wait(cx);
-                false
-            }
-            None => false,
-        }
+    /// Whether a call the breaker rejects goes through anyway: its panic group (the breaker's,
+    /// whichever layer put it there) panics.
+    pub(crate) fn lets_through(&self, breaker: &Breaker) -> bool {
+        breaker.group().is_some_and(PanicGroup::is_panicking)
     }
 }
 
@@ -240,14 +216,12 @@ impl<C, F> CircuitBreakerLayer<C, F> {
     }
 
     /// Puts this breaker in `group` (and in the readiness mode): while more than the group's
-    /// threshold of its members is open, none of them gates. A breaker is in one group at most;
-    /// a second call changes nothing.
+    /// threshold of its members is open, none of them gates. A breaker is in one group at most,
+    /// the first it joins through any of its layers: a later call puts this layer in the
+    /// readiness mode, and the breaker stays where it is.
     pub fn in_panic_group(mut self, group: &PanicGroup) -> Self {
-        let gate = self.gate.get_or_insert_with(Gate::default);
-        if gate.group.is_none() && self.breaker.breaker().on_transition_free() {
-            group.join(self.breaker.breaker());
-            gate.group = Some(group.clone());
-        }
+        self.gate.get_or_insert_with(Gate::default);
+        group.join(self.breaker.breaker());
         self
     }
 }

@@ -188,16 +188,19 @@ where
         }
         let ticket = match self.breaker.admit(&mut self.breaker.now()) {
             Decision::Admit(ticket) => ticket,
-            Decision::Reject(rejection) => match self.gate.as_ref().map(|g| g.lets_through(cx)) {
-                None => return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx),
-                // The readiness mode: wait until a probe is possible.
-                Some(false) => {
-                    self.wait(cx, &Decision::Reject(rejection));
+            Decision::Reject(rejection) => {
+                let Some(gate) = self.gate.clone() else {
+                    return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx);
+                };
+                // The readiness mode: wait until a probe is possible. Registered before the
+                // panic group is read, so that a member's transition after the read wakes us.
+                self.wait(cx, &Decision::Reject(rejection));
+                if !gate.lets_through(self.breaker.breaker()) {
                     return Poll::Pending;
                 }
                 // The group panics: through, unrecorded.
-                Some(true) => Ticket::unrecorded(rejection.generation),
-            },
+                Ticket::unrecorded(rejection.generation)
+            }
         };
         // Held from here: if the inner service panics, a probe permit goes back.
         let admission = Admission::new(self.breaker.lane(), ticket);

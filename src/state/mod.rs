@@ -165,9 +165,9 @@ pub(crate) struct Breaker {
     subscribers: Subscribers,
     /// Tasks waiting for readiness, woken on every transition.
     waiters: Waiters,
-    /// Run after every transition, with no lock held: the panic group this breaker is in
-    /// (`readiness.rs`) wakes its members' waiting tasks.
-    on_transition: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The panic group this breaker is in (`readiness.rs`): after every transition, and when
+    /// this breaker goes, it wakes its members' waiting tasks, with no lock held.
+    group: std::sync::OnceLock<crate::readiness::PanicGroup>,
     config: StdArc<Config>,
     epoch: Instant,
 }
@@ -178,6 +178,15 @@ impl fmt::Debug for Breaker {
             .field("name", &self.config.name)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Breaker {
+    /// Leaving its panic group may make the group panic: the other members' tasks look again.
+    fn drop(&mut self) {
+        if let Some(group) = self.group.get() {
+            group.wake_members();
+        }
     }
 }
 
@@ -196,7 +205,7 @@ impl Breaker {
             not_permitted: lane::Rejections::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
-            on_transition: std::sync::OnceLock::new(),
+            group: std::sync::OnceLock::new(),
             config,
             epoch: Instant::now(),
         }
@@ -206,14 +215,14 @@ impl Breaker {
         &self.config
     }
 
-    /// Sets the hook run after every transition, if none was set.
-    pub(crate) fn on_transition(&self, hook: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_transition.set(hook);
+    /// Puts this breaker in `group`; `false` if it is in a group already.
+    pub(crate) fn join_group(&self, group: crate::readiness::PanicGroup) -> bool {
+        self.group.set(group).is_ok()
     }
 
-    /// Whether no hook is set yet.
-    pub(crate) fn on_transition_free(&self) -> bool {
-        self.on_transition.get().is_none()
+    /// The panic group this breaker is in, if any.
+    pub(crate) fn group(&self) -> Option<&crate::readiness::PanicGroup> {
+        self.group.get()
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
