@@ -2,9 +2,11 @@
 //!
 //! Retrying a call the breaker rejected is rejected again at once: it costs a little, tells
 //! nothing, and a retry loop turns one rejection into many. [`RespectBreaker`] wraps any retry
-//! policy: it never retries a [`Rejected`] (or an error that wraps one), nor a response that a
-//! breaker's response mode made, and when it does retry a response that carries a "come back
-//! later" hint (HTTP `Retry-After`), it waits at least that long.
+//! policy: it never retries a [`Rejected`] (or an error that wraps one). With
+//! [`with_hints`](RespectBreaker::with_hints) (`HttpHints`, `GrpcHints`) it reads responses too:
+//! it never retries a response that a breaker's response mode made, and when it does retry a
+//! response that carries a "come back later" hint (HTTP `Retry-After`), it waits at least that
+//! long. Without hints, a breaker's 503 is a response like any other to the wrapped policy.
 //!
 //! # Where to put the retry
 //!

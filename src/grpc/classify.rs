@@ -19,8 +19,8 @@ const STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// trailers-only response) or, at the end of the body, from the trailers. See the
 /// [module docs](super) for the default codes and why.
 ///
-/// * A `tonic::Status` error (or an error with one in its chain of sources) is classified by its
-///   code; other errors (transport, connect, `Elapsed`) are failures; another breaker's
+/// * A `tonic::Status` error, or a `BoxError` with one in its chain of sources, is classified by
+///   its code; other errors (transport, connect, `Elapsed`) are failures; another breaker's
 ///   rejection, as an error or as its UNAVAILABLE answer, is ignored.
 /// * A failure with `grpc-retry-pushback-ms` keeps the circuit open at least that long (capped
 ///   by [`max_retry_after`](crate::Builder::max_retry_after)). A negative or unreadable value
@@ -30,7 +30,11 @@ const STATUS: HeaderName = HeaderName::from_static("grpc-status");
 ///   dropped before its end records nothing.
 ///
 /// The responses must carry a [`TrackedBody`]: use
-/// [`with_tracked_bodies`](crate::CircuitBreakerLayer::with_tracked_bodies).
+/// [`with_tracked_bodies`](crate::CircuitBreakerLayer::with_tracked_bodies). The
+/// [`call_timeout`](crate::Builder::call_timeout) then bounds the whole stream: a server stream
+/// meant to outlive it (a watch, a subscription) is cut when it waits past the deadline, and
+/// counted as a failure;
+/// give such calls a breaker without a call timeout.
 ///
 /// ```
 /// use tonic::Code;

@@ -9,7 +9,8 @@
 //!   dependency's health.
 //! * [`CircuitBreakerLayer::with_grpc_responses`](crate::CircuitBreakerLayer::with_grpc_responses)
 //!   answers a rejection with a trailers-only UNAVAILABLE and `grpc-retry-pushback-ms`, and a
-//!   call timeout with DEADLINE_EXCEEDED, keeping the inner service's error type (tonic's server
+//!   call timeout before the response head with DEADLINE_EXCEEDED (one while a tracked body
+//!   streams ends the body with an error: the head is gone), keeping the inner service's error type (tonic's server
 //!   takes it as it is).
 //! * [`GrpcHints`] lets [`RespectBreaker`](crate::retry::RespectBreaker) see a breaker's
 //!   UNAVAILABLE (never retried) and `grpc-retry-pushback-ms` (waited out; negative: never
@@ -64,7 +65,8 @@ enum Pushback {
     Never,
 }
 
-/// The pushback in `headers`, if there is one. Capped at a day, as `Retry-After` is.
+/// The pushback in `headers`, if there is one. Capped at a day (the breaker caps it again with
+/// `max_retry_after`).
 fn pushback(headers: &HeaderMap) -> Option<Pushback> {
     let value = headers.get(PUSHBACK)?;
     let text = value.to_str().ok().map(str::trim).unwrap_or("");

@@ -29,7 +29,9 @@ pub struct HttpResponses {
 
 impl<C, F> CircuitBreakerLayer<C, F> {
     /// Answers rejections with `503 Service Unavailable` (with `Retry-After`) and call timeouts
-    /// with `504 Gateway Timeout`, instead of failing them: the service keeps the inner service's
+    /// with `504 Gateway Timeout`, instead of failing them (a call timeout that fires while a
+    /// [`TrackedBody`](super::TrackedBody) streams ends that body with an error instead: its
+    /// head is sent): the service keeps the inner service's
     /// error type, so `Router::route_layer` and `Router::layer` take it as it is. A fallback set
     /// before is replaced.
     ///
