@@ -33,8 +33,7 @@ const STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// [`with_tracked_bodies`](crate::CircuitBreakerLayer::with_tracked_bodies). The
 /// [`call_timeout`](crate::Builder::call_timeout) then bounds the whole stream: a server stream
 /// meant to outlive it (a watch, a subscription) is cut when it waits past the deadline, and
-/// counted as a failure;
-/// give such calls a breaker without a call timeout.
+/// counted as a failure; give such calls a breaker without a call timeout.
 ///
 /// ```
 /// use tonic::Code;
