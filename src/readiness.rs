@@ -63,12 +63,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::task::{Context, Waker};
+use std::sync::{Arc, RwLock, Weak};
+use std::task::Context;
 
 use crate::CircuitBreakerLayer;
 use crate::error::ConfigError;
 use crate::state::Breaker;
+use crate::state::waiters::Waiters;
 
 /// Breakers that stop gating together while more than a fraction of them is open. Cloning it
 /// gives another handle to the same group.
@@ -81,8 +82,9 @@ struct Group {
     threshold: f64,
     members: RwLock<Vec<Weak<Breaker>>>,
     panicking: AtomicBool,
-    /// Tasks of members waiting while open: a change of the group may let them through.
-    waiting: Mutex<Vec<Waker>>,
+    /// Tasks of members waiting while open, a slot per service: a change of the group may let
+    /// them through.
+    waiting: Waiters,
 }
 
 impl PanicGroup {
@@ -97,7 +99,7 @@ impl PanicGroup {
                 threshold,
                 members: RwLock::new(Vec::new()),
                 panicking: AtomicBool::new(false),
-                waiting: Mutex::new(Vec::new()),
+                waiting: Waiters::default(),
             }),
         })
     }
@@ -153,26 +155,11 @@ impl PanicGroup {
             }
         }));
     }
-
-    /// Leaves the task's waker to be woken at the group's members' next transition.
-    fn wait(&self, cx: &mut Context<'_>) {
-        let mut waiting = self
-            .shared
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-            waiting.push(cx.waker().clone());
-        }
-    }
 }
 
 impl Group {
     fn wake_all(&self) {
-        let wakers = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
-        for waker in wakers {
-            waker.wake();
-        }
+        self.waiting.wake_all();
     }
 }
 
@@ -193,22 +180,42 @@ impl fmt::Debug for PanicGroup {
 }
 
 /// What a gated service does with a call its breaker would reject.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Gate {
     group: Option<PanicGroup>,
+    /// This service's slot among the group's waiting tasks (taken on first use).
+    slot: Option<usize>,
 }
 
 impl Gate {
     /// Whether the call goes through anyway (the group panics); if not, the task is left to be
     /// woken by the group too.
-    pub(crate) fn lets_through(&self, cx: &mut Context<'_>) -> bool {
-        match &self.group {
-            Some(group) if group.is_panicking() => true,
-            Some(group) => {
-                group.wait(cx);
-                false
-            }
-            None => false,
+    pub(crate) fn lets_through(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(group) = &self.group else {
+            return false;
+        };
+        // Left before the look: a member's transition after the look finds the waker, one
+        // before it is seen by the look. (When the group panics the waker stays, for at most
+        // one spurious wake-up.)
+        group.shared.waiting.register(&mut self.slot, cx.waker());
+        group.is_panicking()
+    }
+}
+
+impl Clone for Gate {
+    /// A clone waits in a slot of its own.
+    fn clone(&self) -> Self {
+        Gate {
+            group: self.group.clone(),
+            slot: None,
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let (Some(group), Some(slot)) = (&self.group, self.slot) {
+            group.shared.waiting.unregister(slot);
         }
     }
 }

@@ -188,7 +188,7 @@ where
         }
         let ticket = match self.breaker.admit(&mut self.breaker.now()) {
             Decision::Admit(ticket) => ticket,
-            Decision::Reject(rejection) => match self.gate.as_ref().map(|g| g.lets_through(cx)) {
+            Decision::Reject(rejection) => match self.gate.as_mut().map(|g| g.lets_through(cx)) {
                 None => return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx),
                 // The readiness mode: wait until a probe is possible.
                 Some(false) => {
