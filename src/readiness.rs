@@ -40,7 +40,7 @@
 //! use tower_circuit_breaker::readiness::PanicGroup;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), tower::BoxError> {
 //! let group = PanicGroup::new(0.5)?;
 //! let endpoint = |name: &'static str| {
 //!     CircuitBreakerLayer::builder()
