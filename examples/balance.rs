@@ -15,7 +15,7 @@
 //! Prints one line per quarter second (each breaker's state, what each replica answered, what
 //! the callers got), the breakers' transitions and the group's panics as they happen, and for
 //! run 1 the calls `b` got after it failed and its time to rejoin after it recovered. Exits by
-//! itself in about ten seconds.
+//! itself in under ten seconds.
 //!
 //! ```sh
 //! cargo run --example balance
