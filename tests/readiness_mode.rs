@@ -397,3 +397,118 @@ async fn every_layer_of_a_breaker_in_a_group_lets_calls_through_while_it_panics(
         "the same breaker, in the same panicking group"
     );
 }
+
+// ===== panic groups: wake-ups =====
+
+/// A tracing subscriber that runs `hook` at the first event it sees: user code that runs in the
+/// middle of a `poll_ready`, as a preemption could, made to happen at a known place.
+struct AtFirstEvent<F> {
+    hook: std::sync::Mutex<Option<F>>,
+}
+
+impl<F: FnOnce() + Send + 'static> tracing::Subscriber for AtFirstEvent<F> {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        // Taken out of the lock before it runs: it logs too.
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_member_that_opens_while_another_looks_at_the_group_wakes_the_one_that_looked() {
+    // `a` is forced open: its own breaker never wakes it, only the group can. `a`'s poll looks at
+    // the group (one of two open: calm) and then leaves its waker with the group; `b` opens in
+    // between (here from the tracing event the look emits, standing in for a preemption), which
+    // makes the group panic. `a`'s task must be woken, or it waits for good.
+    let group = PanicGroup::new(0.5).unwrap();
+    let (a, b) = (member(&group), member(&group));
+    a.handle().force_open();
+    // The group last saw itself panicking: the next look reports its recovery (an event).
+    b.handle().force_open();
+    assert!(group.is_panicking());
+    b.handle().reset();
+
+    let (inner_a, _) = inner();
+    let mut svc = a.layer(inner_a);
+    let (waker, wakes) = support::CountsWakes::waker();
+    let b_handle = b.handle();
+    let subscriber = AtFirstEvent {
+        hook: std::sync::Mutex::new(Some(move || b_handle.force_open())),
+    };
+    let polled = tracing::subscriber::with_default(subscriber, || {
+        svc.poll_ready(&mut std::task::Context::from_waker(&waker))
+    });
+    assert_eq!(
+        b.handle().state(),
+        State::ForcedOpen,
+        "b opened during the poll"
+    );
+    assert!(group.is_panicking());
+    assert!(
+        polled.is_ready() || wakes.wakes() > 0,
+        "the poll returned Pending and nothing will wake it: the group panics, but its wake-up \
+         ran before the task left its waker"
+    );
+}
+
+#[test]
+fn a_group_holds_one_waker_per_waiting_service_and_none_once_it_is_gone() {
+    // Each task that polls a gated service leaves a waker; a waker keeps its task alive. The
+    // group must not collect them while a member stays open (forced open: no transition).
+    let group = PanicGroup::default();
+    let (a, _b, _c) = (member(&group), member(&group), member(&group));
+    a.handle().force_open();
+    let held = |wakes: &[std::sync::Arc<support::CountsWakes>]| {
+        wakes
+            .iter()
+            .map(|w| std::sync::Arc::strong_count(w) - 1)
+            .sum::<usize>()
+    };
+
+    // One service, polled from many tasks in turn.
+    let (inner_a, _) = inner();
+    let mut svc = a.layer(inner_a);
+    let wakes: Vec<_> = (0..1000)
+        .map(|_| {
+            let (waker, wakes) = support::CountsWakes::waker();
+            assert!(
+                svc.poll_ready(&mut std::task::Context::from_waker(&waker))
+                    .is_pending()
+            );
+            wakes
+        })
+        .collect();
+    assert!(
+        held(&wakes) <= 2,
+        "the breaker and the group keep the last waker only, not {}",
+        held(&wakes)
+    );
+
+    // Many services, each polled once from its own task, then dropped (a load shedder in front,
+    // a request that gave up).
+    let wakes: Vec<_> = (0..1000)
+        .map(|_| {
+            let (inner_a, _) = inner();
+            let mut svc = a.layer(inner_a);
+            let (waker, wakes) = support::CountsWakes::waker();
+            assert!(
+                svc.poll_ready(&mut std::task::Context::from_waker(&waker))
+                    .is_pending()
+            );
+            wakes
+        })
+        .collect();
+    assert_eq!(held(&wakes), 0, "a dropped service leaves no waker behind");
+}
