@@ -28,10 +28,12 @@
 //! When most endpoints are open at once, waiting for all of them turns a partial outage into a
 //! total one. Breakers that share a [`PanicGroup`] stop gating while more than its threshold of
 //! the group (half, by default) is open: their calls go through to the inner service again,
-//! until the fraction falls back. Calls let through this way are not recorded by an open member
-//! (its window stays as it was when it tripped, as for any open breaker): the member still probes
-//! and closes on its own schedule. A `warn` tracing event says when a group starts to panic, an
-//! `info` one when it stops.
+//! until the fraction falls back. Open, half-open and forced-open members count as open. Calls
+//! let through this way are not recorded by an open member (its window stays as it was when it
+//! tripped, as for any open breaker): the member still probes and closes on its own schedule.
+//! A member an operator forced open is let through too, while the group panics. A `warn` tracing
+//! event says when a group starts to panic, an `info` one when a member's poll
+//! finds that it stopped.
 //!
 //! ```
 //! use std::time::Duration;
@@ -65,10 +67,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 
-use crate::CircuitBreakerLayer;
 use crate::error::ConfigError;
 use crate::state::Breaker;
 use crate::sync::{caught, raise};
+use crate::{CircuitBreakerLayer, State};
 
 /// Breakers that stop gating together while more than a fraction of them is open. Cloning it
 /// gives another handle to the same group.
@@ -99,14 +101,21 @@ impl PanicGroup {
         })
     }
 
-    /// Whether more than the threshold of the group's members is open now (Open or ForcedOpen,
-    /// as stored: reading it changes no state).
+    /// Whether more than the threshold of the group's members is open now (Open, HalfOpen or
+    /// ForcedOpen, as stored: reading it changes no state).
     pub fn is_panicking(&self) -> bool {
         let members = self.members();
         let alive = members.len();
+        // Half-open counts with open: a member probing is not healthy yet, and counting it
+        // healthy would make the group flicker in and out of panic at every probe.
         let open = members
             .iter()
-            .filter(|member| member.stored_state().is_open())
+            .filter(|member| {
+                matches!(
+                    member.stored_state(),
+                    State::Open | State::ForcedOpen | State::HalfOpen
+                )
+            })
             .count();
         // Dropped here, with no lock held: the last reference to a member drops its breaker.
         drop(members);

@@ -512,3 +512,17 @@ fn a_group_holds_one_waker_per_waiting_service_and_none_once_it_is_gone() {
         .collect();
     assert_eq!(held(&wakes), 0, "a dropped service leaves no waker behind");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_member_still_counts_as_open_so_the_group_does_not_flicker_at_each_probe() {
+    let group = PanicGroup::default();
+    let (a, b, _c) = (member(&group), member(&group), member(&group));
+    let (inner_a, _) = inner();
+    let mut svc = a.layer(inner_a);
+    trip(&mut svc).await;
+    b.handle().force_open();
+    assert!(group.is_panicking());
+    tokio::time::advance(OPEN).await;
+    assert_eq!(a.handle().state(), State::HalfOpen);
+    assert!(group.is_panicking(), "a probing member is not healthy yet");
+}
