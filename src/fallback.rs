@@ -18,7 +18,10 @@ use crate::error::Rejected;
 use crate::future::FallbackFuture;
 
 mod sealed {
-    pub trait Sealed {}
+    pub trait Sealed {
+        /// Whether a fallback service answers rejected calls (counted as fallbacks).
+        const ANSWERS: bool = false;
+    }
 }
 
 /// How a rejected call is answered (sealed): [`NoFallback`] or [`WithFallback`].
@@ -112,7 +115,9 @@ impl<S> WithFallback<S> {
     }
 }
 
-impl<S> sealed::Sealed for WithFallback<S> {}
+impl<S> sealed::Sealed for WithFallback<S> {
+    const ANSWERS: bool = true;
+}
 
 impl<Req, Res, S> Fallback<Req, Res> for WithFallback<S>
 where

@@ -129,6 +129,9 @@ mod config;
 mod event;
 mod handle;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod service;
 mod state;
 mod sync;
@@ -137,7 +140,7 @@ pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};
 pub use error::ConfigError;
 pub use event::{EVENT_BUFFER, Event, EventStream};
-pub use handle::{Handle, Metrics};
+pub use handle::{Handle, Metrics, Totals};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::State;

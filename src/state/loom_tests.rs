@@ -19,7 +19,7 @@ const T0: u64 = 1 << 50;
 
 fn breaker(builder: Builder) -> Arc<Breaker> {
     let layer_config = builder.validate_for_tests();
-    Arc::new(Breaker::new(StdArc::new(layer_config)))
+    Arc::new(Breaker::new(StdArc::new(layer_config), None))
 }
 
 fn now(b: &Breaker, at: u64) -> Now<'_> {
@@ -34,7 +34,7 @@ fn admit(b: &Breaker, at: u64) -> Ticket {
 }
 
 fn complete(b: &Breaker, ticket: Ticket, outcome: Outcome, at: u64) {
-    b.complete(ticket, outcome, false, None, &mut now(b, at));
+    b.complete(ticket, outcome, None, None, &mut now(b, at));
 }
 
 fn probes_of(b: &Breaker) -> (u32, u32, u32) {

@@ -1,0 +1,4 @@
+//! placeholder
+#[derive(Clone, Debug)]
+pub struct Export;
+pub(crate) struct Exported;
