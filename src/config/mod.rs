@@ -164,8 +164,8 @@ pub struct Builder<C = DefaultClassify> {
 impl<C> fmt::Debug for Builder<C> {
     /// Every setting but the classifier (a closure has no `Debug`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("name", &self.name)
+        let mut f = f.debug_struct("Builder");
+        f.field("name", &self.name)
             .field("failure_rate_threshold", &self.failure_rate_threshold)
             .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
             .field("slow_call_duration", &self.slow_call_duration)
@@ -179,8 +179,10 @@ impl<C> fmt::Debug for Builder<C> {
             .field("half_open_max_wait", &self.half_open_max_wait)
             .field("call_timeout", &self.call_timeout)
             .field("max_retry_after", &self.max_retry_after)
-            .field("on_event", &self.on_event)
-            .finish_non_exhaustive()
+            .field("on_event", &self.on_event);
+        #[cfg(feature = "metrics")]
+        f.field("export_metrics", &self.export);
+        f.finish_non_exhaustive()
     }
 }
 

@@ -79,6 +79,9 @@ fn first_lane() -> usize {
 
 impl Lanes {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        // One `Lanes` per breaker, made when its layer is: from then on, `collect` updates it.
+        #[cfg(feature = "metrics")]
+        crate::metrics::track(&breaker);
         Lanes {
             call_timeout: breaker.config().call_timeout,
             tracks_duration: breaker.tracks_duration(),

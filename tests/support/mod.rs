@@ -11,6 +11,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod alloc;
+pub mod exposition;
 pub mod plain;
 
 use std::fmt;
