@@ -218,7 +218,9 @@ impl EventStream {
         if let Some(reader) = readers.slots[self.id].as_mut() {
             if !reader.rejections {
                 reader.rejections = true;
-                self.channel.rejection_readers.fetch_add(1, Ordering::Relaxed);
+                self.channel
+                    .rejection_readers
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         drop(readers);
@@ -262,7 +264,9 @@ impl Drop for EventStream {
             let removed = readers.slots[self.id].take();
             self.channel.readers_count.fetch_sub(1, Ordering::Relaxed);
             if removed.as_ref().is_some_and(|reader| reader.rejections) {
-                self.channel.rejection_readers.fetch_sub(1, Ordering::Relaxed);
+                self.channel
+                    .rejection_readers
+                    .fetch_sub(1, Ordering::Relaxed);
             }
             removed
         };

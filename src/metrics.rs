@@ -344,7 +344,10 @@ impl Exported {
                 let failed = gauge(buffered, with("kind", "failed"));
                 gauges.push((Reading::WindowFailed, failed));
                 if let WindowKind::Count(n) = config.window {
-                    let max = gauge("resilience4j_circuitbreaker_max_buffered_calls", labels.clone());
+                    let max = gauge(
+                        "resilience4j_circuitbreaker_max_buffered_calls",
+                        labels.clone(),
+                    );
                     max.set(f64::from(n));
                 }
             }
@@ -402,7 +405,11 @@ impl Exported {
     fn transition_counter(&self, from: State, to: State) -> &Counter {
         self.transitions[from.index()][to.index()].get_or_init(|| {
             let (n, from, to) = match self.naming {
-                Naming::Native => ("circuit_breaker_transitions_total", from.as_str(), to.as_str()),
+                Naming::Native => (
+                    "circuit_breaker_transitions_total",
+                    from.as_str(),
+                    to.as_str(),
+                ),
                 Naming::Resilience4j => (
                     "resilience4j_circuitbreaker_transitions_total",
                     resilience4j_state(from),
@@ -531,4 +538,59 @@ fn describe() {
         Unit::Seconds,
         "Duration of calls through a circuit breaker, by outcome"
     );
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::{Ready, ready};
+
+    use futures::executor::block_on;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::Export;
+    use crate::state::clock::counts::during;
+    use crate::{CircuitBreakerLayer, Window};
+
+    fn answer(_: ()) -> Ready<Result<(), &'static str>> {
+        ready(Ok(()))
+    }
+
+    #[test]
+    fn exporting_adds_no_lock_and_no_clock_read_to_a_healthy_closed_call() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .export_metrics(Export::new())
+            .build()
+            .unwrap();
+        let svc = layer.layer(service_fn(
+            answer as fn(()) -> Ready<Result<(), &'static str>>,
+        ));
+        let calls = |n| {
+            for _ in 0..n {
+                block_on(svc.clone().oneshot(())).unwrap();
+            }
+        };
+        calls(10); // a full window of successes
+        assert_eq!(during(|| calls(100)), (0, 0));
+        assert_eq!(layer.handle().metrics().totals().successful(), 110);
+    }
+
+    #[test]
+    fn exported_durations_read_the_clock_twice_per_call_and_take_no_lock() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .export_metrics(Export::new().durations(true))
+            .build()
+            .unwrap();
+        let svc = layer.layer(service_fn(
+            answer as fn(()) -> Ready<Result<(), &'static str>>,
+        ));
+        let calls = |n| {
+            for _ in 0..n {
+                block_on(svc.clone().oneshot(())).unwrap();
+            }
+        };
+        calls(10);
+        assert_eq!(during(|| calls(100)), (200, 0));
+    }
 }

@@ -77,7 +77,10 @@ async fn the_prometheus_exporter_renders_a_breaker_through_open_and_close() {
             .export_metrics(Export::new()),
     );
     let before = scrape(&recorder);
-    assert_eq!(current_state(&before, "circuit_breaker_state", native_states()), "closed");
+    assert_eq!(
+        current_state(&before, "circuit_breaker_state", native_states()),
+        "closed"
+    );
     assert_eq!(value(&before, "circuit_breaker_failure_rate", &[DB]), -1.0);
     assert_eq!(calls(&before, "successful"), 0.0);
 
@@ -90,15 +93,24 @@ async fn the_prometheus_exporter_renders_a_breaker_through_open_and_close() {
     }
 
     let open = scrape(&recorder);
-    assert_eq!(current_state(&open, "circuit_breaker_state", native_states()), "open");
+    assert_eq!(
+        current_state(&open, "circuit_breaker_state", native_states()),
+        "open"
+    );
     assert_eq!(calls(&open, "successful"), 2.0);
     assert_eq!(calls(&open, "failed"), 2.0);
     assert_eq!(calls(&open, "ignored"), 1.0);
     assert_eq!(calls(&open, "rejected"), 9.0);
     assert_eq!(calls(&open, "fallback"), 0.0);
     assert_eq!(value(&open, "circuit_breaker_failure_rate", &[DB]), 0.5);
-    assert_eq!(value(&open, "circuit_breaker_failure_rate_threshold", &[DB]), 0.5);
-    assert!(!has(&open, "circuit_breaker_slow_call_rate_threshold", &[DB]), "rule off");
+    assert_eq!(
+        value(&open, "circuit_breaker_failure_rate_threshold", &[DB]),
+        0.5
+    );
+    assert!(
+        !has(&open, "circuit_breaker_slow_call_rate_threshold", &[DB]),
+        "rule off"
+    );
     let window = |outcome| {
         let labels = [DB, ("outcome", outcome)];
         value(&open, "circuit_breaker_window_calls", &labels)
@@ -111,10 +123,21 @@ async fn the_prometheus_exporter_renders_a_breaker_through_open_and_close() {
     assert_eq!(h.handle.state(), State::Closed);
 
     let closed = scrape(&recorder);
-    assert_eq!(current_state(&closed, "circuit_breaker_state", native_states()), "closed");
+    assert_eq!(
+        current_state(&closed, "circuit_breaker_state", native_states()),
+        "closed"
+    );
     assert_eq!(calls(&closed, "successful"), 3.0);
-    assert_eq!(calls(&closed, "rejected"), 9.0, "a lifetime count: closing keeps it");
-    assert_eq!(h.handle.metrics().not_permitted(), 0, "the snapshot's count resets");
+    assert_eq!(
+        calls(&closed, "rejected"),
+        9.0,
+        "a lifetime count: closing keeps it"
+    );
+    assert_eq!(
+        h.handle.metrics().not_permitted(),
+        0,
+        "the snapshot's count resets"
+    );
     assert_eq!(transitions(&closed, State::Open, State::HalfOpen), 1.0);
     assert_eq!(transitions(&closed, State::HalfOpen, State::Closed), 1.0);
     assert_eq!(value(&closed, "circuit_breaker_failure_rate", &[DB]), -1.0);
@@ -137,11 +160,18 @@ async fn the_state_gauge_and_transition_counter_move_when_the_transition_is_anno
             .export_metrics(Export::new()),
     );
     let rendered = || parse(&recorder.handle().render());
-    assert_eq!(transitions(&rendered(), State::Closed, State::Open), 0.0, "registered at zero");
+    assert_eq!(
+        transitions(&rendered(), State::Closed, State::Open),
+        0.0,
+        "registered at zero"
+    );
     trip(&mut h.svc).await;
     // No collection: the announcement itself updated them.
     let samples = rendered();
-    assert_eq!(current_state(&samples, "circuit_breaker_state", native_states()), "open");
+    assert_eq!(
+        current_state(&samples, "circuit_breaker_state", native_states()),
+        "open"
+    );
     assert_eq!(transitions(&samples, State::Closed, State::Open), 1.0);
 }
 
@@ -210,17 +240,29 @@ async fn resilience4j_names_render_with_its_labels_and_percent() {
     assert_eq!(rate, 50.0, "percent");
     let kind = |name: &str, kind| value(&samples, name, &[DB, ("kind", kind)]);
     let count = "resilience4j_circuitbreaker_calls_seconds_count";
-    assert_eq!((kind(count, "successful"), kind(count, "failed")), (3.0, 2.0));
+    assert_eq!(
+        (kind(count, "successful"), kind(count, "failed")),
+        (3.0, 2.0)
+    );
     let not_permitted = "resilience4j_circuitbreaker_not_permitted_calls_total";
     assert_eq!(kind(not_permitted, "not_permitted"), 1.0);
     let legacy = "resilience4j_circuitbreaker_calls_total";
     assert_eq!(kind(legacy, "not_permitted"), 1.0);
     let buffered = "resilience4j_circuitbreaker_buffered_calls";
-    assert_eq!((kind(buffered, "successful"), kind(buffered, "failed")), (2.0, 2.0));
-    let max = value(&samples, "resilience4j_circuitbreaker_max_buffered_calls", &[DB]);
+    assert_eq!(
+        (kind(buffered, "successful"), kind(buffered, "failed")),
+        (2.0, 2.0)
+    );
+    let max = value(
+        &samples,
+        "resilience4j_circuitbreaker_max_buffered_calls",
+        &[DB],
+    );
     assert_eq!(max, 4.0);
     assert!(
-        !samples.iter().any(|s| s.name.starts_with("circuit_breaker_")),
+        !samples
+            .iter()
+            .any(|s| s.name.starts_with("circuit_breaker_")),
         "only Resilience4j's names"
     );
 }
@@ -244,7 +286,11 @@ async fn durations_are_a_histogram_by_outcome_when_asked_for() {
     let samples = scrape(&recorder);
     let bucket = |outcome, le| {
         let labels = [DB, ("outcome", outcome), ("le", le)];
-        value(&samples, "circuit_breaker_call_duration_seconds_bucket", &labels)
+        value(
+            &samples,
+            "circuit_breaker_call_duration_seconds_bucket",
+            &labels,
+        )
     };
     assert_eq!(bucket("successful", "0.1"), 1.0);
     assert_eq!(bucket("successful", "1"), 1.0);
@@ -264,13 +310,19 @@ async fn durations_are_a_histogram_by_outcome_when_asked_for() {
 #[tokio::test(start_paused = true)]
 async fn without_durations_no_histogram_is_registered() {
     let recorder = PrometheusBuilder::new().build_recorder();
-    let mut h = exported(&recorder, builder().name("db").export_metrics(Export::new()));
+    let mut h = exported(
+        &recorder,
+        builder().name("db").export_metrics(Export::new()),
+    );
     call(&mut h.svc, ok().after(ms(50))).await.unwrap();
     let rendered = {
         collect();
         recorder.handle().render()
     };
-    assert!(!rendered.contains("circuit_breaker_call_duration_seconds"), "{rendered}");
+    assert!(
+        !rendered.contains("circuit_breaker_call_duration_seconds"),
+        "{rendered}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,13 +343,25 @@ async fn rates_below_the_minimum_are_minus_one_and_never_nan() {
             value(samples, "circuit_breaker_slow_call_rate", &[DB]),
         )
     };
-    assert_eq!(rates(&scrape(&recorder)), (-1.0, -1.0), "no call yet: 0 / 0");
+    assert_eq!(
+        rates(&scrape(&recorder)),
+        (-1.0, -1.0),
+        "no call yet: 0 / 0"
+    );
     run(&mut h.svc, 2, Reply::Fail).await;
-    assert_eq!(rates(&scrape(&recorder)), (-1.0, -1.0), "2 of a minimum of 3");
+    assert_eq!(
+        rates(&scrape(&recorder)),
+        (-1.0, -1.0),
+        "2 of a minimum of 3"
+    );
     call(&mut h.svc, ok().after(ms(20))).await.unwrap();
     let (failure, slow) = rates(&scrape(&recorder));
     assert!((failure - 2.0 / 3.0).abs() < 1e-9 && (slow - 1.0 / 3.0).abs() < 1e-9);
-    let slow_total = value(&scrape(&recorder), "circuit_breaker_slow_calls_total", &[DB]);
+    let slow_total = value(
+        &scrape(&recorder),
+        "circuit_breaker_slow_calls_total",
+        &[DB],
+    );
     assert_eq!(slow_total, 1.0);
 }
 
@@ -346,7 +410,11 @@ async fn handles_are_registered_when_the_breaker_is_made_never_per_call() {
     run(&mut h.svc, 1_000, Reply::Ok).await;
     collect();
     collect();
-    assert_eq!(recorder.0.load(Ordering::SeqCst), at_creation, "calls and collections");
+    assert_eq!(
+        recorder.0.load(Ordering::SeqCst),
+        at_creation,
+        "calls and collections"
+    );
 
     trip(&mut h.svc).await; // registered with the breaker
     assert_eq!(recorder.0.load(Ordering::SeqCst), at_creation);
@@ -358,7 +426,11 @@ async fn handles_are_registered_when_the_breaker_is_made_never_per_call() {
         h.handle.reset();
         collect();
     });
-    assert_eq!(recorder.0.load(Ordering::SeqCst), at_creation + 1, "once per kind");
+    assert_eq!(
+        recorder.0.load(Ordering::SeqCst),
+        at_creation + 1,
+        "once per kind"
+    );
 }
 
 #[tokio::test(start_paused = true)]

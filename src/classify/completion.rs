@@ -134,7 +134,13 @@ impl Completion {
     #[inline(never)]
     fn complete(&self, ticket: Ticket, outcome: Outcome, not_before: Option<u64>) {
         let breaker = &self.admission.breaker;
-        breaker.complete(ticket, outcome, self.started, not_before, &mut breaker.now());
+        breaker.complete(
+            ticket,
+            outcome,
+            self.started,
+            not_before,
+            &mut breaker.now(),
+        );
     }
 }
 

@@ -408,9 +408,21 @@ impl Breaker {
         };
         let lane = lane::thread_lane();
         let (count, sample) = match outcome {
-            Outcome::Success => (Count::Successful, Sample { failed: false, slow }),
+            Outcome::Success => (
+                Count::Successful,
+                Sample {
+                    failed: false,
+                    slow,
+                },
+            ),
             Outcome::Failure => (Count::Failed, Sample { failed: true, slow }),
-            _ => (Count::Ignored, Sample { failed: false, slow: false }),
+            _ => (
+                Count::Ignored,
+                Sample {
+                    failed: false,
+                    slow: false,
+                },
+            ),
         };
         self.counters.add(lane, count);
         if sample.slow {

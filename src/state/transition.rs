@@ -93,7 +93,11 @@ enum What {
         count: u64,
     },
     /// A rate reached its threshold (the breaker opens, or, in MetricsOnly, would have).
-    Exceeded { failure_rate: Option<f64>, slow_call_rate: Option<f64>, state: State },
+    Exceeded {
+        failure_rate: Option<f64>,
+        slow_call_rate: Option<f64>,
+        state: State,
+    },
 }
 
 /// What the transition lock guards.
@@ -293,7 +297,13 @@ impl Breaker {
 
     /// Queues the announcement of the rates in `exceeded` that are at or above their thresholds,
     /// in the window of `calls` outcomes, before the transition they cause (if any).
-    pub(super) fn queue_exceeded(&self, core: &mut Core, exceeded: Rates, calls: u64, state: State) {
+    pub(super) fn queue_exceeded(
+        &self,
+        core: &mut Core,
+        exceeded: Rates,
+        calls: u64,
+        state: State,
+    ) {
         let config = &self.config;
         if let (Some(rate), Some(threshold)) = (exceeded.failure, config.failure_rate_threshold) {
             self.queue(
@@ -581,6 +591,8 @@ impl Drop for Announcing<'_> {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::CircuitBreakerLayer;
 
@@ -631,6 +643,28 @@ mod tests {
             );
             assert!(pairs.iter().all(|q| (2300..=2700).contains(q)), "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn a_rejection_nobody_asked_for_takes_no_lock_and_reads_no_clock() {
+        use crate::state::clock::counts::during;
+        use crate::state::{Decision, State};
+        let breaker = Breaker::new(Arc::new(config(CircuitBreakerLayer::builder())), None);
+        breaker.force(State::ForcedOpen);
+        let Decision::Reject(rejection) = breaker.admit(&mut breaker.now()) else {
+            panic!("forced open: rejected");
+        };
+        assert_eq!(during(|| breaker.reject(rejection, false)), (0, 0));
+        let _transitions = breaker.subscribe();
+        assert_eq!(
+            during(|| breaker.reject(rejection, false)),
+            (0, 0),
+            "a subscriber that did not ask for rejections"
+        );
+        let _rejections = breaker.subscribe().with_rejections();
+        assert_eq!(during(|| breaker.reject(rejection, true)), (0, 1));
+        let totals = breaker.metrics().totals();
+        assert_eq!((totals.rejected(), totals.fallbacks()), (3, 1));
     }
 
     #[test]

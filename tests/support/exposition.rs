@@ -17,7 +17,9 @@ pub fn parse(text: &str) -> Vec<Sample> {
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .map(|line| {
             let (series, value) = line.rsplit_once(' ').expect("a sample line has a value");
-            let value: f64 = value.parse().unwrap_or_else(|_| panic!("a value in {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("a value in {line:?}"));
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
                 None => (series, BTreeMap::new()),
@@ -36,7 +38,10 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
     let mut rest = text;
     while let Some((key, after)) = rest.split_once("=\"") {
         let end = after.find('"').expect("a closing quote");
-        labels.insert(key.trim_start_matches(',').to_owned(), after[..end].to_owned());
+        labels.insert(
+            key.trim_start_matches(',').to_owned(),
+            after[..end].to_owned(),
+        );
         rest = &after[end + 1..];
     }
     labels
