@@ -134,9 +134,14 @@ impl Event {
     /// [`Lagged`](Event::Lagged)).
     ///
     /// ```
-    /// use tower_circuit_breaker::Event;
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Event};
     ///
-    /// assert_eq!(Event::Lagged { missed: 3 }.name(), None);
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("db")
+    ///     .on_event(|event: &Event| assert_eq!(event.name(), Some("db")))
+    ///     .build()?;
+    /// layer.handle().force_open();
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
     /// ```
     pub fn name(&self) -> Option<&str> {
         match self {

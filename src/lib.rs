@@ -78,6 +78,20 @@
 //! them gives. A call whose inner service is not ready registers its waker under a short lock.
 //! See `BENCHMARKS.md` in the repository.
 //!
+//! # Observability
+//!
+//! Every transition is traced (`warn` to open, `info` otherwise, with the breaker's name and key,
+//! the window's rates and the open interval), every rejection at `debug`. [`Handle::subscribe`]
+//! streams the [`Event`]s (transitions, and rates that reached their threshold with the numbers),
+//! and [`Builder::on_event`] runs a callback for each (rejections included). [`Metrics::totals`]
+//! are lifetime counts that never reset: calls by outcome, rejections, fallbacks, transitions.
+//! With the feature `metrics`, `Builder::export_metrics` exports all of it through the
+//! `metrics` facade, under this crate's names or Resilience4j's (the `metrics` module).
+//!
+//! # Features
+//!
+//! * `metrics`: the `metrics` module, on the [`metrics`](https://docs.rs/metrics) facade.
+//!
 //! # Composition
 //!
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts

@@ -1,4 +1,4 @@
-//! Metrics through the [`metrics`](::metrics) facade (feature `metrics`): calls by outcome,
+//! Metrics through the [`metrics`] facade (feature `metrics`): calls by outcome,
 //! rejections and fallbacks, transitions, the state, the failure and slow-call rates, and
 //! optionally a histogram of call durations, for Prometheus or any other exporter of the facade.
 //!

@@ -22,6 +22,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Breaker;
+use super::word::Ticket;
+use crate::classify::Outcome;
 use crate::sync::Ordering;
 // The lifetime counters are statistics that no other memory depends on: std's atomics even in the
 // loom models, which they would only make larger.
@@ -46,6 +48,22 @@ pub(crate) struct Lanes {
 #[repr(align(64))]
 pub(crate) struct Lane {
     breaker: Arc<Breaker>,
+    /// This lane's line of the breaker's `Counters`.
+    slot: usize,
+}
+
+impl Lane {
+    /// Whether a plain success of `ticket` changes nothing (`Breaker::is_absorbed`): the healthy
+    /// closed path, which then only counts it, in this lane's line: the line of the thread that
+    /// admitted the call, found without a thread-local read.
+    #[inline]
+    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        let absorbed = self.breaker.is_absorbed(ticket, outcome);
+        if absorbed {
+            self.breaker.counters.add_to(self.slot, Count::Successful);
+        }
+        absorbed
+    }
 }
 
 /// The lane index of each thread, assigned on first use.
@@ -98,10 +116,12 @@ impl Lanes {
     /// A reference to the breaker for an admitted call, through the calling thread's lane.
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
-        self.lanes[thread_lane()]
+        let lane = thread_lane();
+        self.lanes[lane]
             .get_or_init(|| {
                 Arc::new(Lane {
                     breaker: self.breaker.clone(),
+                    slot: slot(lane),
                 })
             })
             .clone()
@@ -154,6 +174,14 @@ pub(crate) enum Count {
 
 const COUNTS: usize = 6;
 
+/// The line of `Counters` that lane `lane` counts in: lanes 0, 1, 2, 3 count in lines 0, 2, 1, 3,
+/// so that lanes 0 and 1 are on different 128-byte pairs.
+#[inline]
+fn slot(lane: usize) -> usize {
+    const _: () = assert!(LANES == 4);
+    ((lane & 1) << 1) | ((lane >> 1) & 1)
+}
+
 /// The breaker's lifetime call counters, per lane (the counting thread's), each lane's on a
 /// 64-byte line of its own: one shared counter would move between the cores on every call, which
 /// a healthy closed call, and a rejection storm, must not pay for. Lanes 0 and 1, the first two
@@ -174,13 +202,17 @@ pub(crate) struct Counters {
 struct Line([StatU64; COUNTS]);
 
 impl Counters {
+    /// Counts one in the line of lane `lane`.
     #[inline]
     pub(crate) fn add(&self, lane: usize, count: Count) {
-        // Lanes 0, 1, 2, 3 count in lines 0, 2, 1, 3: lanes 0 and 1 on different 128-byte pairs.
-        const _: () = assert!(LANES == 4);
-        let slot = ((lane & 1) << 1) | ((lane >> 1) & 1);
+        self.add_to(slot(lane), count);
+    }
+
+    /// Counts one in line `slot` (see `slot`).
+    #[inline]
+    pub(crate) fn add_to(&self, slot: usize, count: Count) {
         // Relaxed: a statistic, read as a sum that no other memory depends on.
-        self.lines[slot].0[count as usize].fetch_add(1, Ordering::Relaxed);
+        self.lines[slot % LANES].0[count as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn sum(&self, count: Count) -> u64 {

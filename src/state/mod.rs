@@ -460,18 +460,9 @@ impl Breaker {
     }
 
     /// Whether a plain success of `ticket` would change nothing: the healthy closed path, which
-    /// then only counts it (in the calling thread's lane), records nothing and takes no lock.
+    /// then records nothing and takes no lock (`Lane::absorbs` counts it).
     #[inline]
-    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
-        let absorbed = self.is_absorbed(ticket, outcome);
-        if absorbed {
-            self.counters.add(lane::thread_lane(), Count::Successful);
-        }
-        absorbed
-    }
-
-    #[inline]
-    fn is_absorbed(&self, ticket: Ticket, outcome: Outcome) -> bool {
+    pub(crate) fn is_absorbed(&self, ticket: Ticket, outcome: Outcome) -> bool {
         // Relaxed: `clean` is written under the lock after each change of the window; a value
         // read here is one the window had, and a success recorded against it changes nothing.
         // A stale ticket changes nothing either way.
