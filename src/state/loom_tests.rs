@@ -52,15 +52,25 @@ fn half_open(b: &Breaker) -> u64 {
     at
 }
 
-/// The transitions reported so far.
+/// The transitions reported so far (a rate that reached its threshold is reported just before
+/// the transition it causes: checked, and left out).
 fn drain(events: &mut EventStream) -> Vec<(State, State)> {
     let mut seen = Vec::new();
+    let mut rate_reported = false;
     while let Some(Some(event)) = events.next().now_or_never() {
         match event {
-            Event::StateTransition { from, to, .. } => seen.push((from, to)),
+            Event::StateTransition { from, to, .. } => {
+                assert!(!rate_reported || to == State::Open, "a rate event, then {to:?}");
+                rate_reported = false;
+                seen.push((from, to));
+            }
+            Event::FailureRateExceeded { .. } | Event::SlowCallRateExceeded { .. } => {
+                rate_reported = true;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
+    assert!(!rate_reported, "a rate event without its transition");
     seen
 }
 
