@@ -60,7 +60,10 @@ fn drain(events: &mut EventStream) -> Vec<(State, State)> {
     while let Some(Some(event)) = events.next().now_or_never() {
         match event {
             Event::StateTransition { from, to, .. } => {
-                assert!(!rate_reported || to == State::Open, "a rate event, then {to:?}");
+                assert!(
+                    !rate_reported || to == State::Open,
+                    "a rate event, then {to:?}"
+                );
                 rate_reported = false;
                 seen.push((from, to));
             }
