@@ -480,6 +480,9 @@ fn a_tracing_subscriber_that_panics_does_not_stop_later_announcements() {
     let mut events = handle.subscribe();
     let subscriber = Arc::new(PanicsOnce(AtomicUsize::new(0)));
     tracing::subscriber::with_default(subscriber.clone(), || {
+        // tracing caches each callsite's interest globally: one that another test's thread
+        // registered while this subscriber was being set could be cached as "never" here.
+        tracing::callsite::rebuild_interest_cache();
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             handle.force_open();
         }));
@@ -487,6 +490,7 @@ fn a_tracing_subscriber_that_panics_does_not_stop_later_announcements() {
             unwound.is_err(),
             "the panic reaches the caller, as any panic of user code"
         );
+        tracing::callsite::rebuild_interest_cache();
         handle.reset();
         handle.disable();
     });
