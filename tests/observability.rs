@@ -592,3 +592,85 @@ async fn a_subscriber_sees_exactly_one_event_per_transition_under_concurrent_loa
         assert_eq!(called, seen, "the callback saw the same, in the same order");
     }
 }
+
+// ===== tracing fields =====
+
+/// Keeps each tracing event's message, level and fields (as strings).
+#[derive(Default)]
+struct Keeps(Mutex<Vec<(tracing::Level, std::collections::BTreeMap<String, String>)>>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::Subscriber for Keeps {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = std::collections::BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), fields));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_and_rejections_are_traced_with_the_rates_and_retry_after() {
+    let mut h = harness(
+        builder()
+            .name("db")
+            .failure_rate_threshold(0.5)
+            .sliding_window(Window::count(2))
+            .minimum_calls(2)
+            .open_duration(OPEN),
+    );
+    let keeps = Arc::new(Keeps::default());
+    let _default = tracing::subscriber::set_default(keeps.clone());
+    // See a_tracing_subscriber_that_panics_does_not_stop_later_announcements.
+    tracing::callsite::rebuild_interest_cache();
+    run(&mut h.svc, 1, Reply::Ok).await;
+    run(&mut h.svc, 1, Reply::Fail).await;
+    rejection(call(&mut h.svc, ok()).await);
+
+    let kept = keeps.0.lock().unwrap().clone();
+    let opened = kept
+        .iter()
+        .find(|(_, f)| f.get("message").map(String::as_str) == Some("circuit opened"))
+        .unwrap_or_else(|| panic!("no \"circuit opened\" in {kept:?}"));
+    assert_eq!(opened.0, tracing::Level::WARN);
+    let field = |name: &str| opened.1.get(name).map(String::as_str);
+    assert_eq!(field("breaker"), Some("\"db\""));
+    assert_eq!(field("key"), Some("\"\""));
+    assert_eq!((field("from"), field("to")), (Some("closed"), Some("open")));
+    assert_eq!(field("failure_rate"), Some("0.5"));
+    assert_eq!(field("slow_call_rate"), Some("0.0"));
+    assert_eq!(field("retry_after"), Some("10s"));
+
+    let rejected = kept
+        .iter()
+        .find(|(_, f)| f.get("message").map(String::as_str) == Some("call rejected"))
+        .unwrap_or_else(|| panic!("no \"call rejected\" in {kept:?}"));
+    assert_eq!(rejected.0, tracing::Level::DEBUG);
+    assert_eq!(
+        rejected.1.get("retry_after").map(String::as_str),
+        Some("10s")
+    );
+    assert_eq!(
+        rejected.1.get("fallback").map(String::as_str),
+        Some("false")
+    );
+}

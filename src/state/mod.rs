@@ -588,7 +588,9 @@ impl Breaker {
             breaker = self.name().map_or("", |n| &**n),
             key = self.key().map_or("", |k| &**k),
             state = %rejection.state,
-            retry_after = ?rejection.retry_at.map(|at| at.saturating_duration_since(clock::read())),
+            retry_after = rejection
+                .retry_at
+                .map(|at| tracing::field::debug(at.saturating_duration_since(clock::read()))),
             fallback,
             "call rejected"
         );
