@@ -1,28 +1,39 @@
 //! Events a breaker emits, and the stream that delivers them.
 //!
 //! Events are for operators and integrations (logs, metrics, alerts): they report what the state
-//! machine did, after it did it, in order. They cost nothing while nobody listens: a transition
-//! sees that there is no subscriber and moves on. A subscriber gets a bounded buffer of the
-//! newest [`EVENT_BUFFER`] events; one that does not keep up loses the oldest and is told how many
-//! with [`Event::Lagged`]. The state machine never waits for a subscriber.
+//! machine did, after it did it, in order, with the breaker's name and key and the numbers behind
+//! each decision. They cost nothing while nobody listens: a transition or a rejection sees that
+//! there is no subscriber and no callback, and moves on. They reach two kinds of listeners:
+//!
+//! * a stream, [`Handle::subscribe`](crate::Handle::subscribe): each subscriber gets a bounded
+//!   buffer of its newest [`EVENT_BUFFER`] events; one that does not keep up loses the oldest and
+//!   is told how many with [`Event::Lagged`]. The state machine never waits for a subscriber.
+//!   Rejections, one event per rejected call, come only to the streams that ask for them
+//!   ([`EventStream::with_rejections`]), so that a storm of them cannot push a subscriber's
+//!   transitions out of its buffer;
+//! * a callback, [`Builder::on_event`](crate::Builder::on_event), which sees every event,
+//!   rejections included, as it happens, on the thread that caused it.
 //!
 //! A transition puts its event into every subscriber's buffer before it returns (under the
-//! transition lock, so in transition order), but wakes the subscribers' tasks only after releasing
-//! it: a waker is user code and may call back into the breaker. Tokio's broadcast channel would
-//! wake them inside the send, so the channel is this small one.
+//! transition lock, so in transition order), but wakes the subscribers' tasks, and runs the
+//! callback, only after releasing it: a waker or a callback is user code and may call back into
+//! the breaker. Tokio's broadcast channel would wake them inside the send, so the channel is this
+//! small one.
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll};
 
 use std::collections::VecDeque;
 use std::task::Waker;
 
 use futures::Stream;
+use tokio::time::Instant;
 
 use crate::State;
-use crate::sync::{Mutex, lock};
+use crate::sync::{Mutex, Ordering, lock};
 
 /// How many events a subscriber's buffer holds.
 ///
@@ -39,13 +50,17 @@ pub const EVENT_BUFFER: usize = 64;
 /// fn describe(event: &Event) -> String {
 ///     match event {
 ///         Event::StateTransition { from, to, .. } => format!("{from} -> {to}"),
+///         Event::FailureRateExceeded { failure_rate, threshold, .. } => {
+///             format!("failure rate {failure_rate} >= {threshold}")
+///         }
+///         Event::Rejected { state, .. } => format!("rejected while {state}"),
 ///         _ => "other".to_string(),
 ///     }
 /// }
 /// # let _ = describe;
 /// ```
 #[non_exhaustive]
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// The breaker moved from one state to another. Each transition is reported exactly once.
     #[non_exhaustive]
@@ -56,6 +71,55 @@ pub enum Event {
         to: State,
         /// The breaker's name, if it has one.
         name: Option<Arc<str>>,
+        /// The key of a keyed breaker.
+        key: Option<Arc<str>>,
+    },
+    /// The failure rate of the closed window reached its threshold: reported just before the
+    /// transition to Open it causes (in MetricsOnly, which never opens, once each time the rate
+    /// crosses the threshold).
+    #[non_exhaustive]
+    FailureRateExceeded {
+        /// Failed calls over recorded calls in the window, in `[0, 1]`.
+        failure_rate: f64,
+        /// The configured threshold it reached.
+        threshold: f64,
+        /// The recorded calls in the window.
+        calls: u64,
+        /// The breaker's name, if it has one.
+        name: Option<Arc<str>>,
+        /// The key of a keyed breaker.
+        key: Option<Arc<str>>,
+    },
+    /// The slow-call rate of the closed window reached its threshold (as for
+    /// [`FailureRateExceeded`](Event::FailureRateExceeded)).
+    #[non_exhaustive]
+    SlowCallRateExceeded {
+        /// Slow calls over recorded calls in the window, in `[0, 1]`.
+        slow_call_rate: f64,
+        /// The configured threshold it reached.
+        threshold: f64,
+        /// The recorded calls in the window.
+        calls: u64,
+        /// The breaker's name, if it has one.
+        name: Option<Arc<str>>,
+        /// The key of a keyed breaker.
+        key: Option<Arc<str>>,
+    },
+    /// A call was not permitted. Only for the callback and for streams that asked for
+    /// rejections ([`EventStream::with_rejections`]); not ordered with the transitions.
+    #[non_exhaustive]
+    Rejected {
+        /// The state that rejected it.
+        state: State,
+        /// When a probe will be admitted (`None`: nobody knows), as
+        /// [`Rejected::retry_at`](crate::error::Rejected::retry_at).
+        retry_at: Option<Instant>,
+        /// Whether a fallback service answers it.
+        fallback: bool,
+        /// The breaker's name, if it has one.
+        name: Option<Arc<str>>,
+        /// The key of a keyed breaker.
+        key: Option<Arc<str>>,
     },
     /// This subscriber did not keep up: it missed the `missed` events before the next one.
     #[non_exhaustive]
@@ -63,6 +127,42 @@ pub enum Event {
         /// How many events were lost.
         missed: u64,
     },
+}
+
+impl Event {
+    /// The name of the breaker that emitted it (`None` for an unnamed breaker, and for
+    /// [`Lagged`](Event::Lagged)).
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Event};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("db")
+    ///     .on_event(|event: &Event| assert_eq!(event.name(), Some("db")))
+    ///     .build()?;
+    /// layer.handle().force_open();
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Event::StateTransition { name, .. }
+            | Event::FailureRateExceeded { name, .. }
+            | Event::SlowCallRateExceeded { name, .. }
+            | Event::Rejected { name, .. } => name.as_deref(),
+            Event::Lagged { .. } => None,
+        }
+    }
+
+    /// The key of the keyed breaker that emitted it.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Event::StateTransition { key, .. }
+            | Event::FailureRateExceeded { key, .. }
+            | Event::SlowCallRateExceeded { key, .. }
+            | Event::Rejected { key, .. } => key.as_deref(),
+            Event::Lagged { .. } => None,
+        }
+    }
 }
 
 /// A stream of a breaker's [`Event`]s, from [`Handle::subscribe`](crate::Handle::subscribe).
@@ -90,6 +190,49 @@ pub struct EventStream {
     id: usize,
 }
 
+impl EventStream {
+    /// Also delivers an [`Event::Rejected`] for every rejected call, from now on.
+    ///
+    /// A rejection storm makes many events: a subscriber that does not keep up loses the oldest
+    /// (transitions too) and is told how many with [`Event::Lagged`]. Subscribe twice to keep
+    /// transitions apart from rejections.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Event, State};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder().build().unwrap();
+    /// let mut rejections = layer.handle().subscribe().with_rejections();
+    /// layer.handle().force_open();
+    /// let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// assert!(svc.oneshot(()).await.is_err());
+    /// assert!(matches!(rejections.next().await, Some(Event::StateTransition { .. })));
+    /// match rejections.next().await {
+    ///     Some(Event::Rejected { state, fallback, .. }) => {
+    ///         assert_eq!((state, fallback), (State::ForcedOpen, false));
+    ///     }
+    ///     other => panic!("unexpected {other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn with_rejections(self) -> Self {
+        let mut readers = lock(&self.channel.readers);
+        if let Some(reader) = readers.slots[self.id].as_mut() {
+            if !reader.rejections {
+                reader.rejections = true;
+                self.channel
+                    .rejection_readers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(readers);
+        self
+    }
+}
+
 impl Stream for EventStream {
     type Item = Event;
 
@@ -97,22 +240,17 @@ impl Stream for EventStream {
         // Cloned before the lock and the replaced one dropped after it: wakers are user code.
         let waker = cx.waker().clone();
         let (next, replaced) = {
-            let mut ring = lock(&self.channel.ring);
-            let ring = &mut *ring;
-            let subscriber = &mut ring.subscribers[self.id];
-            let Some(reader) = subscriber.as_mut() else {
+            let mut readers = lock(&self.channel.readers);
+            let closed = readers.closed;
+            let Some(reader) = readers.slots[self.id].as_mut() else {
                 return Poll::Ready(None);
             };
-            let oldest = ring.next_seq - ring.events.len() as u64;
-            if reader.next < oldest {
-                let missed = oldest - reader.next;
-                reader.next = oldest;
+            if reader.missed > 0 {
+                let missed = std::mem::take(&mut reader.missed);
                 (Poll::Ready(Some(Event::Lagged { missed })), None)
-            } else if reader.next < ring.next_seq {
-                let event = ring.events[(reader.next - oldest) as usize].clone();
-                reader.next += 1;
+            } else if let Some(event) = reader.queue.pop_front() {
                 (Poll::Ready(Some(event)), None)
-            } else if ring.closed {
+            } else if closed {
                 (Poll::Ready(None), None)
             } else {
                 (Poll::Pending, reader.waker.replace(waker))
@@ -126,11 +264,18 @@ impl Stream for EventStream {
 impl Drop for EventStream {
     fn drop(&mut self) {
         let removed = {
-            let mut ring = lock(&self.channel.ring);
-            ring.free.push(self.id);
-            ring.subscriber_count -= 1;
-            ring.subscribers[self.id].take()
+            let mut readers = lock(&self.channel.readers);
+            readers.free.push(self.id);
+            let removed = readers.slots[self.id].take();
+            self.channel.readers_count.fetch_sub(1, Ordering::Relaxed);
+            if removed.as_ref().is_some_and(|reader| reader.rejections) {
+                self.channel
+                    .rejection_readers
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
+            removed
         };
+        // Its events and its waker are dropped out of the lock (a waker is user code).
         drop(removed);
     }
 }
@@ -141,30 +286,46 @@ impl fmt::Debug for EventStream {
     }
 }
 
-/// The newest events and the subscribers' positions in them.
+/// The subscribers of one breaker: one slot each, with its own bounded buffer, so that what one
+/// reads (or does not) never changes what another gets.
 #[derive(Debug, Default)]
-struct Ring {
-    /// The newest `EVENT_BUFFER` events; the last one has sequence number `next_seq - 1`.
-    events: VecDeque<Event>,
-    next_seq: u64,
+struct Readers {
     /// One slot per subscriber (`None`: free, listed in `free`).
-    subscribers: Vec<Option<Reader>>,
+    slots: Vec<Option<Reader>>,
     free: Vec<usize>,
-    subscriber_count: usize,
     /// The breaker is gone: the streams end after the events they hold.
     closed: bool,
 }
 
 #[derive(Debug)]
 struct Reader {
-    /// The sequence number of the next event this subscriber reads.
-    next: u64,
+    /// The newest events not read yet, at most `EVENT_BUFFER`.
+    queue: VecDeque<Event>,
+    /// Events dropped from the front of `queue` since the last read.
+    missed: u64,
     waker: Option<Waker>,
+    /// Whether this subscriber asked for rejections.
+    rejections: bool,
+}
+
+impl Reader {
+    fn push(&mut self, event: &Event) {
+        if self.queue.len() == EVENT_BUFFER {
+            self.queue.pop_front();
+            self.missed += 1;
+        }
+        self.queue.push_back(event.clone());
+    }
 }
 
 #[derive(Debug, Default)]
 struct Channel {
-    ring: Mutex<Ring>,
+    readers: Mutex<Readers>,
+    /// How many subscribers there are, and how many want rejections: read without the lock, so
+    /// that nobody listening costs one load. Changed under the lock; a subscriber counts for the
+    /// events sent after `subscribe` (or `with_rejections`) returned.
+    readers_count: AtomicUsize,
+    rejection_readers: AtomicUsize,
 }
 
 /// The subscribers of one breaker.
@@ -185,45 +346,65 @@ impl Wakers {
 
 impl Subscribers {
     pub(crate) fn subscribe(&self) -> EventStream {
-        let mut ring = lock(&self.channel.ring);
+        let mut readers = lock(&self.channel.readers);
         let reader = Reader {
-            next: ring.next_seq,
+            queue: VecDeque::new(),
+            missed: 0,
             waker: None,
+            rejections: false,
         };
-        let id = match ring.free.pop() {
+        let id = match readers.free.pop() {
             Some(id) => {
-                ring.subscribers[id] = Some(reader);
+                readers.slots[id] = Some(reader);
                 id
             }
             None => {
-                ring.subscribers.push(Some(reader));
-                ring.subscribers.len() - 1
+                readers.slots.push(Some(reader));
+                readers.slots.len() - 1
             }
         };
-        ring.subscriber_count += 1;
+        self.channel.readers_count.fetch_add(1, Ordering::Relaxed);
         EventStream {
             channel: self.channel.clone(),
             id,
         }
     }
 
-    /// Puts an event into every subscriber's buffer (builds it only if there is a subscriber),
-    /// and returns the tasks to wake. Runs no user code.
-    pub(crate) fn send(&self, event: impl FnOnce() -> Event) -> Wakers {
-        let mut ring = lock(&self.channel.ring);
-        if ring.subscriber_count == 0 {
-            return Wakers::default();
-        }
-        if ring.events.len() == EVENT_BUFFER {
-            ring.events.pop_front();
-        }
-        ring.events.push_back(event());
-        ring.next_seq += 1;
+    /// Whether anybody subscribed (Relaxed: see `Channel`).
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.channel.readers_count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a subscriber asked for rejections (Relaxed: see `Channel`).
+    #[inline]
+    pub(crate) fn wants_rejections(&self) -> bool {
+        self.channel.rejection_readers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Puts an event into every subscriber's buffer and returns the tasks to wake. Runs no user
+    /// code (cloning an event clones `Arc`s).
+    pub(crate) fn send(&self, event: &Event) -> Wakers {
+        self.deliver(event, false)
+    }
+
+    /// Puts a rejection's event into the buffers of the subscribers that asked for rejections.
+    pub(crate) fn send_rejection(&self, event: &Event) -> Wakers {
+        self.deliver(event, true)
+    }
+
+    fn deliver(&self, event: &Event, rejection: bool) -> Wakers {
+        let mut readers = lock(&self.channel.readers);
         Wakers(
-            ring.subscribers
+            readers
+                .slots
                 .iter_mut()
                 .flatten()
-                .filter_map(|reader| reader.waker.take())
+                .filter(|reader| !rejection || reader.rejections)
+                .filter_map(|reader| {
+                    reader.push(event);
+                    reader.waker.take()
+                })
                 .collect(),
         )
     }
@@ -233,9 +414,10 @@ impl Drop for Subscribers {
     /// The breaker is gone: every stream ends once it has read what it holds.
     fn drop(&mut self) {
         let wakers = {
-            let mut ring = lock(&self.channel.ring);
-            ring.closed = true;
-            ring.subscribers
+            let mut readers = lock(&self.channel.readers);
+            readers.closed = true;
+            readers
+                .slots
                 .iter_mut()
                 .flatten()
                 .filter_map(|reader| reader.waker.take())

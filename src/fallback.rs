@@ -25,7 +25,10 @@ use crate::error::Rejected;
 use crate::future::FallbackFuture;
 
 pub(crate) mod sealed {
-    pub trait Sealed {}
+    pub trait Sealed {
+        /// Whether a fallback service answers rejected calls (counted as fallbacks).
+        const ANSWERS: bool = false;
+    }
 }
 
 /// How a rejected call is answered (sealed): [`NoFallback`], [`WithFallback`] or a response mode.
@@ -159,7 +162,9 @@ impl<S> WithFallback<S> {
     }
 }
 
-impl<S> sealed::Sealed for WithFallback<S> {}
+impl<S> sealed::Sealed for WithFallback<S> {
+    const ANSWERS: bool = true;
+}
 
 impl<Req, Res, E, S> Fallback<Req, Res, E> for WithFallback<S>
 where

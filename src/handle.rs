@@ -56,6 +56,17 @@ impl Handle {
         self.breaker.name().map(|n| &**n)
     }
 
+    /// The key of a keyed breaker (one of the breakers a keyed layer keeps, one per key); `None`
+    /// for a breaker built alone.
+    ///
+    /// ```
+    /// let handle = tower_circuit_breaker::CircuitBreakerLayer::builder().build().unwrap().handle();
+    /// assert_eq!(handle.key(), None);
+    /// ```
+    pub fn key(&self) -> Option<&str> {
+        self.breaker.key().map(|k| &**k)
+    }
+
     /// Rejects every call until the state is changed again.
     pub fn force_open(&self) {
         self.breaker.force(State::ForcedOpen);
@@ -78,7 +89,8 @@ impl Handle {
         self.breaker.force(State::Closed);
     }
 
-    /// A stream of the breaker's events, from now on.
+    /// A stream of the breaker's events, from now on: transitions and rates that reached their
+    /// thresholds, and, with [`EventStream::with_rejections`], every rejected call.
     ///
     /// ```
     /// use futures::StreamExt;
@@ -106,6 +118,7 @@ impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("name", &self.name())
+            .field("key", &self.key())
             // The stored state: formatting never makes a transition.
             .field("state", &self.breaker.stored_state())
             .finish()
@@ -116,7 +129,8 @@ impl fmt::Debug for Handle {
 ///
 /// The call counts describe the sliding window of the closed state. While the breaker does not
 /// record (Open, HalfOpen, ForcedOpen, Disabled) they are the window as it was when it stopped
-/// recording: the window that tripped it, for an open breaker.
+/// recording: the window that tripped it, for an open breaker. [`totals`](Metrics::totals) are
+/// the lifetime counts, which never reset.
 ///
 /// ```
 /// use tower_circuit_breaker::{CircuitBreakerLayer, State};
@@ -135,6 +149,7 @@ pub struct Metrics {
     pub(crate) not_permitted: u64,
     pub(crate) consecutive_failures: u32,
     pub(crate) minimum_calls: u64,
+    pub(crate) totals: Totals,
 }
 
 impl Metrics {
@@ -187,5 +202,108 @@ impl Metrics {
     /// (closing, `reset`, `metrics_only`).
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
+    }
+
+    /// The number of recorded calls below which the rates are undefined
+    /// ([`Builder::minimum_calls`](crate::Builder::minimum_calls), capped at the size of a count
+    /// window).
+    pub fn minimum_calls(&self) -> u64 {
+        self.minimum_calls
+    }
+
+    /// The lifetime counts of the breaker's calls and transitions.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+}
+
+/// Lifetime counts of a breaker, from [`Metrics::totals`]: they start at zero when the breaker is
+/// made and never reset (not by closing, not by [`Handle::reset`]), so they are what a monitoring
+/// system should scrape as counters.
+///
+/// Every dispatched call whose outcome was recorded counts once, as successful, failed or ignored,
+/// whatever the state and even when its result was stale (it arrived after the state changed) or
+/// the breaker was disabled: the call happened. A call that was dropped before its outcome counts
+/// nowhere. Every call that was not permitted counts as rejected, and also as a fallback when a
+/// fallback service answered it.
+///
+/// The counts are kept per thread and summed when read, so a healthy call does not write memory
+/// that other cores read; a count racing with the read may land on either side of it.
+///
+/// ```
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = CircuitBreakerLayer::builder().build().unwrap();
+/// let handle = layer.handle();
+/// let svc = layer.layer(service_fn(|ok: bool| async move { if ok { Ok(()) } else { Err("down") } }));
+/// let _ = svc.clone().oneshot(true).await;
+/// let _ = svc.clone().oneshot(false).await;
+/// handle.force_open();
+/// let _ = svc.clone().oneshot(true).await;
+/// handle.reset();
+///
+/// let totals = handle.metrics().totals();
+/// assert_eq!((totals.successful(), totals.failed(), totals.rejected()), (1, 1, 1));
+/// assert_eq!(totals.transitions(State::Closed, State::ForcedOpen), 1);
+/// assert_eq!(totals.transitions_total(), 2);
+/// assert_eq!(handle.metrics().not_permitted(), 0, "since the breaker closed");
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+    pub(crate) ignored: u64,
+    pub(crate) slow: u64,
+    pub(crate) rejected: u64,
+    pub(crate) fallbacks: u64,
+    /// `[from][to]`, by position in `State::ALL`.
+    pub(crate) transitions: [[u64; 6]; 6],
+}
+
+impl Totals {
+    /// Calls classified as successes.
+    pub fn successful(&self) -> u64 {
+        self.successful
+    }
+
+    /// Calls classified as failures (timeouts included).
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+
+    /// Calls whose outcome the classifier ignored.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Successful or failed calls that took longer than the slow-call duration (counted only
+    /// while slow calls are tracked).
+    pub fn slow(&self) -> u64 {
+        self.slow
+    }
+
+    /// Calls not permitted, whether a fallback answered them or not.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Calls not permitted that a fallback service answered (a part of
+    /// [`rejected`](Totals::rejected)).
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks
+    }
+
+    /// Transitions from `from` to `to` (`reset` from Closed counts as Closed to Closed).
+    pub fn transitions(&self, from: State, to: State) -> u64 {
+        self.transitions[from.index()][to.index()]
+    }
+
+    /// Every transition.
+    pub fn transitions_total(&self) -> u64 {
+        self.transitions.iter().flatten().sum()
     }
 }

@@ -78,6 +78,20 @@
 //! them gives. A call whose inner service is not ready registers its waker under a short lock.
 //! See `BENCHMARKS.md` in the repository.
 //!
+//! # Observability
+//!
+//! Every transition is traced (`warn` to open, `info` otherwise, with the breaker's name and key,
+//! the window's rates and the open interval), every rejection at `debug`. [`Handle::subscribe`]
+//! streams the [`Event`]s (transitions, and rates that reached their threshold with the numbers),
+//! and [`Builder::on_event`] runs a callback for each (rejections included). [`Metrics::totals`]
+//! are lifetime counts that never reset: calls by outcome, rejections, fallbacks, transitions.
+//! With the feature `metrics`, `Builder::export_metrics` exports all of it through the
+//! `metrics` facade, under this crate's names or Resilience4j's (the `metrics` module).
+//!
+//! # Features
+//!
+//! * `metrics`: the `metrics` module, on the [`metrics`](https://docs.rs/metrics) facade.
+//!
 //! # Composition
 //!
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts
@@ -149,12 +163,15 @@ mod config;
 mod event;
 mod handle;
 mod layer;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod service;
 mod state;
 mod sync;
 
 /// The README's snippets, compiled as doc-tests.
-#[cfg(all(doctest, feature = "http", feature = "grpc"))]
+#[cfg(all(doctest, feature = "http", feature = "grpc", feature = "metrics"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
@@ -162,7 +179,7 @@ pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};
 pub use error::ConfigError;
 pub use event::{EVENT_BUFFER, Event, EventStream};
-pub use handle::{Handle, Metrics};
+pub use handle::{Handle, Metrics, Totals};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::State;

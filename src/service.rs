@@ -157,16 +157,11 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
         Poll::Ready(Ok(()))
     }
 
-    fn rejected(&self, rejection: Rejection) -> Rejected {
-        self.breaker.count_rejection();
-        let name = self.breaker.name();
-        tracing::debug!(
-            breaker = name.map_or("", |n| &**n),
-            state = %rejection.state,
-            retry_at = ?rejection.retry_at,
-            "call rejected"
-        );
-        Rejected::new(rejection.state, rejection.retry_at, name.cloned())
+    /// Counts, traces and announces a rejection (`fallback`: a fallback service answers it).
+    fn rejected(&self, rejection: Rejection, fallback: bool) -> Rejected {
+        self.breaker.reject(rejection, fallback);
+        let name = self.breaker.name().cloned();
+        Rejected::new(rejection.state, rejection.retry_at, name)
     }
 }
 
@@ -240,11 +235,11 @@ where
                 ResponseFuture::called(future, completion, self.classify.clone())
             }
             Readiness::Rejected(rejection) => {
-                let rejected = self.rejected(rejection);
+                let rejected = self.rejected(rejection, F::ANSWERS);
                 ResponseFuture::rejected(self.fallback.call(request, rejected))
             }
             Readiness::FallbackFailed(rejection, error) => {
-                let rejected = self.rejected(rejection);
+                let rejected = self.rejected(rejection, false);
                 ResponseFuture::rejected(self.fallback.call_failed(error, rejected))
             }
         }

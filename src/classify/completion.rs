@@ -6,7 +6,6 @@ use tokio::time::Instant;
 
 use crate::Outcome;
 use crate::future::Admission;
-use crate::state::clock::saturating_nanos;
 use crate::state::word::Ticket;
 
 /// One dispatched call's claim on its breaker: completed with the call's [`Outcome`], or dropped.
@@ -151,14 +150,13 @@ impl Completion {
     #[inline(never)]
     fn complete(&self, ticket: Ticket, outcome: Outcome, not_before: Option<u64>) {
         let breaker = &self.admission.breaker;
-        let mut now = breaker.now();
-        let slow = match (breaker.config().slow_call_duration, self.started) {
-            (Some(limit), Some(started)) => {
-                now.get().saturating_sub(started) > saturating_nanos(limit)
-            }
-            _ => false,
-        };
-        breaker.complete(ticket, outcome, slow, not_before, &mut now);
+        breaker.complete(
+            ticket,
+            outcome,
+            self.started,
+            not_before,
+            &mut breaker.now(),
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use window::default_buckets;
 
 use crate::classify::DefaultClassify;
 use crate::error::ConfigError;
+use crate::event::Event;
 use crate::layer::CircuitBreakerLayer;
 
 /// The largest count window, and the largest number of outcomes a time-window bucket counts.
@@ -61,6 +62,25 @@ pub(crate) struct Config {
     pub(crate) half_open_max_wait: Option<Duration>,
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) max_retry_after: Duration,
+    pub(crate) on_event: Option<EventCallback>,
+    #[cfg(feature = "metrics")]
+    pub(crate) export: Option<crate::metrics::Export>,
+}
+
+/// The callback of [`Builder::on_event`].
+#[derive(Clone)]
+pub(crate) struct EventCallback(Arc<dyn Fn(&Event) + Send + Sync>);
+
+impl EventCallback {
+    pub(crate) fn call(&self, event: &Event) {
+        (self.0)(event)
+    }
+}
+
+impl fmt::Debug for EventCallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EventCallback")
+    }
 }
 
 impl Config {
@@ -135,14 +155,17 @@ pub struct Builder<C = DefaultClassify> {
     half_open_max_wait: Option<Duration>,
     call_timeout: Option<Duration>,
     max_retry_after: Duration,
+    on_event: Option<EventCallback>,
+    #[cfg(feature = "metrics")]
+    export: Option<crate::metrics::Export>,
     classify: C,
 }
 
 impl<C> fmt::Debug for Builder<C> {
     /// Every setting but the classifier (a closure has no `Debug`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("name", &self.name)
+        let mut f = f.debug_struct("Builder");
+        f.field("name", &self.name)
             .field("failure_rate_threshold", &self.failure_rate_threshold)
             .field("slow_call_rate_threshold", &self.slow_call_rate_threshold)
             .field("slow_call_duration", &self.slow_call_duration)
@@ -156,7 +179,10 @@ impl<C> fmt::Debug for Builder<C> {
             .field("half_open_max_wait", &self.half_open_max_wait)
             .field("call_timeout", &self.call_timeout)
             .field("max_retry_after", &self.max_retry_after)
-            .finish_non_exhaustive()
+            .field("on_event", &self.on_event);
+        #[cfg(feature = "metrics")]
+        f.field("export_metrics", &self.export);
+        f.finish_non_exhaustive()
     }
 }
 
@@ -177,6 +203,9 @@ impl Default for Builder {
             half_open_max_wait: Some(Duration::from_secs(60)),
             call_timeout: None,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            on_event: None,
+            #[cfg(feature = "metrics")]
+            export: None,
             classify: DefaultClassify,
         }
     }
@@ -294,6 +323,60 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Calls `callback` with every [`Event`] of the breaker: each transition, each rate that
+    /// reached its threshold (with the rate and the threshold), and each rejected call.
+    ///
+    /// It runs on the thread that caused the event, after the breaker released its lock, so it
+    /// may call back into the breaker through a [`Handle`](crate::Handle); transitions and
+    /// threshold events come in order, once each. Keep it short: it runs on the call path (a
+    /// rejection's runs before the rejected call returns). A panic in it is caught and traced at
+    /// error level: the breaker goes on, and the call that caused the event is not failed.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Event, State};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("db")
+    ///     .on_event(move |event: &Event| {
+    ///         if let Event::StateTransition { from, to, .. } = event {
+    ///             log.lock().unwrap().push((*from, *to));
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// layer.handle().force_open();
+    /// assert_eq!(*seen.lock().unwrap(), [(State::Closed, State::ForcedOpen)]);
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn on_event(mut self, callback: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(EventCallback(Arc::new(callback)));
+        self
+    }
+
+    /// Exports the breaker's metrics through the [`metrics`](::metrics) facade: see the
+    /// [`metrics`](crate::metrics) module for the series, their names and labels, and when they
+    /// are updated. The metric handles are registered with the recorder installed when the layer
+    /// is built.
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, metrics::Export};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("payments")
+    ///     .export_metrics(Export::new())
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn export_metrics(mut self, export: crate::metrics::Export) -> Self {
+        self.export = Some(export);
+        self
+    }
+
     /// Sets the classifier that turns each result into an [`Outcome`](crate::Outcome): a closure
     /// `Fn(Result<&Res, &E>) -> Outcome` (annotate its argument's type, or the compiler cannot
     /// infer it), or a [`Classify`](crate::Classify), which may also defer its verdict to the end
@@ -330,6 +413,9 @@ impl<C> Builder<C> {
             half_open_max_wait: self.half_open_max_wait,
             call_timeout: self.call_timeout,
             max_retry_after: self.max_retry_after,
+            on_event: self.on_event,
+            #[cfg(feature = "metrics")]
+            export: self.export,
             classify,
         }
     }
@@ -493,6 +579,9 @@ impl<C> Builder<C> {
             half_open_max_wait,
             call_timeout,
             max_retry_after,
+            on_event: self.on_event.clone(),
+            #[cfg(feature = "metrics")]
+            export: self.export.clone(),
         })
     }
 }

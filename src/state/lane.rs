@@ -9,7 +9,7 @@
 //! call. So the layer and its services hand out references through a few lanes,
 //! each an `Arc` of its own, allocated on first use and picked by the calling thread: each core
 //! bumps the counter of its own lane, and the breaker's lines stay shared read-only.
-//! Rejections are counted per lane for the same reason.
+//! The lifetime counters (outcomes, rejections) are per lane for the same reason.
 //!
 //! A lane is picked per thread, not per service clone, because hyper and axum clone the service
 //! for every request: a lane per clone would cost an allocation per request.
@@ -22,7 +22,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Breaker;
-use crate::sync::{AtomicU64, Ordering};
+use super::word::Ticket;
+use crate::classify::Outcome;
+use crate::sync::Ordering;
+// The lifetime counters are statistics that no other memory depends on: std's atomics even in the
+// loom models, which they would only make larger.
+use std::sync::atomic::AtomicU64 as StatU64;
 
 /// Lanes per breaker. Threads beyond this share lanes (round robin): more lanes would only add
 /// memory (128 bytes each, once used) for machines where more threads call one breaker at once.
@@ -43,6 +48,22 @@ pub(crate) struct Lanes {
 #[repr(align(64))]
 pub(crate) struct Lane {
     breaker: Arc<Breaker>,
+    /// This lane's line of the breaker's `Counters`.
+    slot: usize,
+}
+
+impl Lane {
+    /// Whether a plain success of `ticket` changes nothing (`Breaker::is_absorbed`): the healthy
+    /// closed path, which then only counts it, in this lane's line: the line of the thread that
+    /// admitted the call, found without a thread-local read.
+    #[inline]
+    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        let absorbed = self.breaker.is_absorbed(ticket, outcome);
+        if absorbed {
+            self.breaker.counters.add_to(self.slot, Count::Successful);
+        }
+        absorbed
+    }
 }
 
 /// The lane index of each thread, assigned on first use.
@@ -76,6 +97,9 @@ fn first_lane() -> usize {
 
 impl Lanes {
     pub(crate) fn new(breaker: Arc<Breaker>) -> Self {
+        // One `Lanes` per breaker, made when its layer is: from then on, `collect` updates it.
+        #[cfg(feature = "metrics")]
+        crate::metrics::track(&breaker);
         Lanes {
             call_timeout: breaker.config().call_timeout,
             tracks_duration: breaker.tracks_duration(),
@@ -92,10 +116,12 @@ impl Lanes {
     /// A reference to the breaker for an admitted call, through the calling thread's lane.
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
-        self.lanes[thread_lane()]
+        let lane = thread_lane();
+        self.lanes[lane]
             .get_or_init(|| {
                 Arc::new(Lane {
                     breaker: self.breaker.clone(),
+                    slot: slot(lane),
                 })
             })
             .clone()
@@ -132,37 +158,79 @@ impl fmt::Debug for Lane {
     }
 }
 
-/// Rejections since the last transition to Closed, counted per lane (the rejecting thread's), each
-/// on a 64-byte line of its own: in a rejection storm on several cores, one shared counter would
-/// move between them on every call. Lanes 0 and 1, the first two threads', are also 128 bytes
-/// apart, out of reach of the adjacent-line prefetcher.
+/// What the lifetime counters count: the outcomes of dispatched calls, and the calls not permitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Count {
+    Successful,
+    Failed,
+    Ignored,
+    /// Successful or failed, and slow (counted besides its outcome).
+    Slow,
+    /// Rejected, with or without a fallback.
+    Rejected,
+    /// Rejected and answered by a fallback (counted besides the rejection).
+    Fallback,
+}
+
+const COUNTS: usize = 6;
+
+/// The line of `Counters` that lane `lane` counts in: lanes 0, 1, 2, 3 count in lines 0, 2, 1, 3,
+/// so that lanes 0 and 1 are on different 128-byte pairs.
+#[inline]
+fn slot(lane: usize) -> usize {
+    const _: () = assert!(LANES == 4);
+    ((lane & 1) << 1) | ((lane >> 1) & 1)
+}
+
+/// The breaker's lifetime call counters, per lane (the counting thread's), each lane's on a
+/// 64-byte line of its own: one shared counter would move between the cores on every call, which
+/// a healthy closed call, and a rejection storm, must not pay for. Lanes 0 and 1, the first two
+/// threads', are also 128 bytes apart, out of reach of the adjacent-line prefetcher. A count is a
+/// sum over the lanes, read without stopping the writers: each lane only grows, so a later sum is
+/// never smaller.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Rejections([Line; LANES]);
+pub(crate) struct Counters {
+    lines: [Line; LANES],
+    /// The rejections counted when the breaker last closed (`Metrics::not_permitted` counts from
+    /// there). Written under the transition lock.
+    rejected_at_close: StatU64,
+}
 
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Line(AtomicU64);
+struct Line([StatU64; COUNTS]);
 
-impl Rejections {
+impl Counters {
+    /// Counts one in the line of lane `lane`.
     #[inline]
-    pub(crate) fn add(&self, lane: usize) {
-        // Lanes 0, 1, 2, 3 count in lines 0, 2, 1, 3: lanes 0 and 1 on different 128-byte pairs.
-        const _: () = assert!(LANES == 4);
-        let slot = ((lane & 1) << 1) | ((lane >> 1) & 1);
-        // Relaxed: a statistic; a count racing with `clear` lands on either side of it.
-        self.0[slot].0.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn add(&self, lane: usize, count: Count) {
+        self.add_to(slot(lane), count);
     }
 
-    pub(crate) fn sum(&self) -> u64 {
-        self.0.iter().fold(0u64, |sum, line| {
-            sum.wrapping_add(line.0.load(Ordering::Relaxed))
+    /// Counts one in line `slot` (see `slot`).
+    #[inline]
+    pub(crate) fn add_to(&self, slot: usize, count: Count) {
+        // Relaxed: a statistic, read as a sum that no other memory depends on.
+        self.lines[slot % LANES].0[count as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self, count: Count) -> u64 {
+        self.lines.iter().fold(0u64, |sum, line| {
+            sum.wrapping_add(line.0[count as usize].load(Ordering::Relaxed))
         })
     }
 
-    pub(crate) fn clear(&self) {
-        for line in &self.0 {
-            line.0.store(0, Ordering::Relaxed);
-        }
+    /// Rejections since the last transition to Closed (a rejection racing with the transition
+    /// lands on either side of it).
+    pub(crate) fn rejected_since_close(&self) -> u64 {
+        let base = self.rejected_at_close.load(Ordering::Relaxed);
+        self.sum(Count::Rejected).saturating_sub(base)
+    }
+
+    /// Starts `rejected_since_close` again from zero.
+    pub(crate) fn closed(&self) {
+        let now = self.sum(Count::Rejected);
+        self.rejected_at_close.store(now, Ordering::Relaxed);
     }
 }

@@ -19,7 +19,7 @@ const T0: u64 = 1 << 50;
 
 fn breaker(builder: Builder) -> Arc<Breaker> {
     let layer_config = builder.validate_for_tests();
-    Arc::new(Breaker::new(StdArc::new(layer_config)))
+    Arc::new(Breaker::new(StdArc::new(layer_config), None))
 }
 
 fn now(b: &Breaker, at: u64) -> Now<'_> {
@@ -34,7 +34,7 @@ fn admit(b: &Breaker, at: u64) -> Ticket {
 }
 
 fn complete(b: &Breaker, ticket: Ticket, outcome: Outcome, at: u64) {
-    b.complete(ticket, outcome, false, None, &mut now(b, at));
+    b.complete(ticket, outcome, None, None, &mut now(b, at));
 }
 
 fn probes_of(b: &Breaker) -> (u32, u32, u32) {
@@ -52,15 +52,28 @@ fn half_open(b: &Breaker) -> u64 {
     at
 }
 
-/// The transitions reported so far.
+/// The transitions reported so far (a rate that reached its threshold is reported just before
+/// the transition it causes: checked, and left out).
 fn drain(events: &mut EventStream) -> Vec<(State, State)> {
     let mut seen = Vec::new();
+    let mut rate_reported = false;
     while let Some(Some(event)) = events.next().now_or_never() {
         match event {
-            Event::StateTransition { from, to, .. } => seen.push((from, to)),
+            Event::StateTransition { from, to, .. } => {
+                assert!(
+                    !rate_reported || to == State::Open,
+                    "a rate event, then {to:?}"
+                );
+                rate_reported = false;
+                seen.push((from, to));
+            }
+            Event::FailureRateExceeded { .. } | Event::SlowCallRateExceeded { .. } => {
+                rate_reported = true;
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
+    assert!(!rate_reported, "a rate event without its transition");
     seen
 }
 

@@ -57,11 +57,12 @@ use tokio::time::Instant;
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::event::{EventStream, Subscribers};
-use crate::handle::Metrics;
+use crate::handle::{Metrics, Totals};
 use crate::sync::{AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use clock::{Now, instant_at};
+use lane::Count;
 use transition::Core;
-pub(crate) use transition::should_trip;
+pub(crate) use transition::{Rates, should_trip};
 use waiters::Waiters;
 use window::{Sample, Window};
 use word::{Generation, Probes, StateWord, Ticket, TicketKind};
@@ -98,6 +99,42 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in declaration order: for a gauge per state, or a table of transitions.
+    ///
+    /// ```
+    /// use tower_circuit_breaker::State;
+    ///
+    /// assert_eq!(State::ALL.len(), 6);
+    /// assert_eq!(State::ALL[0], State::Closed);
+    /// let labels: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+    /// assert!(labels.contains(&"half-open"));
+    /// ```
+    pub const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+        State::MetricsOnly,
+    ];
+
+    /// The state's name in lowercase with hyphens, as `Display` writes it (`"half-open"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+            State::ForcedOpen => "forced-open",
+            State::Disabled => "disabled",
+            State::MetricsOnly => "metrics-only",
+        }
+    }
+
+    /// The state's position in [`State::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     /// Whether calls are rejected in this state (before any probe admission).
     pub fn is_open(self) -> bool {
         matches!(self, State::Open | State::ForcedOpen)
@@ -111,14 +148,7 @@ impl State {
 
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            State::Closed => "closed",
-            State::Open => "open",
-            State::HalfOpen => "half-open",
-            State::ForcedOpen => "forced-open",
-            State::Disabled => "disabled",
-            State::MetricsOnly => "metrics-only",
-        })
+        f.write_str(self.as_str())
     }
 }
 
@@ -161,7 +191,8 @@ pub(crate) struct Breaker {
     core: Mutex<Core>,
     /// Whether a thread is running the queued announcements (see `transition.rs`).
     announcing: AtomicBool,
-    not_permitted: lane::Rejections,
+    /// Lifetime counts of outcomes and rejections, per lane.
+    counters: lane::Counters,
     subscribers: Subscribers,
     /// Tasks waiting for readiness, woken on every transition.
     waiters: Waiters,
@@ -169,6 +200,11 @@ pub(crate) struct Breaker {
     /// this breaker goes, it wakes its members' waiting tasks, with no lock held.
     group: std::sync::OnceLock<crate::readiness::PanicGroup>,
     config: StdArc<Config>,
+    /// The key of a keyed breaker (one of many built from one configuration).
+    key: Option<StdArc<str>>,
+    /// The handles of the metrics this breaker exports, registered when it was made.
+    #[cfg(feature = "metrics")]
+    pub(crate) exported: Option<crate::metrics::Exported>,
     epoch: Instant,
 }
 
@@ -176,6 +212,7 @@ impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("name", &self.config.name)
+            .field("key", &self.key)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
     }
@@ -191,8 +228,13 @@ impl Drop for Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: StdArc<Config>) -> Self {
+    pub(crate) fn new(config: StdArc<Config>, key: Option<StdArc<str>>) -> Self {
         Breaker {
+            #[cfg(feature = "metrics")]
+            exported: config
+                .export
+                .as_ref()
+                .map(|export| crate::metrics::Exported::register(export, &config, key.as_deref())),
             words: CachePadded(Words {
                 state: AtomicU64::new(StateWord::INITIAL.0),
                 probes: AtomicU64::new(Probes::fresh(StateWord::INITIAL.generation()).0),
@@ -202,11 +244,12 @@ impl Breaker {
             clean: CachePadded(AtomicBool::new(false)),
             core: Mutex::new(Core::new(Window::new(config.window))),
             announcing: AtomicBool::new(false),
-            not_permitted: lane::Rejections::default(),
+            counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
             group: std::sync::OnceLock::new(),
             config,
+            key,
             epoch: Instant::now(),
         }
     }
@@ -229,10 +272,25 @@ impl Breaker {
         self.config.name.as_ref()
     }
 
-    /// Whether recording needs the time a call ended (slow calls).
+    /// The key of a keyed breaker.
+    pub(crate) fn key(&self) -> Option<&StdArc<str>> {
+        self.key.as_ref()
+    }
+
+    /// Whether recording needs the time a call took (slow calls, or an exported histogram of
+    /// call durations).
     #[inline]
     pub(crate) fn tracks_duration(&self) -> bool {
-        self.config.slow_call_duration.is_some()
+        self.config.slow_call_duration.is_some() || self.exports_durations()
+    }
+
+    #[inline]
+    fn exports_durations(&self) -> bool {
+        #[cfg(feature = "metrics")]
+        if let Some(exported) = &self.exported {
+            return exported.durations();
+        }
+        false
     }
 
     /// A lazy reading of the breaker's clock.
@@ -354,25 +412,57 @@ impl Breaker {
 
     // ===== recording =====
 
-    /// Records a dispatched call's `outcome` (`slow`: it took longer than the slow-call duration;
-    /// `not_before`: a failure's upstream asked not to be called again before then).
+    /// Records a dispatched call's `outcome` (`started`: when it was dispatched, if recording
+    /// needs its duration; `not_before`: a failure's upstream asked not to be called again before
+    /// then). Counted in the lifetime totals whatever the state and the ticket's generation: the
+    /// call happened.
     pub(crate) fn complete(
         &self,
         ticket: Ticket,
         outcome: Outcome,
-        slow: bool,
+        started: Option<u64>,
         not_before: Option<u64>,
         now: &mut Now<'_>,
     ) {
-        let sample = match outcome {
-            Outcome::Success => Sample {
-                failed: false,
-                slow,
-            },
-            Outcome::Failure => Sample { failed: true, slow },
-            // Ignored (even slow): nothing is recorded, a probe permit goes back.
-            _ => return self.release(ticket),
+        let elapsed = started.map(|started| now.get().saturating_sub(started));
+        let slow = match (self.config.slow_call_duration, elapsed) {
+            (Some(limit), Some(elapsed)) => elapsed > clock::saturating_nanos(limit),
+            _ => false,
         };
+        let lane = lane::thread_lane();
+        let (count, sample) = match outcome {
+            Outcome::Success => (
+                Count::Successful,
+                Sample {
+                    failed: false,
+                    slow,
+                },
+            ),
+            Outcome::Failure => (Count::Failed, Sample { failed: true, slow }),
+            _ => (
+                Count::Ignored,
+                Sample {
+                    failed: false,
+                    slow: false,
+                },
+            ),
+        };
+        self.counters.add(lane, count);
+        if sample.slow {
+            self.counters.add(lane, Count::Slow);
+        }
+        #[cfg(feature = "metrics")]
+        if let (Some(exported), Some(elapsed)) = (&self.exported, elapsed) {
+            exported.record_duration(count, elapsed);
+        }
+        if count == Count::Ignored {
+            // Ignored (even slow): nothing is recorded, a probe permit goes back.
+            return self.release(ticket);
+        }
+        // A timely success that changes nothing takes no lock, timed or not.
+        if !slow && self.is_absorbed(ticket, outcome) {
+            return;
+        }
         match ticket.kind() {
             TicketKind::Unrecorded => {}
             TicketKind::Recorded => self.record(ticket.generation(), sample, not_before, now),
@@ -393,9 +483,9 @@ impl Breaker {
     }
 
     /// Whether a plain success of `ticket` would change nothing: the healthy closed path, which
-    /// then records nothing and takes no lock.
+    /// then records nothing and takes no lock (`Lane::absorbs` counts it).
     #[inline]
-    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
+    pub(crate) fn is_absorbed(&self, ticket: Ticket, outcome: Outcome) -> bool {
         // Relaxed: `clean` is written under the lock after each change of the window; a value
         // read here is one the window had, and a success recorded against it changes nothing.
         // A stale ticket changes nothing either way.
@@ -433,10 +523,16 @@ impl Breaker {
         core.record(sample, at, not_before);
         self.clean.store(core.is_clean(), Ordering::Relaxed);
         let totals = core.totals(at);
-        if word.state() == State::Closed && should_trip(totals, core.consecutive(), &self.config) {
-            // The interval counts from now, read under the lock, not from before it.
-            let opened_at = self.now().get();
-            self.transition(&mut core, word, State::Open, opened_at);
+        match word.state() {
+            State::Closed if should_trip(totals, core.consecutive(), &self.config) => {
+                let exceeded = Rates::of(totals, &self.config).exceeded(&self.config);
+                self.queue_exceeded(&mut core, exceeded, totals.calls, State::Closed);
+                // The interval counts from now, read under the lock, not from before it.
+                let opened_at = self.now().get();
+                self.transition(&mut core, word, State::Open, opened_at);
+            }
+            State::MetricsOnly => self.watch_rates(&mut core, totals),
+            _ => {}
         }
         self.unlock(core);
     }
@@ -504,10 +600,29 @@ impl Breaker {
         }
     }
 
-    /// Counts one rejected call (reported by `Metrics::not_permitted`).
+    /// Reports one rejected call (`fallback`: a fallback service answers it): counts it, traces it
+    /// at debug, and sends its [`Event::Rejected`](crate::Event::Rejected) to the subscribers that
+    /// asked for rejections and to the event callback. Called with no lock held.
     #[inline]
-    pub(crate) fn count_rejection(&self) {
-        self.not_permitted.add(lane::thread_lane());
+    pub(crate) fn reject(&self, rejection: Rejection, fallback: bool) {
+        let lane = lane::thread_lane();
+        self.counters.add(lane, Count::Rejected);
+        if fallback {
+            self.counters.add(lane, Count::Fallback);
+        }
+        tracing::debug!(
+            breaker = self.name().map_or("", |n| &**n),
+            key = self.key().map_or("", |k| &**k),
+            state = %rejection.state,
+            retry_after = rejection
+                .retry_at
+                .map(|at| tracing::field::debug(at.saturating_duration_since(clock::read()))),
+            fallback,
+            "call rejected"
+        );
+        if self.config.on_event.is_some() || self.subscribers.wants_rejections() {
+            self.announce_rejection(rejection, fallback);
+        }
     }
 
     // ===== observation =====
@@ -528,14 +643,32 @@ impl Breaker {
         let mut core = self.lock();
         let state = self.load().state();
         let totals = core.shown_totals(at);
+        let consecutive_failures = core.consecutive();
+        let transitions = core.transitions();
+        drop(core);
         Metrics {
             state,
             calls: totals.calls,
             failed: totals.failed,
             slow: totals.slow,
-            not_permitted: self.not_permitted.sum(),
-            consecutive_failures: core.consecutive(),
+            not_permitted: self.counters.rejected_since_close(),
+            consecutive_failures,
             minimum_calls: self.config.minimum_calls,
+            totals: self.lifetime(transitions),
+        }
+    }
+
+    /// The lifetime totals, with the transition counts read under the lock.
+    fn lifetime(&self, transitions: [[u64; 6]; 6]) -> Totals {
+        let c = &self.counters;
+        Totals {
+            successful: c.sum(Count::Successful),
+            failed: c.sum(Count::Failed),
+            ignored: c.sum(Count::Ignored),
+            slow: c.sum(Count::Slow),
+            rejected: c.sum(Count::Rejected),
+            fallbacks: c.sum(Count::Fallback),
+            transitions,
         }
     }
 

@@ -15,41 +15,89 @@
 //! never twice.
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
 
 use super::window::{Sample, Totals, Window};
 use super::word::{Generation, Probes, StateWord};
-use super::{Breaker, State, clock::Now, clock::saturating_nanos};
+use super::{Breaker, Rejection, State, clock::Now, clock::saturating_nanos};
 use crate::config::Config;
 use crate::event::{Event, Wakers};
-use crate::sync::{MutexGuard, Ordering, Panic, caught, lock, raise};
+use crate::sync::{AtomicBool, MutexGuard, Ordering, Panic, caught, lock, raise};
+
+/// The failure and slow-call rates of a window, each `None` while undefined (below the minimum
+/// number of calls).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Rates {
+    pub(crate) failure: Option<f64>,
+    pub(crate) slow: Option<f64>,
+}
+
+impl Rates {
+    pub(crate) fn of(totals: Totals, config: &Config) -> Rates {
+        if totals.calls == 0 || totals.calls < config.minimum_calls {
+            return Rates::default(); // the rates are undefined below the minimum
+        }
+        let calls = totals.calls as f64;
+        Rates {
+            failure: Some(totals.failed as f64 / calls),
+            slow: Some(totals.slow as f64 / calls),
+        }
+    }
+
+    /// The rates that are at or above their configured threshold (the others `None`).
+    pub(crate) fn exceeded(self, config: &Config) -> Rates {
+        let at_least = |rate: Option<f64>, threshold: Option<f64>| {
+            rate.filter(|&rate| threshold.is_some_and(|threshold| rate >= threshold))
+        };
+        Rates {
+            failure: at_least(self.failure, config.failure_rate_threshold),
+            slow: at_least(self.slow, config.slow_call_rate_threshold),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.failure.is_some() || self.slow.is_some()
+    }
+}
 
 /// Whether the closed breaker trips, given its window's totals and its consecutive failures.
 pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> bool {
-    if config
+    config
         .consecutive_failures
         .is_some_and(|k| consecutive >= k)
-    {
-        return true;
-    }
-    if totals.calls == 0 || totals.calls < config.minimum_calls {
-        return false; // the rates are undefined below the minimum
-    }
-    let calls = totals.calls as f64;
-    config
-        .failure_rate_threshold
-        .is_some_and(|threshold| totals.failed as f64 / calls >= threshold)
-        || config
-            .slow_call_rate_threshold
-            .is_some_and(|threshold| totals.slow as f64 / calls >= threshold)
+        || Rates::of(totals, config).exceeded(config).any()
 }
 
-/// A transition to announce.
+/// Something to announce after the lock is released: a transition or a rate that crossed its
+/// threshold.
 #[derive(Debug)]
-struct Change {
-    from: State,
-    to: State,
+struct Announcement {
+    what: What,
+    /// The event, kept for the event callback (only when there is one).
+    event: Option<Event>,
     /// The event subscribers to wake: the event itself is in their buffers already.
     subscribers: Wakers,
+}
+
+#[derive(Debug)]
+enum What {
+    Transition {
+        from: State,
+        to: State,
+        /// The rates of the window the breaker left, if it was recording and they are defined.
+        rates: Rates,
+        /// The open interval, for a transition to Open.
+        open_for: Option<Duration>,
+        /// The lifetime count of this transition (from, to), this one included.
+        count: u64,
+    },
+    /// A rate reached its threshold (the breaker opens, or, in MetricsOnly, would have).
+    Exceeded {
+        failure_rate: Option<f64>,
+        slow_call_rate: Option<f64>,
+        state: State,
+    },
 }
 
 /// What the transition lock guards.
@@ -68,7 +116,12 @@ pub(super) struct Core {
     /// records again (an open time window would otherwise drain while nothing is recorded).
     frozen: Option<Totals>,
     /// Transitions made and not announced yet, oldest first.
-    unannounced: VecDeque<Change>,
+    unannounced: VecDeque<Announcement>,
+    /// Lifetime transition counts, `[from][to]` by `State::index`.
+    transitions: [[u64; 6]; 6],
+    /// Whether the failure and the slow-call rate were at or above their thresholds at the last
+    /// outcome recorded in MetricsOnly (so that each crossing is announced once).
+    exceeded: (bool, bool),
 }
 
 impl Core {
@@ -87,7 +140,13 @@ impl Core {
             not_before: None,
             frozen: None,
             unannounced: VecDeque::new(),
+            transitions: [[0; 6]; 6],
+            exceeded: (false, false),
         }
+    }
+
+    pub(super) fn transitions(&self) -> [[u64; 6]; 6] {
+        self.transitions
     }
 
     pub(super) fn record(&mut self, sample: Sample, at: u64, not_before: Option<u64>) {
@@ -150,6 +209,11 @@ impl Breaker {
     /// deadline). Called with the lock held; queues the announcement.
     pub(super) fn transition(&self, core: &mut Core, from: StateWord, to: State, at: u64) {
         let words = &self.words;
+        let rates = match from.state().records() {
+            true => Rates::of(core.window.totals(at), &self.config),
+            false => Rates::default(),
+        };
+        let mut open_for = None;
         // Relaxed stores: published by the Release store of the state word below.
         match to {
             State::Open => {
@@ -165,6 +229,7 @@ impl Breaker {
                     let cap = at.saturating_add(saturating_nanos(self.config.max_retry_after));
                     until = until.max(not_before.min(cap));
                 }
+                open_for = Some(Duration::from_nanos(until.saturating_sub(at)));
                 words.open_until.store(until, Ordering::Relaxed);
             }
             // The episode's clock starts with its first probe.
@@ -174,9 +239,10 @@ impl Breaker {
                 core.consecutive = 0;
                 core.not_before = None;
                 core.frozen = None;
+                core.exceeded = (false, false);
                 if to == State::Closed {
                     core.attempt = 0;
-                    self.not_permitted.clear();
+                    self.counters.closed();
                 }
             }
             State::ForcedOpen | State::Disabled => {}
@@ -194,17 +260,100 @@ impl Breaker {
             .swap(Probes::fresh(next.generation()).0, Ordering::AcqRel);
         // Release: publishes the side effects above with the new word.
         words.state.store(next.0, Ordering::Release);
-        // Into the subscribers' buffers now, in transition order; their tasks are woken later.
-        let subscribers = self.subscribers.send(|| Event::StateTransition {
+        let count = &mut core.transitions[from.state().index()][to.index()];
+        *count = count.saturating_add(1);
+        let count = *count;
+        let what = What::Transition {
+            from: from.state(),
+            to,
+            rates,
+            open_for,
+            count,
+        };
+        self.queue(core, what, || Event::StateTransition {
             from: from.state(),
             to,
             name: self.config.name.clone(),
+            key: self.key.clone(),
         });
-        core.unannounced.push_back(Change {
-            from: from.state(),
-            to,
+    }
+
+    /// Queues an announcement: its event goes into the subscribers' buffers now (in order, under
+    /// the lock), and is kept for the callback. The event is made only if somebody listens.
+    fn queue(&self, core: &mut Core, what: What, event: impl FnOnce() -> Event) {
+        let callback = self.config.on_event.is_some();
+        let listening = self.subscribers.any();
+        let event = (callback || listening).then(event);
+        let subscribers = match &event {
+            Some(event) if listening => self.subscribers.send(event),
+            _ => Wakers::default(),
+        };
+        core.unannounced.push_back(Announcement {
+            what,
+            event: event.filter(|_| callback),
             subscribers,
         });
+    }
+
+    /// Queues the announcement of the rates in `exceeded` that are at or above their thresholds,
+    /// in the window of `calls` outcomes, before the transition they cause (if any).
+    pub(super) fn queue_exceeded(
+        &self,
+        core: &mut Core,
+        exceeded: Rates,
+        calls: u64,
+        state: State,
+    ) {
+        let config = &self.config;
+        if let (Some(rate), Some(threshold)) = (exceeded.failure, config.failure_rate_threshold) {
+            self.queue(
+                core,
+                What::Exceeded {
+                    failure_rate: Some(rate),
+                    slow_call_rate: None,
+                    state,
+                },
+                || Event::FailureRateExceeded {
+                    failure_rate: rate,
+                    threshold,
+                    calls,
+                    name: config.name.clone(),
+                    key: self.key.clone(),
+                },
+            );
+        }
+        if let (Some(rate), Some(threshold)) = (exceeded.slow, config.slow_call_rate_threshold) {
+            self.queue(
+                core,
+                What::Exceeded {
+                    failure_rate: None,
+                    slow_call_rate: Some(rate),
+                    state,
+                },
+                || Event::SlowCallRateExceeded {
+                    slow_call_rate: rate,
+                    threshold,
+                    calls,
+                    name: config.name.clone(),
+                    key: self.key.clone(),
+                },
+            );
+        }
+    }
+
+    /// After an outcome recorded in MetricsOnly: announces each rate that crossed its threshold
+    /// since the last outcome (once per crossing; it never opens the circuit).
+    pub(super) fn watch_rates(&self, core: &mut Core, totals: Totals) {
+        let exceeded = Rates::of(totals, &self.config).exceeded(&self.config);
+        let now = (exceeded.failure.is_some(), exceeded.slow.is_some());
+        let crossed = Rates {
+            failure: exceeded.failure.filter(|_| !core.exceeded.0),
+            slow: exceeded.slow.filter(|_| !core.exceeded.1),
+        };
+        core.exceeded = now;
+        if crossed.any() {
+            self.queue_exceeded(core, crossed, totals.calls, State::MetricsOnly);
+        }
     }
 
     /// Releases the lock, then runs the announcements it queued.
@@ -301,17 +450,18 @@ impl Breaker {
             if self.announcing.swap(true, Ordering::AcqRel) {
                 break;
             }
+            // If user code (a tracing subscriber, a waker) panics, the flag goes down with it:
+            // the next release of the lock announces the rest.
+            let guard = Announcing(&self.announcing);
             loop {
                 // The lock is held only to take the next one, never while it runs.
                 let next = self.lock().unannounced.pop_front();
                 match next {
-                    Some(change) => self.run(change, &mut panic),
+                    Some(announcement) => self.run(announcement, &mut panic),
                     None => break,
                 }
             }
-            // A swap, not a store, so that it and the swap above are read-modify-writes of one
-            // location, totally ordered (loom checks this protocol; it models RMWs exactly).
-            self.announcing.swap(false, Ordering::AcqRel);
+            drop(guard);
             if self.lock().unannounced.is_empty() {
                 break;
             }
@@ -323,34 +473,138 @@ impl Breaker {
     /// before it panicked; the first panic is kept in `panic`.
     fn run(
         &self,
-        Change {
-            from,
-            to,
+        Announcement {
+            what,
+            event,
             subscribers,
-        }: Change,
+        }: Announcement,
         panic: &mut Option<Panic>,
     ) {
-        caught(panic, || {
-            let name = self.config.name.as_deref().unwrap_or("");
-            if from == to {
-                tracing::info!(breaker = name, state = %to, "circuit reset");
-            } else if to.is_open() {
-                tracing::warn!(breaker = name, %from, %to, "circuit opened");
-            } else {
-                tracing::info!(breaker = name, %from, %to, "circuit state changed");
+        let name = self.config.name.as_deref().unwrap_or("");
+        let key = self.key.as_deref().unwrap_or("");
+        match what {
+            What::Transition {
+                from,
+                to,
+                rates,
+                open_for,
+                count,
+            } => {
+                let retry_after = open_for.map(tracing::field::debug);
+                let (failure_rate, slow_call_rate) = (rates.failure, rates.slow);
+                caught(panic, || {
+                    if from == to {
+                        tracing::info!(breaker = name, key, state = %to, "circuit reset");
+                    } else if to.is_open() {
+                        tracing::warn!(
+                            breaker = name,
+                            key,
+                            %from,
+                            %to,
+                            failure_rate,
+                            slow_call_rate,
+                            retry_after,
+                            "circuit opened"
+                        );
+                    } else {
+                        tracing::info!(
+                            breaker = name,
+                            key,
+                            %from,
+                            %to,
+                            failure_rate,
+                            slow_call_rate,
+                            "circuit state changed"
+                        );
+                    }
+                });
+                #[cfg(feature = "metrics")]
+                if let Some(exported) = &self.exported {
+                    caught(panic, || exported.transitioned(from, to, count));
+                }
+                #[cfg(not(feature = "metrics"))]
+                let _ = count;
+                // Every transition may change what a waiting `poll_ready` would poll.
+                caught(panic, || self.waiters.wake_all());
+                if let Some(group) = self.group.get() {
+                    caught(panic, || group.wake_members());
+                }
             }
-        });
-        // Every transition may change what a waiting `poll_ready` would poll.
-        caught(panic, || self.waiters.wake_all());
-        caught(panic, || subscribers.wake());
-        if let Some(group) = self.group.get() {
-            caught(panic, || group.wake_members());
+            What::Exceeded {
+                failure_rate,
+                slow_call_rate,
+                state,
+            } => caught(panic, || {
+                tracing::info!(
+                    breaker = name,
+                    key,
+                    %state,
+                    failure_rate,
+                    slow_call_rate,
+                    "circuit threshold reached"
+                )
+            }),
         }
+        caught(panic, || subscribers.wake());
+        if let Some(event) = event {
+            self.call_back(&event);
+        }
+    }
+
+    /// Runs the event callback, if any. A panic in it is caught and traced at error: it must not
+    /// leave the announcement half done, nor fail the call that made the transition.
+    pub(super) fn call_back(&self, event: &Event) {
+        let Some(callback) = &self.config.on_event else {
+            return;
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| callback.call(event))) {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("a panic");
+            tracing::error!(
+                breaker = self.config.name.as_deref().unwrap_or(""),
+                key = self.key.as_deref().unwrap_or(""),
+                panic = message,
+                "circuit breaker event callback panicked"
+            );
+        }
+    }
+
+    /// Sends a rejection's event to the subscribers that asked for rejections and to the
+    /// callback, with no lock held. Rejections are not ordered with transitions: one may arrive
+    /// after the transition that ended the state which rejected it.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn announce_rejection(&self, rejection: Rejection, fallback: bool) {
+        let event = Event::Rejected {
+            state: rejection.state,
+            retry_at: rejection.retry_at,
+            fallback,
+            name: self.config.name.clone(),
+            key: self.key.clone(),
+        };
+        self.subscribers.send_rejection(&event).wake();
+        self.call_back(&event);
+    }
+}
+
+/// Lowers the announcing flag when the announcing thread unwinds out of user code.
+struct Announcing<'a>(&'a AtomicBool);
+
+impl Drop for Announcing<'_> {
+    fn drop(&mut self) {
+        // A swap, not a store, so that it and the swap that raised it are read-modify-writes of
+        // one location, totally ordered (loom checks this protocol; it models RMWs exactly).
+        self.0.swap(false, Ordering::AcqRel);
     }
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::CircuitBreakerLayer;
 
@@ -401,6 +655,28 @@ mod tests {
             );
             assert!(pairs.iter().all(|q| (2300..=2700).contains(q)), "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn a_rejection_nobody_asked_for_takes_no_lock_and_reads_no_clock() {
+        use crate::state::clock::counts::during;
+        use crate::state::{Decision, State};
+        let breaker = Breaker::new(Arc::new(config(CircuitBreakerLayer::builder())), None);
+        breaker.force(State::ForcedOpen);
+        let Decision::Reject(rejection) = breaker.admit(&mut breaker.now()) else {
+            panic!("forced open: rejected");
+        };
+        assert_eq!(during(|| breaker.reject(rejection, false)), (0, 0));
+        let _transitions = breaker.subscribe();
+        assert_eq!(
+            during(|| breaker.reject(rejection, false)),
+            (0, 0),
+            "a subscriber that did not ask for rejections"
+        );
+        let _rejections = breaker.subscribe().with_rejections();
+        assert_eq!(during(|| breaker.reject(rejection, true)), (0, 1));
+        let totals = breaker.metrics().totals();
+        assert_eq!((totals.rejected(), totals.fallbacks()), (3, 1));
     }
 
     #[test]

@@ -476,7 +476,17 @@ pub fn sketch() -> impl Row {
 
 // ===== ours =====
 
-use tower_circuit_breaker::{CircuitBreakerLayer, Window, error::Rejected};
+use tower_circuit_breaker::{CircuitBreakerLayer, Window, error::Rejected, metrics::Export};
+
+/// Installs `metrics-exporter-prometheus`'s recorder as the global recorder, once per process,
+/// before a row that exports metrics is built (its handles are registered with it).
+fn prometheus_recorder() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        metrics::set_global_recorder(recorder).expect("the only recorder");
+    });
+}
 
 /// Our configuration variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -489,6 +499,10 @@ pub enum Ours {
     Slow,
     /// The count configuration with a fallback service that answers rejected calls.
     Fallback,
+    /// The count configuration exporting its metrics (`Export::new()`) to a Prometheus recorder.
+    Metrics,
+    /// The same with the call-duration histogram (`Export::new().durations(true)`).
+    MetricsDurations,
 }
 
 fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
@@ -500,6 +514,14 @@ fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
         .open_duration(OPEN);
     match variant {
         Ours::Count | Ours::Fallback => b,
+        Ours::Metrics => {
+            prometheus_recorder();
+            b.name("bench").export_metrics(Export::new())
+        }
+        Ours::MetricsDurations => {
+            prometheus_recorder();
+            b.name("bench").export_metrics(Export::new().durations(true))
+        }
         Ours::Time => b.sliding_window(Window::time(Duration::from_secs(30))),
         Ours::Slow => b
             .slow_call_duration(Duration::from_secs(1))
@@ -922,6 +944,16 @@ pub const ROWS: &[RowSpec] = &[
         scenarios: EVERY,
     },
     RowSpec {
+        name: "ours-metrics",
+        label: "tower-circuit-breaker, exporting metrics (`metrics` feature)",
+        scenarios: EVERY,
+    },
+    RowSpec {
+        name: "ours-metrics-durations",
+        label: "tower-circuit-breaker, exporting metrics + duration histogram",
+        scenarios: CLOSED,
+    },
+    RowSpec {
         name: "ours-fallback",
         label: "tower-circuit-breaker, fallback (C)",
         scenarios: &[Scenario::C],
@@ -1028,6 +1060,14 @@ macro_rules! with_make {
             }
             "ours-fallback" => {
                 let $make = $crate::ours_fallback;
+                $body
+            }
+            "ours-metrics" => {
+                let $make = || $crate::ours($crate::Ours::Metrics);
+                $body
+            }
+            "ours-metrics-durations" => {
+                let $make = || $crate::ours($crate::Ours::MetricsDurations);
                 $body
             }
             "failsafe" => {
