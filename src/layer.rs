@@ -60,7 +60,7 @@ impl CircuitBreakerLayer {
 impl<C> CircuitBreakerLayer<C> {
     pub(crate) fn from_parts(config: Config, classify: C) -> Self {
         CircuitBreakerLayer {
-            breaker: Arc::new(Lanes::new(Arc::new(Breaker::new(Arc::new(config))))),
+            breaker: Arc::new(Lanes::new(Arc::new(Breaker::new(Arc::new(config), None)))),
             classify,
             fallback: NoFallback,
         }

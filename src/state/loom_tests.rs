@@ -19,7 +19,7 @@ const T0: u64 = 1 << 50;
 
 fn breaker(builder: Builder) -> Arc<Breaker> {
     let layer_config = builder.validate_for_tests();
-    Arc::new(Breaker::new(StdArc::new(layer_config)))
+    Arc::new(Breaker::new(StdArc::new(layer_config), None))
 }
 
 fn now(b: &Breaker, at: u64) -> Now<'_> {

@@ -51,6 +51,7 @@ mod loom_tests;
 
 use std::fmt;
 use std::sync::Arc as StdArc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -149,6 +150,19 @@ struct Words {
     open_until: AtomicU64,
     /// Deadline of the current half-open episode, set by its first probe (`u64::MAX`: none).
     half_open_until: AtomicU64,
+    /// The current episode's probe numbers, `half_open_calls << 32 | half_open_successes`, fixed
+    /// when it starts (an episode finishes under the configuration it started with). Written
+    /// with Release under the lock before the HalfOpen word is published; read with Acquire.
+    half_open_limits: AtomicU64,
+    /// The current episode's `half_open_max_wait` in nanoseconds (`u64::MAX`: none), fixed with
+    /// its limits.
+    half_open_max_wait: AtomicU64,
+    /// The slow-call duration in nanoseconds (`u64::MAX`: slow calls are not tracked). Read
+    /// without the lock when a call completes; replaced by a reconfiguration.
+    slow_call_nanos: AtomicU64,
+    /// Whether the window is a time window (its recording reads the clock): read before taking
+    /// the lock, so that the clock is read outside it.
+    time_window: AtomicBool,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
@@ -165,51 +179,98 @@ pub(crate) struct Breaker {
     subscribers: Subscribers,
     /// Tasks waiting for readiness, woken on every transition.
     waiters: Waiters,
-    config: StdArc<Config>,
+    /// The breaker's name (from its configuration; a reconfiguration keeps it).
+    name: Option<StdArc<str>>,
+    /// The key of a keyed breaker, as a string.
+    key: Option<StdArc<str>>,
+    /// What every call reads on its path, fixed when the breaker is built (see `reconfigure`).
+    fixed: Fixed,
     epoch: Instant,
+}
+
+/// The part of the configuration a call's path reads without the lock, fixed for the breaker's
+/// life: whether calls are timed (slow calls) and the call timeout.
+#[derive(Clone, Copy, Debug)]
+struct Fixed {
+    tracks_duration: bool,
+    call_timeout: Option<Duration>,
+}
+
+/// The configuration values read outside the transition lock (`Breaker::config`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LiveConfig {
+    pub(crate) call_timeout: Option<Duration>,
+    /// `Some` when slow calls are tracked: the current slow-call duration.
+    pub(crate) slow_call_duration: Option<Duration>,
 }
 
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
-            .field("name", &self.config.name)
+            .field("name", &self.name)
+            .field("key", &self.key)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
     }
 }
 
 impl Breaker {
-    pub(crate) fn new(config: StdArc<Config>) -> Self {
+    /// A breaker with `config` (shared, not copied) and, for a keyed breaker, its `key`.
+    pub(crate) fn new(config: StdArc<Config>, key: Option<StdArc<str>>) -> Self {
         Breaker {
             words: CachePadded(Words {
                 state: AtomicU64::new(StateWord::INITIAL.0),
                 probes: AtomicU64::new(Probes::fresh(StateWord::INITIAL.generation()).0),
                 open_until: AtomicU64::new(u64::MAX),
                 half_open_until: AtomicU64::new(u64::MAX),
+                half_open_limits: AtomicU64::new(half_open_limits(&config)),
+                half_open_max_wait: AtomicU64::new(half_open_max_wait(&config)),
+                slow_call_nanos: AtomicU64::new(slow_call_nanos(&config)),
+                time_window: AtomicBool::new(config.window.is_time()),
             }),
             clean: CachePadded(AtomicBool::new(false)),
-            core: Mutex::new(Core::new(Window::new(config.window))),
             announcing: AtomicBool::new(false),
             not_permitted: lane::Rejections::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
-            config,
+            name: config.name.clone(),
+            key,
+            fixed: Fixed {
+                tracks_duration: config.slow_call_duration.is_some(),
+                call_timeout: config.call_timeout,
+            },
+            core: Mutex::new(Core::new(Window::new(config.window), config)),
             epoch: Instant::now(),
         }
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// The configuration values a call reads without the lock.
+    pub(crate) fn config(&self) -> LiveConfig {
+        let slow = self.words.slow_call_nanos.load(Ordering::Relaxed);
+        LiveConfig {
+            call_timeout: self.fixed.call_timeout,
+            slow_call_duration: (slow != u64::MAX).then(|| Duration::from_nanos(slow)),
+        }
+    }
+
+    /// The configuration in force (for reading it back, and reconfiguring from it).
+    pub(crate) fn current_config(&self) -> StdArc<Config> {
+        self.lock().config_arc().clone()
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
-        self.config.name.as_ref()
+        self.name.as_ref()
+    }
+
+    /// The key of a keyed breaker.
+    pub(crate) fn key(&self) -> Option<&StdArc<str>> {
+        self.key.as_ref()
     }
 
     /// Whether recording needs the time a call ended (slow calls).
     #[inline]
     pub(crate) fn tracks_duration(&self) -> bool {
-        self.config.slow_call_duration.is_some()
+        self.fixed.tracks_duration
     }
 
     /// A lazy reading of the breaker's clock.
@@ -298,7 +359,7 @@ impl Breaker {
             if !probes.belongs_to(generation) {
                 return Err(ProbeRefused::Stale);
             }
-            if probes.taken() >= self.config.half_open_calls {
+            if probes.taken() >= self.episode_limits().0 {
                 return Err(ProbeRefused::Full);
             }
             // AcqRel: the permit belongs to this episode's counters exactly; a transition
@@ -397,29 +458,26 @@ impl Breaker {
         not_before: Option<u64>,
         now: &mut Now<'_>,
     ) {
-        let at = if self.window_needs_clock() {
-            now.get()
-        } else {
-            0
-        };
+        // Relaxed: a hint, so that the clock is read before the lock; the window under the lock
+        // decides (a reconfiguration may have changed its kind meanwhile).
+        if self.words.time_window.load(Ordering::Relaxed) {
+            now.get();
+        }
         let mut core = self.lock();
         let word = self.load();
         if word.generation() != generation {
             return; // stale: admitted under a state that has since changed
         }
+        let at = if core.window_is_time() { now.get() } else { 0 };
         core.record(sample, at, not_before);
         self.clean.store(core.is_clean(), Ordering::Relaxed);
         let totals = core.totals(at);
-        if word.state() == State::Closed && should_trip(totals, core.consecutive(), &self.config) {
+        if word.state() == State::Closed && should_trip(totals, core.consecutive(), core.config()) {
             // The interval counts from now, read under the lock, not from before it.
             let opened_at = self.now().get();
             self.transition(&mut core, word, State::Open, opened_at);
         }
         self.unlock(core);
-    }
-
-    fn window_needs_clock(&self) -> bool {
-        matches!(self.config.window, crate::config::WindowKind::Time { .. })
     }
 
     /// Counts a probe's result (or gives its permit back) in its episode, and makes the
@@ -466,12 +524,21 @@ impl Breaker {
         }
     }
 
+    /// The current episode's `(half_open_calls, half_open_successes)`.
+    fn episode_limits(&self) -> (u32, u32) {
+        // Acquire: pairs with the Release store made when the episode started. A reader that
+        // sees a later episode's numbers also sees that its own episode ended (the probe word
+        // was replaced before), so its compare-and-swap or its transition then fails.
+        let limits = self.words.half_open_limits.load(Ordering::Acquire);
+        ((limits >> 32) as u32, limits as u32)
+    }
+
     /// The state an episode's counters decide, if any.
     fn decided_by(&self, probes: Probes) -> Option<State> {
-        let config = &self.config;
-        if probes.succeeded() >= config.half_open_successes {
+        let (calls, successes) = self.episode_limits();
+        if probes.succeeded() >= successes {
             Some(State::Closed)
-        } else if probes.failed() > config.half_open_calls - config.half_open_successes {
+        } else if probes.failed() > calls - successes {
             Some(State::Open)
         } else {
             None
@@ -509,13 +576,32 @@ impl Breaker {
             slow: totals.slow,
             not_permitted: self.not_permitted.sum(),
             consecutive_failures: core.consecutive(),
-            minimum_calls: self.config.minimum_calls,
+            minimum_calls: core.config().minimum_calls,
         }
     }
 
     pub(crate) fn subscribe(&self) -> EventStream {
         self.subscribers.subscribe()
     }
+}
+
+/// `(half_open_calls, half_open_successes)` packed for `Words::half_open_limits`.
+fn half_open_limits(config: &Config) -> u64 {
+    (u64::from(config.half_open_calls) << 32) | u64::from(config.half_open_successes)
+}
+
+/// `Words::half_open_max_wait` for `config`.
+fn half_open_max_wait(config: &Config) -> u64 {
+    config
+        .half_open_max_wait
+        .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
+}
+
+/// `Words::slow_call_nanos` for `config`.
+fn slow_call_nanos(config: &Config) -> u64 {
+    config
+        .slow_call_duration
+        .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,6 +15,7 @@
 //! never twice.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::window::{Sample, Totals, Window};
 use super::word::{Generation, Probes, StateWord};
@@ -69,10 +70,12 @@ pub(super) struct Core {
     frozen: Option<Totals>,
     /// Transitions made and not announced yet, oldest first.
     unannounced: VecDeque<Change>,
+    /// The configuration in force: replaced whole by a reconfiguration, under this lock.
+    config: Arc<Config>,
 }
 
 impl Core {
-    pub(super) fn new(window: Window) -> Self {
+    pub(super) fn new(window: Window, config: Arc<Config>) -> Self {
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             std::collections::hash_map::RandomState::new()
@@ -87,7 +90,21 @@ impl Core {
             not_before: None,
             frozen: None,
             unannounced: VecDeque::new(),
+            config,
         }
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(super) fn config_arc(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Whether the window is a time window (recording needs the time).
+    pub(super) fn window_is_time(&self) -> bool {
+        self.config.window.is_time()
     }
 
     pub(super) fn record(&mut self, sample: Sample, at: u64, not_before: Option<u64>) {
@@ -158,17 +175,24 @@ impl Breaker {
                     _ => 1,
                 };
                 let uniform = core.next_uniform();
-                let interval = self.config.open_interval(core.attempt, uniform);
+                let interval = core.config.open_interval(core.attempt, uniform);
                 let mut until = at.saturating_add(saturating_nanos(interval));
                 // An upstream's "not before" lengthens the interval, up to the configured cap.
                 if let Some(not_before) = core.not_before.take() {
-                    let cap = at.saturating_add(saturating_nanos(self.config.max_retry_after));
+                    let cap = at.saturating_add(saturating_nanos(core.config.max_retry_after));
                     until = until.max(not_before.min(cap));
                 }
                 words.open_until.store(until, Ordering::Relaxed);
             }
-            // The episode's clock starts with its first probe.
-            State::HalfOpen => words.half_open_until.store(u64::MAX, Ordering::Relaxed),
+            State::HalfOpen => {
+                // The episode's clock starts with its first probe.
+                words.half_open_until.store(u64::MAX, Ordering::Relaxed);
+                let wait = super::half_open_max_wait(&core.config);
+                words.half_open_max_wait.store(wait, Ordering::Relaxed);
+                // Release: see `Breaker::episode_limits`.
+                let limits = super::half_open_limits(&core.config);
+                words.half_open_limits.store(limits, Ordering::Release);
+            }
             State::Closed | State::MetricsOnly => {
                 core.window.clear();
                 core.consecutive = 0;
@@ -198,7 +222,7 @@ impl Breaker {
         let subscribers = self.subscribers.send(|| Event::StateTransition {
             from: from.state(),
             to,
-            name: self.config.name.clone(),
+            name: self.name.clone(),
         });
         core.unannounced.push_back(Change {
             from: from.state(),
@@ -262,10 +286,12 @@ impl Breaker {
 
     /// Starts the episode's `half_open_max_wait` at its first probe, if it is still current.
     pub(super) fn start_episode_clock(&self, generation: Generation, now: &mut Now<'_>) {
-        let Some(wait) = self.config.half_open_max_wait else {
+        // Relaxed: written with the episode's limits, before its state word was published.
+        let wait = self.words.half_open_max_wait.load(Ordering::Relaxed);
+        if wait == u64::MAX {
             return;
-        };
-        let deadline = now.get().saturating_add(saturating_nanos(wait));
+        }
+        let deadline = now.get().saturating_add(wait);
         let _core = self.lock();
         if self.load().generation() == generation {
             self.words
@@ -285,6 +311,43 @@ impl Breaker {
             self.transition(&mut core, word, to, now.get());
         }
         self.unlock(core);
+    }
+
+    /// Puts `config` in force (validated by the caller, with the same fixed part: see
+    /// `Config::check_replaces`). The state, its generation, the deadlines already set, the
+    /// counters and the subscribers stay; what the window keeps is said on `Window::carry_over`.
+    /// Like a transition, it happens under the lock; unlike one, it changes no state, so it
+    /// announces nothing but its tracing event (after the lock is released).
+    pub(crate) fn reconfigure(&self, config: Arc<Config>) {
+        loop {
+            let current = self.current_config();
+            // A new window is made outside the lock: it can be large.
+            let fresh = (current.window != config.window).then(|| Window::new(config.window));
+            let mut core = self.lock();
+            if !Arc::ptr_eq(&core.config, &current) {
+                continue; // another reconfiguration came first: decide again against it
+            }
+            if let Some(mut window) = fresh {
+                // `Metrics` of a breaker that does not record keep showing the window that was
+                // frozen when it stopped.
+                window.carry_over(&core.window);
+                core.window = window;
+            }
+            core.config = config;
+            // Relaxed: each is read alone, and a call that reads the old value behaves as if it
+            // had come just before the reconfiguration.
+            let words = &self.words;
+            let slow = super::slow_call_nanos(&core.config);
+            words.slow_call_nanos.store(slow, Ordering::Relaxed);
+            let is_time = core.config.window.is_time();
+            words.time_window.store(is_time, Ordering::Relaxed);
+            self.clean.store(core.is_clean(), Ordering::Relaxed);
+            drop(core);
+            let name = self.name.as_deref().unwrap_or("");
+            let key = self.key.as_deref().unwrap_or("");
+            tracing::info!(breaker = name, key, "circuit reconfigured");
+            return;
+        }
     }
 
     /// Runs the queued announcements, unless another thread is running them (it will run ours
@@ -323,13 +386,14 @@ impl Breaker {
             subscribers,
         }: Change,
     ) {
-        let name = self.config.name.as_deref().unwrap_or("");
+        let name = self.name.as_deref().unwrap_or("");
+        let key = self.key.as_deref().unwrap_or("");
         if from == to {
-            tracing::info!(breaker = name, state = %to, "circuit reset");
+            tracing::info!(breaker = name, key, state = %to, "circuit reset");
         } else if to.is_open() {
-            tracing::warn!(breaker = name, %from, %to, "circuit opened");
+            tracing::warn!(breaker = name, key, %from, %to, "circuit opened");
         } else {
-            tracing::info!(breaker = name, %from, %to, "circuit state changed");
+            tracing::info!(breaker = name, key, %from, %to, "circuit state changed");
         }
         // Every transition may change what a waiting `poll_ready` would poll.
         self.waiters.wake_all();
@@ -369,7 +433,8 @@ mod tests {
 
     #[test]
     fn the_jitter_generator_spreads_its_draws_evenly_over_0_to_1() {
-        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)));
+        let config = Arc::new(crate::CircuitBreakerLayer::builder().validate_for_tests());
+        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)), config);
         for seed in [0, 42, u64::MAX] {
             core.rng = seed;
             let mut deciles = [0u32; 10];
