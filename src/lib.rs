@@ -123,6 +123,9 @@
 pub mod error;
 pub mod fallback;
 pub mod future;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub mod keyed;
 
 mod classify;
 mod config;
@@ -141,3 +144,7 @@ pub use handle::{Handle, Metrics};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::State;
+
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle};

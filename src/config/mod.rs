@@ -414,6 +414,12 @@ impl<C> Builder<C> {
         Ok(CircuitBreakerLayer::from_parts(config, self.classify))
     }
 
+    /// The classifier (for a layer built from this builder's parts).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn into_classify(self) -> C {
+        self.classify
+    }
+
     #[cfg(test)]
     pub(crate) fn validate_for_tests(&self) -> Config {
         self.validate().expect("valid test configuration")

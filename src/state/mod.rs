@@ -580,9 +580,37 @@ impl Breaker {
         }
     }
 
+    /// Whether forgetting this breaker loses nothing but its window (a keyed layer's eviction):
+    /// it is Closed, or it has recovered (open past its interval, or half-open with no probe
+    /// admitted in the episode), so that it would admit the next call as a new breaker does.
+    /// Looks only: no transition, no lock, no user code.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn forgettable(&self, now: &mut Now<'_>) -> Option<Forgettable> {
+        let word = self.load();
+        match word.state() {
+            State::Closed => Some(Forgettable::Closed),
+            State::Open if self.is_due(word, now) => Some(Forgettable::Recovered),
+            State::HalfOpen => {
+                let probes = Probes(self.words.probes.load(Ordering::Acquire));
+                (probes.belongs_to(word.generation()) && !probes.started())
+                    .then_some(Forgettable::Recovered)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> EventStream {
         self.subscribers.subscribe()
     }
+}
+
+/// Why a breaker may be forgotten (see `Breaker::forgettable`).
+#[cfg(feature = "keyed")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Forgettable {
+    Closed,
+    /// Its open interval is over and no probe was admitted since: it rejects nobody.
+    Recovered,
 }
 
 /// `(half_open_calls, half_open_successes)` packed for `Words::half_open_limits`.
