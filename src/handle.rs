@@ -48,6 +48,18 @@ impl Handle {
         Handle { breaker }
     }
 
+    #[cfg(feature = "keyed")]
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// When a probe will be admitted, while the breaker is open (`None` otherwise, and while
+    /// forced open): the `retry_at` its rejections carry. Looking makes no transition.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.breaker.retry_at(&mut self.breaker.now())
+    }
+
     /// The current state. An open interval that has ended turns into HalfOpen here, as it would on
     /// the next call, at the same instant: looking never changes what the breaker does.
     pub fn state(&self) -> State {

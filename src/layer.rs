@@ -65,6 +65,16 @@ impl<C> CircuitBreakerLayer<C> {
             fallback: NoFallback,
         }
     }
+
+    /// A layer around an existing breaker (a registry's).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn from_breaker(breaker: Arc<Lanes>, classify: C) -> Self {
+        CircuitBreakerLayer {
+            breaker,
+            classify,
+            fallback: NoFallback,
+        }
+    }
 }
 
 impl<C, F> CircuitBreakerLayer<C, F> {

@@ -414,6 +414,19 @@ impl<C> Builder<C> {
         Ok(CircuitBreakerLayer::from_parts(config, self.classify))
     }
 
+    /// Drops the backoff, so that the open duration applies (a registry's update).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn without_backoff(mut self) -> Self {
+        self.open_backoff = None;
+        self
+    }
+
+    /// The name set, if any.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn name_set(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
     /// The classifier (for a layer built from this builder's parts).
     #[cfg(feature = "keyed")]
     pub(crate) fn into_classify(self) -> C {

@@ -47,6 +47,10 @@ impl<K> KeyedHandle<K> {
     pub(crate) fn new(breakers: Arc<Breakers<K>>) -> Self {
         KeyedHandle { breakers }
     }
+
+    pub(crate) fn breakers(&self) -> &Breakers<K> {
+        &self.breakers
+    }
 }
 
 impl<K: Hash + Eq + Clone> KeyedHandle<K> {

@@ -88,7 +88,7 @@
 mod future;
 mod handle;
 mod layer;
-mod map;
+pub(crate) mod map;
 mod service;
 
 pub use future::ResponseFuture;

@@ -584,6 +584,16 @@ impl Breaker {
     /// it is Closed, or it has recovered (open past its interval, or half-open with no probe
     /// admitted in the episode), so that it would admit the next call as a new breaker does.
     /// Looks only: no transition, no lock, no user code.
+    /// The end of the open interval, while Open and before it (for listings; no transition).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn retry_at(&self, now: &mut Now<'_>) -> Option<Instant> {
+        let word = self.load();
+        if word.state() != State::Open || self.is_due(word, now) {
+            return None;
+        }
+        instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed))
+    }
+
     #[cfg(feature = "keyed")]
     pub(crate) fn forgettable(&self, now: &mut Now<'_>) -> Option<Forgettable> {
         let word = self.load();
