@@ -52,6 +52,9 @@ pub fn router(admin: Admin) -> Router {
         .route("/breakers/{name}/config", put(configure))
         .route("/breakers/{name}/{action}", post(control))
         .fallback(|| async { refuse(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            refuse(StatusCode::METHOD_NOT_ALLOWED, "not a method of this route")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(admin)
 }
@@ -96,11 +99,22 @@ pub struct KeyQuery {
     key: Option<String>,
 }
 
+/// What axum says of a path it cannot decode (not UTF-8 after percent-decoding).
+type PathResult<T> = Result<Path<T>, axum::extract::rejection::PathRejection>;
+
+fn bad_path(rejection: axum::extract::rejection::PathRejection) -> Response {
+    refuse(StatusCode::BAD_REQUEST, format!("bad path: {rejection}"))
+}
+
 async fn control(
     Extract(admin): Extract<Admin>,
-    Path((name, action)): Path<(String, String)>,
+    path: PathResult<(String, String)>,
     query: Result<Query<KeyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    let (name, action) = match path {
+        Ok(Path(parts)) => parts,
+        Err(rejection) => return bad_path(rejection),
+    };
     let Ok(Query(query)) = query else {
         return refuse(StatusCode::BAD_REQUEST, "the query must be ?key=<key>");
     };
@@ -119,9 +133,17 @@ async fn control(
 
 async fn configure(
     Extract(admin): Extract<Admin>,
-    Path(name): Path<String>,
-    body: Bytes,
+    path: PathResult<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return refuse(rejection.status(), rejection.body_text()),
+    };
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(rejection) => return bad_path(rejection),
+    };
     let update = match parse_update(&body) {
         Ok(update) => update,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
