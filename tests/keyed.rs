@@ -186,13 +186,20 @@ fn calls_to_new_hosts(svc: &mut Hosts, first: u64, keys: u64) {
 fn the_key_bound_holds_under_100_000_distinct_keys_and_memory_stops_growing() {
     const MAX: usize = 1_000;
     let (mut svc, handle) = hosts(per_host().max_keys(MAX).no_idle_timeout());
+    // At the bound, a scan evicts up to a sixteenth of a shard's idle breakers at once.
+    let full = |len: usize| (MAX - MAX / 16..=MAX).contains(&len);
     calls_to_new_hosts(&mut svc, 0, 10_000);
-    assert_eq!(handle.len(), MAX);
+    assert!(full(handle.len()), "{}", handle.len());
     let warm = live_bytes();
     let mut checkpoints = Vec::new();
     for round in 1..10 {
         calls_to_new_hosts(&mut svc, round * 10_000, 10_000);
-        assert_eq!(handle.len(), MAX, "after {} keys", (round + 1) * 10_000);
+        let len = handle.len();
+        assert!(
+            full(len),
+            "{len} breakers after {} keys",
+            (round + 1) * 10_000
+        );
         checkpoints.push(live_bytes() - warm);
     }
     // 90,000 keys later the heap holds 1,000 breakers still (1.5 MB): the evicted ones were

@@ -18,9 +18,11 @@
 //! background task is needed, and the key bound holds either way.
 //!
 //! **The bound** (`max_keys`) is exact: a slot is reserved before a key is inserted. At the
-//! bound, a new key evicts one breaker: the shards take turns, and in each the best candidate is
-//! an idle closed breaker, then an idle recovered one (open past its interval, or half-open with
-//! no probe admitted: it rejects nobody), then the least recently used closed one. A breaker is
+//! bound, a new key makes room: the shards take turns, and a scan of one evicts its breakers
+//! idle since the previous scan, closed ones before recovered ones (open past the interval, or
+//! half-open with no probe admitted: they reject nobody), the least recently used first, up to
+//! a sixteenth of the shard at once (so that the next new keys find room without a scan). If no
+//! shard has an idle one, the least recently used closed breaker goes. A breaker is
 //! never evicted while something holds it (a call in flight, a service about to call), nor when
 //! it rejects calls or an operator set its state: Open within its interval, HalfOpen with probes,
 //! ForcedOpen, Disabled, MetricsOnly. When no breaker may go, the new key shares the overflow
@@ -46,6 +48,10 @@ use crate::state::{Breaker, Forgettable, State};
 /// breaker: room made by one eviction can be taken by a racing new key, and a reconfiguration
 /// meanwhile makes it start again.
 const ATTEMPTS: usize = 8;
+
+/// An eviction scan of a shard takes up to this part of it (at least one) among the breakers
+/// idle since the previous scan.
+const EVICTION_BATCH: usize = 16;
 
 /// A key and its hash, computed once: the shard's map hashes it as that number.
 struct Hashed<K> {
@@ -316,21 +322,32 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
         let shards = self.shards.len();
         let start = self.hand.fetch_add(1, Ordering::Relaxed);
         // (shard, rank) of the best candidate that was used recently.
-        let mut fallback: Option<(usize, (bool, Forgettable, u64))> = None;
+        let mut fallback: Option<(usize, Rank)> = None;
         for i in 0..shards {
             let index = (start + i) % shards;
             let mut map = self.shards[index].write();
-            let best = best_candidate(&map, now);
-            match best {
-                Some((key, (false, ..))) => {
-                    map.remove(&key);
-                    self.len.fetch_sub(1, Ordering::Relaxed);
-                    return true;
+            let mut candidates = candidates(&map, now);
+            let best = candidates.iter().map(|c| c.0).min();
+            // Those not used since the last look.
+            candidates.retain(|(rank, _)| !rank.0);
+            if !candidates.is_empty() {
+                // Several at once, the least recently used first, so that the next new keys
+                // find room without a scan: the scan's cost is shared.
+                let batch = (map.len() / EVICTION_BATCH).max(1);
+                if candidates.len() > batch {
+                    candidates.select_nth_unstable_by(batch - 1, |a, b| a.0.cmp(&b.0));
+                    candidates.truncate(batch);
                 }
-                Some((_, rank)) if fallback.is_none_or(|(_, best)| rank < best) => {
-                    fallback = Some((index, rank));
+                for (_, key) in &candidates {
+                    map.remove(key);
                 }
-                _ => {}
+                self.len.fetch_sub(candidates.len(), Ordering::Relaxed);
+                return true;
+            }
+            if let Some(rank) = best
+                && fallback.is_none_or(|(_, b)| rank < b)
+            {
+                fallback = Some((index, rank));
             }
         }
         // Every candidate was used since the last look: the least recently used one goes.
@@ -338,8 +355,11 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
             return false;
         };
         let mut map = self.shards[index].write();
-        match best_candidate(&map, now) {
-            Some((key, _)) => {
+        let victim = candidates(&map, now)
+            .into_iter()
+            .min_by(|a, b| a.0.cmp(&b.0));
+        match victim {
+            Some((_, key)) => {
                 map.remove(&key);
                 self.len.fetch_sub(1, Ordering::Relaxed);
                 true
@@ -477,33 +497,31 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
     }
 }
 
-/// The entry of `map` that should go first, with its rank: (used since the last look, why it
-/// may be forgotten, idle since). Clears the used flags it looks at.
-fn best_candidate<K: Hash + Eq + Clone>(
-    map: &ShardMap<K>,
-    now: u64,
-) -> Option<(Hashed<K>, (bool, Forgettable, u64))> {
-    let mut best: Option<(&Hashed<K>, (bool, Forgettable, u64))> = None;
+/// How an entry ranks for eviction (lower goes first): used since the last look, why it may be
+/// forgotten (closed before recovered), idle since.
+type Rank = (bool, Forgettable, u64);
+
+/// The entries of `map` that may go, with their rank (clearing the used flags: see
+/// `Entry::observe`).
+fn candidates<K: Clone>(map: &ShardMap<K>, now: u64) -> Vec<(Rank, Hashed<K>)> {
+    let mut candidates = Vec::new();
     for (key, entry) in map.iter() {
         let used = entry.used.load(Ordering::Relaxed);
         let idle_since = entry.observe(now);
-        let Some(why) = entry.forgettable() else {
-            continue;
-        };
-        let rank = (used, why, idle_since);
-        if best.is_none_or(|(_, b)| rank < b) {
-            best = Some((key, rank));
+        if let Some(why) = entry.forgettable() {
+            candidates.push(((used, why, idle_since), key.clone_key()));
         }
     }
-    best.map(|(key, rank)| {
-        (
-            Hashed {
-                hash: key.hash,
-                key: key.key.clone(),
-            },
-            rank,
-        )
-    })
+    candidates
+}
+
+impl<K: Clone> Hashed<K> {
+    fn clone_key(&self) -> Hashed<K> {
+        Hashed {
+            hash: self.hash,
+            key: self.key.clone(),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

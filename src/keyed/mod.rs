@@ -53,9 +53,11 @@
 //! # Bounded memory
 //!
 //! * [`max_keys`](KeyedBuilder::max_keys) bounds the number of breakers (exactly: a slot is
-//!   reserved before a breaker is made). At the bound, a new key evicts an idle closed breaker
-//!   first, then an idle breaker that has recovered (its open interval is over and no probe was
-//!   admitted since: it rejects nobody), then the least recently used closed one.
+//!   reserved before a breaker is made). At the bound, a new key evicts idle closed breakers
+//!   first, then idle breakers that have recovered (the open interval is over and no probe was
+//!   admitted since: they reject nobody), then the least recently used closed one. Idle ones go
+//!   a few at a time (up to a sixteenth of one of the map's shards), so that the cost of finding
+//!   them is shared by the next new keys.
 //! * [`idle_timeout`](KeyedBuilder::idle_timeout): a breaker unused for that long, that may be
 //!   forgotten (as above), is removed at the next sweep. Sweeps run when a new key arrives (at
 //!   most every quarter of the timeout), when the keys are listed, and on

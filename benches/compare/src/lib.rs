@@ -21,6 +21,8 @@
 //! Common targets (peer-perf.md §4): trip at 50 % failures over 100 calls, or 5 consecutive
 //! failures, open 30 s. Each peer gets the closest configuration it supports.
 
+pub mod maps;
+
 use std::cell::Cell;
 use std::fmt;
 use std::future::{Ready, ready};
