@@ -620,6 +620,106 @@ pub fn ours_oneshot() -> impl Row {
     OursOneshot(layer.layer(service_fn(inner_call)), handle)
 }
 
+// ===== keyed: one breaker per key =====
+
+/// Keys the keyed rows hold (the bound too, for `keyed-new`).
+pub const KEYED_KEYS: u64 = 10_000;
+/// A step coprime with `KEYED_KEYS`: `keyed` visits its keys in a scrambled order.
+const KEYED_STEP: u64 = 7_919;
+/// Each clone of a keyed row starts elsewhere (the threads of D do not walk together).
+static KEYED_CLONES: AtomicU64 = AtomicU64::new(0);
+
+/// Our count configuration per key (`KeyedCircuitBreakerLayer`, key = the request's first
+/// field). `fresh`: every call a new key (`keyed-new`); otherwise every call an existing key
+/// among `KEYED_KEYS`, made beforehand (`keyed`).
+struct Keyed<S> {
+    svc: S,
+    handle: tower_circuit_breaker::KeyedHandle<u64>,
+    next: u64,
+    fresh: bool,
+}
+
+impl<S: Clone> Clone for Keyed<S> {
+    fn clone(&self) -> Self {
+        let clone = KEYED_CLONES.fetch_add(1, Ordering::Relaxed) + 1;
+        Keyed {
+            svc: self.svc.clone(),
+            handle: self.handle.clone(),
+            // `keyed`: half the keys away; `keyed-new`: keys of its own.
+            next: if self.fresh {
+                clone << 40
+            } else {
+                self.next + KEYED_KEYS / 2
+            },
+            fresh: self.fresh,
+        }
+    }
+}
+
+impl<S> Row for Keyed<S>
+where
+    S: Service<(u64, bool), Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
+{
+    type Output = Result<u64, tower::BoxError>;
+    #[inline]
+    fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
+        self.next = if self.fresh {
+            self.next + 1
+        } else {
+            (self.next + KEYED_STEP) % KEYED_KEYS
+        };
+        let (svc, key) = (&mut self.svc, self.next);
+        async move { svc.ready().await?.call((key, fail)).await }
+    }
+    #[inline(always)]
+    fn res(output: Self::Output) -> Res {
+        our_res(output)
+    }
+    fn state(&self) -> String {
+        // Every key closed, none overflowed.
+        let overflowed = self.handle.overflow().metrics().calls() > 0;
+        let open = self
+            .handle
+            .handles()
+            .iter()
+            .any(|(_, h)| h.state() != tower_circuit_breaker::State::Closed);
+        if overflowed || open { "open" } else { "closed" }.into()
+    }
+}
+
+fn keyed_row(fresh: bool) -> impl Row {
+    let layer = tower_circuit_breaker::KeyedCircuitBreakerLayer::builder(|r: &(u64, bool)| r.0)
+        .breaker(ours_builder(Ours::Count))
+        .max_keys(KEYED_KEYS as usize)
+        .no_idle_timeout()
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|(_, fail): (u64, bool)| inner_call(fail)));
+    for key in 0..KEYED_KEYS {
+        let result = block_on(svc.clone().oneshot((key, false)));
+        assert_eq!(result.ok(), Some(1));
+    }
+    assert_eq!(handle.len(), KEYED_KEYS as usize);
+    Keyed {
+        svc,
+        handle,
+        next: 0,
+        fresh,
+    }
+}
+
+/// Our count configuration per key: every call to an existing key among 10,000.
+pub fn keyed() -> impl Row {
+    keyed_row(false)
+}
+
+/// Our count configuration per key, at its bound of 10,000 keys: every call to a new key, which
+/// evicts an idle one.
+pub fn keyed_new() -> impl Row {
+    keyed_row(true)
+}
+
 // ===== failsafe 1.3 =====
 
 /// failsafe: EMA success rate >= 0.5 over a 30 s window with >= 100 requests, or 5 consecutive
@@ -885,6 +985,8 @@ impl RowSpec {
 
 /// Rows without a breaker that could open: closed scenarios only.
 const CLOSED: &[Scenario] = &[Scenario::A, Scenario::B];
+/// Rows whose every call succeeds only (the keyed rows: a key that always fails would open).
+const SUCCESSES: &[Scenario] = &[Scenario::A];
 /// Rows with a breaker: closed and open.
 const EVERY: &[Scenario] = &[Scenario::A, Scenario::B, Scenario::C];
 
@@ -935,6 +1037,16 @@ pub const ROWS: &[RowSpec] = &[
         name: "ours-oneshot",
         label: "tower-circuit-breaker, cloned per call (`oneshot`)",
         scenarios: EVERY,
+    },
+    RowSpec {
+        name: "keyed",
+        label: "tower-circuit-breaker, keyed: an existing key among 10,000",
+        scenarios: SUCCESSES,
+    },
+    RowSpec {
+        name: "keyed-new",
+        label: "tower-circuit-breaker, keyed: a new key each call, at the bound of 10,000",
+        scenarios: SUCCESSES,
     },
     RowSpec {
         name: "failsafe",
@@ -1028,6 +1140,14 @@ macro_rules! with_make {
             }
             "ours-fallback" => {
                 let $make = $crate::ours_fallback;
+                $body
+            }
+            "keyed" => {
+                let $make = $crate::keyed;
+                $body
+            }
+            "keyed-new" => {
+                let $make = $crate::keyed_new;
                 $body
             }
             "failsafe" => {

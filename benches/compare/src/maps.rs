@@ -169,7 +169,6 @@ pub fn lookups<M: Map>(map: &M, start: u64, iters: u64) {
     }
 }
 
-
 /// The maps by name, each filled with `KEYS` keys; `body` runs with `map` bound to it.
 #[macro_export]
 macro_rules! with_map {
