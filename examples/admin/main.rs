@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 use tower_circuit_breaker::registry::{Registry, Snapshot};
-use tower_circuit_breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
+use tower_circuit_breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer, Window};
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
@@ -39,6 +39,9 @@ async fn main() -> Result<(), BoxError> {
     let payments = registry.get_or_create(
         CircuitBreakerLayer::builder()
             .name("payments")
+            .failure_rate_threshold(0.5)
+            .sliding_window(Window::count(20))
+            .minimum_calls(4)
             .consecutive_failures(3)
             .open_duration(Duration::from_secs(30)),
     )?;
@@ -46,6 +49,9 @@ async fn main() -> Result<(), BoxError> {
         .breaker(
             CircuitBreakerLayer::builder()
                 .name("upstreams")
+                .failure_rate_threshold(0.5)
+                .sliding_window(Window::count(20))
+                .minimum_calls(4)
                 .consecutive_failures(2)
                 .open_duration(Duration::from_secs(30)),
         )
@@ -240,8 +246,8 @@ fn strip_timing(mut rows: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
 async fn show(client: &HttpClient, base: &str) -> Result<(), BoxError> {
     let rows: Vec<serde_json::Value> = listing(client, base).await?;
     println!(
-        "   {:<10} {:<11} {:<12} {:>8} {:>6} {:>10} {:>12}",
-        "name", "key", "state", "failures", "calls", "rejections", "retry after"
+        "   {:<10} {:<11} {:<12} {:>14} {:>8} {:>6} {:>10} {:>12}",
+        "name", "key", "state", "failure rate", "failures", "calls", "rejections", "retry after"
     );
     let mut rows = rows;
     rows.sort_by_key(|row| (row["name"].to_string(), row["key"].to_string()));
@@ -251,11 +257,21 @@ async fn show(client: &HttpClient, base: &str) -> Result<(), BoxError> {
         let retry = row["retry_after_ms"]
             .as_u64()
             .map_or(String::new(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+        let rate = |field: &str| {
+            row[field]
+                .as_f64()
+                .map_or("–".to_string(), |r| format!("{:.0} %", 100.0 * r))
+        };
         println!(
-            "   {:<10} {:<11} {:<12} {:>8} {:>6} {:>10} {:>12}",
+            "   {:<10} {:<11} {:<12} {:>14} {:>8} {:>6} {:>10} {:>12}",
             text("name"),
             text("key"),
             text("state"),
+            format!(
+                "{} / {}",
+                rate("failure_rate"),
+                rate("failure_rate_threshold")
+            ),
             number("failed"),
             number("calls"),
             number("rejections"),
