@@ -78,6 +78,22 @@
 //! them gives. A call whose inner service is not ready registers its waker under a short lock.
 //! See `BENCHMARKS.md` in the repository.
 //!
+//! # Operating it
+//!
+//! A [`Handle`] reads and steers one breaker while it runs: its state and [`Metrics`], the
+//! operator's states (force open, disable, metrics only, reset), its events, and live
+//! reconfiguration ([`Handle::reconfigure`]): thresholds, window, minimum calls, open interval
+//! and probes change without losing the state, the counters or the newest outcomes.
+//!
+//! # Features
+//!
+//! * `keyed`: one breaker per key of the request (host, route, gRPC method, tenant), bounded in
+//!   number and expiring when idle (`keyed::KeyedCircuitBreakerLayer`); and a registry of named
+//!   breakers for operator control by name and key (`registry::Registry`). No dependency.
+//! * `serde`: the registry's listing serializes and its configuration updates deserialize (the
+//!   JSON of an admin API; `examples/admin` in the repository). Adds `serde` and turns on
+//!   `keyed`.
+//!
 //! # Composition
 //!
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts

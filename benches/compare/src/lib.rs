@@ -621,6 +621,12 @@ pub fn ours_oneshot() -> impl Row {
 }
 
 // ===== keyed: one breaker per key =====
+//
+// Not in `ROWS`: their own binaries (`benches/keyed.rs`, `src/bin/cg-keyed.rs`,
+// `src/bin/mem-keyed.rs`), because a binary that holds them holds another user of the breaker's
+// generic code, and the compiler then inlines less into the plain rows (`ours` A: 272 -> 315 Ir
+// with the keyed rows in `cg`, the breaker unchanged). Scenario A only: with keys visited in a
+// fixed order, B would make the same keys fail every time and open them.
 
 /// Keys the keyed rows hold (the bound too, for `keyed-new`).
 pub const KEYED_KEYS: u64 = 10_000;
@@ -985,8 +991,6 @@ impl RowSpec {
 
 /// Rows without a breaker that could open: closed scenarios only.
 const CLOSED: &[Scenario] = &[Scenario::A, Scenario::B];
-/// Rows whose every call succeeds only (the keyed rows: a key that always fails would open).
-const SUCCESSES: &[Scenario] = &[Scenario::A];
 /// Rows with a breaker: closed and open.
 const EVERY: &[Scenario] = &[Scenario::A, Scenario::B, Scenario::C];
 
@@ -1037,16 +1041,6 @@ pub const ROWS: &[RowSpec] = &[
         name: "ours-oneshot",
         label: "tower-circuit-breaker, cloned per call (`oneshot`)",
         scenarios: EVERY,
-    },
-    RowSpec {
-        name: "keyed",
-        label: "tower-circuit-breaker, keyed: an existing key among 10,000",
-        scenarios: SUCCESSES,
-    },
-    RowSpec {
-        name: "keyed-new",
-        label: "tower-circuit-breaker, keyed: a new key each call, at the bound of 10,000",
-        scenarios: SUCCESSES,
     },
     RowSpec {
         name: "failsafe",
@@ -1140,14 +1134,6 @@ macro_rules! with_make {
             }
             "ours-fallback" => {
                 let $make = $crate::ours_fallback;
-                $body
-            }
-            "keyed" => {
-                let $make = $crate::keyed;
-                $body
-            }
-            "keyed-new" => {
-                let $make = $crate::keyed_new;
                 $body
             }
             "failsafe" => {

@@ -1,7 +1,7 @@
 //! Heap use, with a counting global allocator (only in this binary):
 //!
 //! * heap per breaker: bytes (and allocations) made by constructing one row with its breaker, and
-//!   the bytes still live afterwards; for the keyed rows, which hold 10,000 idle keys, per key;
+//!   the bytes still live afterwards;
 //! * allocations and bytes per call in scenarios A, B and C, over 100 000 calls after the row was
 //!   brought into the scenario's state.
 //!
@@ -11,9 +11,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use tower_circuit_breaker_benches::{
-    KEYED_KEYS, ROWS, Row, RowSpec, Scenario, prepare, run, with_make,
-};
+use tower_circuit_breaker_benches::{ROWS, Row, RowSpec, Scenario, prepare, run, with_make};
 
 struct Counting;
 
@@ -85,13 +83,7 @@ fn measure<R: Row>(spec: &RowSpec, make: impl Fn() -> R) {
     let (a0, b0, l0) = snapshot();
     let row = make();
     let (a1, b1, l1) = snapshot();
-    let mut heap = (b1 - b0, a1 - a0, l1 - l0);
-    if name.starts_with("keyed") {
-        // A keyed row holds `KEYED_KEYS` breakers: per breaker (an idle key), the layer's own
-        // heap shared out.
-        let keys = KEYED_KEYS;
-        heap = (heap.0 / keys, heap.1.div_ceil(keys), heap.2 / keys as i64);
-    }
+    let heap = (b1 - b0, a1 - a0, l1 - l0);
     drop(row);
     let mut line = format!("{name}\t{}\t{}\t{}", heap.0, heap.1, heap.2);
     for scenario in [Scenario::A, Scenario::B, Scenario::C] {
