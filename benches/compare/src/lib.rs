@@ -642,6 +642,8 @@ struct Keyed<S> {
     svc: S,
     handle: tower_circuit_breaker::KeyedHandle<u64>,
     next: u64,
+    /// The keys called (`keyed`), `0..keys`.
+    keys: u64,
     fresh: bool,
 }
 
@@ -655,8 +657,9 @@ impl<S: Clone> Clone for Keyed<S> {
             next: if self.fresh {
                 clone << 40
             } else {
-                self.next + KEYED_KEYS / 2
+                (self.next + self.keys / 2) % self.keys
             },
+            keys: self.keys,
             fresh: self.fresh,
         }
     }
@@ -672,7 +675,7 @@ where
         self.next = if self.fresh {
             self.next + 1
         } else {
-            (self.next + KEYED_STEP) % KEYED_KEYS
+            (self.next + KEYED_STEP) % self.keys
         };
         let (svc, key) = (&mut self.svc, self.next);
         async move { svc.ready().await?.call((key, fail)).await }
@@ -693,7 +696,7 @@ where
     }
 }
 
-fn keyed_row(fresh: bool) -> impl Row {
+fn keyed_row(keys: u64, fresh: bool) -> impl Row {
     let layer = tower_circuit_breaker::KeyedCircuitBreakerLayer::builder(|r: &(u64, bool)| r.0)
         .breaker(ours_builder(Ours::Count))
         .max_keys(KEYED_KEYS as usize)
@@ -702,28 +705,40 @@ fn keyed_row(fresh: bool) -> impl Row {
         .expect("valid configuration");
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|(_, fail): (u64, bool)| inner_call(fail)));
-    for key in 0..KEYED_KEYS {
-        let result = block_on(svc.clone().oneshot((key, false)));
-        assert_eq!(result.ok(), Some(1));
+    // Each key's window full of successes (100 calls), as for `ours` in A: a healthy closed
+    // breaker, whose successes record nothing.
+    for _ in 0..100 {
+        for key in 0..keys {
+            let result = block_on(svc.clone().oneshot((key, false)));
+            assert_eq!(result.ok(), Some(1));
+        }
     }
-    assert_eq!(handle.len(), KEYED_KEYS as usize);
+    assert_eq!(handle.len(), keys as usize);
     Keyed {
         svc,
         handle,
         next: 0,
+        keys,
         fresh,
     }
 }
 
-/// Our count configuration per key: every call to an existing key among 10,000.
+/// Our count configuration per key: every call to an existing key among 10,000, each key's
+/// window full of successes.
 pub fn keyed() -> impl Row {
-    keyed_row(false)
+    keyed_row(KEYED_KEYS, false)
+}
+
+/// The same among 101 keys: their breakers stay in the cache (among 10,000, every call finds
+/// its breaker's lines cold, a few cache misses per call).
+pub fn keyed_few() -> impl Row {
+    keyed_row(101, false)
 }
 
 /// Our count configuration per key, at its bound of 10,000 keys: every call to a new key, which
 /// evicts an idle one.
 pub fn keyed_new() -> impl Row {
-    keyed_row(true)
+    keyed_row(KEYED_KEYS, true)
 }
 
 // ===== failsafe 1.3 =====
