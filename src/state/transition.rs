@@ -344,8 +344,11 @@ impl Breaker {
             self.clean.store(core.is_clean(), Ordering::Relaxed);
             drop(core);
             let name = self.name.as_deref().unwrap_or("");
-            let key = self.key.as_deref().unwrap_or("");
-            tracing::info!(breaker = name, key, "circuit reconfigured");
+            tracing::info!(
+                breaker = name,
+                key = self.key.as_deref(),
+                "circuit reconfigured"
+            );
             return;
         }
     }
@@ -387,7 +390,8 @@ impl Breaker {
         }: Change,
     ) {
         let name = self.name.as_deref().unwrap_or("");
-        let key = self.key.as_deref().unwrap_or("");
+        // Recorded only when there is one (a keyed breaker's).
+        let key = self.key.as_deref();
         if from == to {
             tracing::info!(breaker = name, key, state = %to, "circuit reset");
         } else if to.is_open() {
