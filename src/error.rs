@@ -129,13 +129,67 @@ impl fmt::Display for Rejected {
         match (self.state, self.retry_after()) {
             (State::ForcedOpen, _) => f.write_str("forced open"),
             (State::HalfOpen, None) => f.write_str("half-open; no probe permit available"),
-            (state, Some(after)) => write!(f, "{state}; retry after {after:?}"),
+            // Whole milliseconds, rounded up: a log line, not a measurement.
+            (state, Some(after)) => {
+                let ms = after.as_nanos().div_ceil(1_000_000);
+                if ms % 1000 == 0 {
+                    write!(f, "{state}; retry after {}s", ms / 1000)
+                } else {
+                    write!(f, "{state}; retry after {ms}ms")
+                }
+            }
             (state, None) => write!(f, "{state}"),
         }
     }
 }
 
 impl std::error::Error for Rejected {}
+
+impl Rejected {
+    /// Finds a rejection in `error` or its chain of sources: a `Rejected` wrapped by another
+    /// layer (a `Buffer`'s `ServiceError`, a tonic `Status`) is still a rejection.
+    ///
+    /// ```
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, error::Rejected};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::builder().build().unwrap();
+    /// layer.handle().force_open();
+    /// let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let err = svc.oneshot(()).await.unwrap_err();
+    /// assert!(Rejected::find(&*err).is_some());
+    ///
+    /// let other = std::io::Error::other("refused");
+    /// assert!(Rejected::find(&other).is_none());
+    /// # }
+    /// ```
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Rejected> {
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if let Some(rejected) = error.downcast_ref::<Rejected>() {
+                return Some(rejected);
+            }
+            next = error.source();
+        }
+        None
+    }
+
+    /// Whether an error of any type is, or wraps, a rejection: a `Rejected`, or a
+    /// [`BoxError`](tower::BoxError) with one in its chain. Other error types are not looked
+    /// into (their type is not known to be an error).
+    pub(crate) fn is_in<E: 'static>(error: &E) -> bool {
+        let error: &dyn std::any::Any = error;
+        if error.is::<Rejected>() {
+            return true;
+        }
+        match error.downcast_ref::<tower::BoxError>() {
+            Some(boxed) => Rejected::find(&**boxed).is_some(),
+            None => false,
+        }
+    }
+}
 
 // ===== ConfigError =====
 

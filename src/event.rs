@@ -179,9 +179,7 @@ pub(crate) struct Wakers(Vec<Waker>);
 
 impl Wakers {
     pub(crate) fn wake(self) {
-        for waker in self.0 {
-            waker.wake();
-        }
+        crate::sync::wake_each(self.0);
     }
 }
 

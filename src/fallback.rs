@@ -6,22 +6,29 @@
 //! rejects, the fallback's `poll_ready` is polled instead of the inner service's, so a dependency
 //! that is down, or never ready, cannot hold the fallback up.
 //!
-//! The [`Fallback`] trait is sealed: [`NoFallback`] and [`WithFallback`] are its only
-//! implementations, and they appear in the type of the service.
+//! A response mode answers rejections with a response of the inner service's own type instead,
+//! and keeps its error type (axum needs `Infallible`): with the `http` feature,
+//! `CircuitBreakerLayer::with_http_responses` answers `503 Service Unavailable`.
+//!
+//! The [`Fallback`] trait is sealed: [`NoFallback`], [`WithFallback`] and the response modes are
+//! its only implementations, and they appear in the type of the service. Each decides the
+//! service's error type: [`tower::BoxError`] for the first two, the inner service's own error for
+//! a response mode.
 
 use std::future::{Ready, ready};
 use std::task::{Context, Poll};
 
+use tower::timeout::error::Elapsed;
 use tower::{BoxError, Service};
 
 use crate::error::Rejected;
 use crate::future::FallbackFuture;
 
-mod sealed {
+pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
-/// How a rejected call is answered (sealed): [`NoFallback`] or [`WithFallback`].
+/// How a rejected call is answered (sealed): [`NoFallback`], [`WithFallback`] or a response mode.
 ///
 /// It appears in bounds only; write it as in:
 ///
@@ -32,22 +39,57 @@ mod sealed {
 /// fn assert_service<S, C, F>(_: &CircuitBreaker<S, C, F>)
 /// where
 ///     S: Service<u32>,
-///     S::Error: Into<tower::BoxError>,
 ///     C: Classify<S::Response, S::Error> + Clone,
-///     F: Fallback<u32, S::Response>,
+///     F: Fallback<u32, S::Response, S::Error>,
 /// {
 /// }
 /// # let _ = assert_service::<tower::util::ServiceFn<fn(u32) -> std::future::Ready<Result<u32, std::io::Error>>>, tower_circuit_breaker::DefaultClassify, tower_circuit_breaker::fallback::NoFallback>;
 /// ```
-pub trait Fallback<Req, Res>: sealed::Sealed {
+pub trait Fallback<Req, Res, E>: sealed::Sealed {
+    /// The service's error type: [`tower::BoxError`], or the inner service's `E` for a response
+    /// mode.
+    type Error;
+
     /// The future of a rejected call.
-    type Future: Future<Output = Result<Res, BoxError>>;
+    type Future: Answer<Res, E, Error = Self::Error> + Future<Output = Result<Res, Self::Error>>;
 
     /// Whether a rejected call can be answered now.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
 
     /// Answers a rejected call.
     fn call(&mut self, request: Req, rejected: Rejected) -> Self::Future;
+
+    /// Answers a rejected call whose fallback failed to get ready with `error`.
+    fn call_failed(&mut self, error: BoxError, rejected: Rejected) -> Self::Future;
+}
+
+/// How the future of a rejected call also answers for the admitted ones (sealed): the inner
+/// service's error, and a call timeout, in the service's error type.
+pub trait Answer<T, E>: sealed::Sealed {
+    /// The service's error type.
+    type Error;
+
+    /// The inner service's error.
+    fn error(error: E) -> Self::Error;
+
+    /// The answer to a call that outlived
+    /// [`call_timeout`](crate::Builder::call_timeout).
+    fn timed_out() -> Result<T, Self::Error>;
+}
+
+impl<T> sealed::Sealed for Ready<Result<T, BoxError>> {}
+
+impl<T, E: Into<BoxError>> Answer<T, E> for Ready<Result<T, BoxError>> {
+    type Error = BoxError;
+
+    #[inline]
+    fn error(error: E) -> BoxError {
+        error.into()
+    }
+
+    fn timed_out() -> Result<T, BoxError> {
+        Err(Elapsed::new().into())
+    }
 }
 
 /// Rejected calls fail with [`Rejected`]. The default.
@@ -71,7 +113,8 @@ pub struct NoFallback;
 
 impl sealed::Sealed for NoFallback {}
 
-impl<Req, Res> Fallback<Req, Res> for NoFallback {
+impl<Req, Res, E: Into<BoxError>> Fallback<Req, Res, E> for NoFallback {
+    type Error = BoxError;
     type Future = Ready<Result<Res, BoxError>>;
 
     #[inline]
@@ -82,6 +125,10 @@ impl<Req, Res> Fallback<Req, Res> for NoFallback {
     #[inline]
     fn call(&mut self, _: Req, rejected: Rejected) -> Self::Future {
         ready(Err(rejected.into()))
+    }
+
+    fn call_failed(&mut self, error: BoxError, _: Rejected) -> Self::Future {
+        ready(Err(error))
     }
 }
 
@@ -114,11 +161,13 @@ impl<S> WithFallback<S> {
 
 impl<S> sealed::Sealed for WithFallback<S> {}
 
-impl<Req, Res, S> Fallback<Req, Res> for WithFallback<S>
+impl<Req, Res, E, S> Fallback<Req, Res, E> for WithFallback<S>
 where
     S: Service<Req, Response = Res>,
     S::Error: Into<BoxError>,
+    E: Into<BoxError>,
 {
+    type Error = BoxError;
     type Future = FallbackFuture<S::Future>;
 
     #[inline]
@@ -129,5 +178,9 @@ where
     #[inline]
     fn call(&mut self, request: Req, _: Rejected) -> Self::Future {
         FallbackFuture::new(self.service.call(request))
+    }
+
+    fn call_failed(&mut self, error: BoxError, _: Rejected) -> Self::Future {
+        FallbackFuture::failed(error)
     }
 }

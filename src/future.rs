@@ -33,6 +33,7 @@ use tower::BoxError;
 use tower::timeout::error::Elapsed;
 
 use crate::classify::{Classify, Completion, Outcome};
+use crate::fallback::Answer;
 use crate::state::lane::Lane;
 use crate::state::word::Ticket;
 
@@ -59,10 +60,9 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            // The call timeout's deadline, fixed in `call`, and its timer, made on the first poll
+            // The call timeout's timer (the deadline is the completion's), made on the first poll
             // that finds the inner future pending: a call answered at once never makes one, and
             // a future whose timer is still `None` moves without copying a `Sleep`.
-            deadline: Option<Instant>,
             #[pin]
             timer: Option<Sleep>,
             // Taken when the outcome is recorded: `None` means done.
@@ -71,9 +71,6 @@ pin_project! {
         Rejected {
             #[pin]
             future: R,
-        },
-        Failed {
-            error: Option<BoxError>,
         },
         Done,
     }
@@ -95,16 +92,10 @@ pub(crate) fn deadline(timeout: Duration) -> Option<Instant> {
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
-    pub(crate) fn called(
-        future: F,
-        deadline: Option<Instant>,
-        completion: Completion,
-        classify: C,
-    ) -> Self {
+    pub(crate) fn called(future: F, completion: Completion, classify: C) -> Self {
         ResponseFuture {
             kind: Kind::Called {
                 future,
-                deadline,
                 timer: None,
                 recorder: Some(Recorder {
                     completion,
@@ -119,22 +110,15 @@ impl<F, C, R> ResponseFuture<F, C, R> {
             kind: Kind::Rejected { future },
         }
     }
-
-    pub(crate) fn failed(error: BoxError) -> Self {
-        ResponseFuture {
-            kind: Kind::Failed { error: Some(error) },
-        }
-    }
 }
 
 impl<F, C, R, T, E> Future for ResponseFuture<F, C, R>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
     C: Classify<T, E>,
-    R: Future<Output = Result<T, BoxError>>,
+    R: Answer<T, E> + Future<Output = Result<T, R::Error>>,
 {
-    type Output = Result<T, BoxError>;
+    type Output = Result<T, R::Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -142,13 +126,12 @@ where
         let output = match kind.as_mut().project() {
             KindProj::Called {
                 future,
-                deadline,
                 mut timer,
                 recorder,
             } => {
-                if recorder.is_none() {
+                let Some(deadline) = recorder.as_ref().map(|r| r.completion.deadline()) else {
                     completed();
-                }
+                };
                 // The inner future first, so that a response wins a tie with the timeout.
                 if let Poll::Ready(mut result) = future.poll(cx) {
                     // Taken first: if the classifier panics, the completion is dropped (a probe
@@ -160,9 +143,9 @@ where
                     classify.complete(result.as_mut().map_err(|e| &*e), completion);
                     // The inner future and the timer stay until this future is dropped: moving
                     // to `Done` here would drop the whole enum out of line on every call.
-                    return Poll::Ready(result.map_err(Into::into));
+                    return Poll::Ready(result.map_err(R::error));
                 }
-                let Some(deadline) = *deadline else {
+                let Some(deadline) = deadline else {
                     return Poll::Pending;
                 };
                 if timer.is_none() {
@@ -173,16 +156,12 @@ where
                         if let Some(recorder) = recorder.take() {
                             recorder.completion.record(Outcome::Failure);
                         }
-                        Err(Elapsed::new().into())
+                        R::timed_out()
                     }
                     _ => return Poll::Pending,
                 }
             }
             KindProj::Rejected { future } => return future.poll(cx),
-            KindProj::Failed { error } => match error.take() {
-                Some(error) => Err(error),
-                None => completed(),
-            },
             KindProj::Done => completed(),
         };
         // Timed out: drops the inner future (and the timer) now, not when the caller drops this
@@ -205,7 +184,6 @@ impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
             Kind::Called { recorder: None, .. } | Kind::Done => "Done",
             Kind::Called { .. } => "Called",
             Kind::Rejected { .. } => "Rejected",
-            Kind::Failed { .. } => "Failed",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
@@ -244,6 +222,10 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // The fallback's `poll_ready` failed.
+        Failed {
+            error: Option<BoxError>,
+        },
         Done,
     }
 }
@@ -253,6 +235,31 @@ impl<F> FallbackFuture<F> {
         FallbackFuture {
             inner: FallbackKind::Running { future },
         }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        FallbackFuture {
+            inner: FallbackKind::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F> crate::fallback::sealed::Sealed for FallbackFuture<F> {}
+
+impl<F, T, E, E2> Answer<T, E> for FallbackFuture<F>
+where
+    F: Future<Output = Result<T, E2>>,
+    E: Into<BoxError>,
+{
+    type Error = BoxError;
+
+    #[inline]
+    fn error(error: E) -> BoxError {
+        error.into()
+    }
+
+    fn timed_out() -> Result<T, BoxError> {
+        Err(Elapsed::new().into())
     }
 }
 
@@ -266,12 +273,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut inner = self.project().inner;
         let output = match inner.as_mut().project() {
-            FallbackProj::Running { future } => ready!(future.poll(cx)),
+            FallbackProj::Running { future } => ready!(future.poll(cx)).map_err(Into::into),
+            FallbackProj::Failed { error } => Err(error.take().unwrap_or_else(|| completed())),
             FallbackProj::Done => completed(),
         };
         // Drops the fallback's future now, and never polls it again.
         inner.set(FallbackKind::Done);
-        Poll::Ready(output.map_err(Into::into))
+        Poll::Ready(output)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::classify::DefaultClassify;
 use crate::config::{Builder, Config};
 use crate::fallback::{NoFallback, WithFallback};
 use crate::handle::Handle;
+use crate::readiness::Gate;
 use crate::service::CircuitBreaker;
 use crate::state::Breaker;
 use crate::state::lane::Lanes;
@@ -45,9 +46,11 @@ use crate::state::lane::Lanes;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer<C = DefaultClassify, F = NoFallback> {
-    breaker: Arc<Lanes>,
+    pub(crate) breaker: Arc<Lanes>,
     classify: C,
     fallback: F,
+    /// The readiness mode, if on (`readiness.rs`).
+    pub(crate) gate: Option<Gate>,
 }
 
 impl CircuitBreakerLayer {
@@ -63,6 +66,7 @@ impl<C> CircuitBreakerLayer<C> {
             breaker: Arc::new(Lanes::new(Arc::new(Breaker::new(Arc::new(config), None)))),
             classify,
             fallback: NoFallback,
+            gate: None,
         }
     }
 
@@ -73,6 +77,7 @@ impl<C> CircuitBreakerLayer<C> {
             breaker,
             classify,
             fallback: NoFallback,
+            gate: None,
         }
     }
 }
@@ -87,6 +92,10 @@ impl<C, F> CircuitBreakerLayer<C, F> {
     ///
     /// The fallback takes the same requests and gives the same responses as the inner service.
     /// While the breaker rejects, the fallback's `poll_ready` is polled instead of the inner's.
+    ///
+    /// It answers the calls the breaker *rejects*, not the admitted calls that fail: those
+    /// still fail (or time out) to the caller, and count toward opening the circuit. For a
+    /// "stale if error" answer, put the cache around the breaker instead.
     ///
     /// ```
     /// use tower::{Layer, ServiceExt, service_fn};
@@ -104,10 +113,16 @@ impl<C, F> CircuitBreakerLayer<C, F> {
     /// # }
     /// ```
     pub fn with_fallback<S>(self, service: S) -> CircuitBreakerLayer<C, WithFallback<S>> {
+        self.answer_with(WithFallback::new(service))
+    }
+
+    /// The same breaker and classifier, with rejected calls answered by `fallback`.
+    pub(crate) fn answer_with<F2>(self, fallback: F2) -> CircuitBreakerLayer<C, F2> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classify: self.classify,
-            fallback: WithFallback::new(service),
+            fallback,
+            gate: self.gate,
         }
     }
 }
@@ -121,6 +136,7 @@ impl<S, C: Clone, F: Clone> Layer<S> for CircuitBreakerLayer<C, F> {
             self.breaker.clone(),
             self.classify.clone(),
             self.fallback.clone(),
+            self.gate.clone(),
         )
     }
 }

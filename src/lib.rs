@@ -85,20 +85,12 @@
 //! reconfiguration ([`Handle::reconfigure`]): thresholds, window, minimum calls, open interval
 //! and probes change without losing the state, the counters or the newest outcomes.
 //!
-//! # Features
-//!
-//! * `keyed`: one breaker per key of the request (host, route, gRPC method, tenant), bounded in
-//!   number and expiring when idle (`keyed::KeyedCircuitBreakerLayer`); and a registry of named
-//!   breakers for operator control by name and key (`registry::Registry`). No dependency.
-//! * `serde`: the registry's listing serializes and its configuration updates deserialize (the
-//!   JSON of an admin API; `examples/admin` in the repository). Adds `serde` and turns on
-//!   `keyed`.
-//!
 //! # Composition
 //!
 //! Put the breaker *outside* `tower::timeout` (or use [`Builder::call_timeout`]) so that timeouts
-//! count as failures, and *inside* `tower::retry` with a policy that does not retry
-//! [`Rejected`](error::Rejected) errors.
+//! count as failures, and *inside* `tower::retry`, with the policy wrapped in
+//! [`RespectBreaker`](retry::RespectBreaker) so that a rejection is never retried (the
+//! [`retry`] module weighs both orders).
 //!
 //! Put `ConcurrencyLimit` and `LoadShed` *outside* the breaker as well:
 //!
@@ -127,6 +119,19 @@
 //! # Ok::<(), tower_circuit_breaker::ConfigError>(())
 //! ```
 
+//!
+//! # Features
+//!
+//! The core depends on tower, tokio, pin-project-lite, futures and tracing only. Integrations sit
+//! behind features, none on by default:
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `grpc` | `grpc::GrpcClassify` (the status from the headers or the trailers; `tonic::Status` errors by their code), the UNAVAILABLE response mode (`CircuitBreakerLayer::with_grpc_responses`), `grpc::GrpcHints`; implies `http` |
+//! | `http` | `http::HttpClassify` (5xx and transport errors are failures, `Retry-After` honoured), the 503/504 response mode (`CircuitBreakerLayer::with_http_responses`), `http::TrackedBody` (a verdict at the end of the body), `http::HttpHints` for [`retry::RespectBreaker`] |
+//! | `keyed` | `keyed::KeyedCircuitBreakerLayer`: one breaker per key of the request (host, route, gRPC method, tenant), bounded in number and expiring when idle, open breakers never evicted; `registry::Registry` of named breakers for operator control by name and key. No dependency |
+//! | `serde` | `registry::Snapshot` serializes and `registry::ConfigUpdate` deserializes (the JSON of an admin API: `examples/admin`); implies `keyed` |
+
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -139,12 +144,20 @@
 pub mod error;
 pub mod fallback;
 pub mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 #[cfg(feature = "keyed")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
 pub mod keyed;
+pub mod readiness;
 #[cfg(feature = "keyed")]
 #[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
 pub mod registry;
+pub mod retry;
 
 mod classify;
 mod config;
@@ -154,6 +167,11 @@ mod layer;
 mod service;
 mod state;
 mod sync;
+
+/// The README's snippets, compiled as doc-tests.
+#[cfg(all(doctest, feature = "http", feature = "grpc", feature = "keyed"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};

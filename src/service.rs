@@ -6,11 +6,13 @@ use tower::{BoxError, Service};
 
 use crate::classify::{Classify, Completion, DefaultClassify};
 use crate::error::Rejected;
-use crate::fallback::{Fallback, NoFallback};
+use crate::fallback::{Answer, Fallback, NoFallback};
 use crate::future::{Admission, ResponseFuture};
 use crate::handle::Handle;
+use crate::readiness::Gate;
 use crate::state::lane::Lanes;
 use crate::state::waiters::Waiter;
+use crate::state::word::Ticket;
 use crate::state::{Decision, Rejection, State};
 
 /// A service guarded by a circuit breaker; made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
@@ -60,6 +62,8 @@ pub struct CircuitBreaker<S, C = DefaultClassify, F = NoFallback> {
     ready: Option<Readiness>,
     /// Where this clone waits for a transition while it is not ready (made on first use).
     waiter: Option<Waiter>,
+    /// The readiness mode: wait, rather than reject, while the circuit rejects.
+    gate: Option<Gate>,
 }
 
 /// What `poll_ready` decided.
@@ -74,7 +78,13 @@ enum Readiness {
 }
 
 impl<S, C, F> CircuitBreaker<S, C, F> {
-    pub(crate) fn new(inner: S, breaker: Arc<Lanes>, classify: C, fallback: F) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        breaker: Arc<Lanes>,
+        classify: C,
+        fallback: F,
+        gate: Option<Gate>,
+    ) -> Self {
         CircuitBreaker {
             inner,
             breaker,
@@ -82,6 +92,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             fallback,
             ready: None,
             waiter: None,
+            gate,
         }
     }
 
@@ -125,13 +136,13 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
 
     /// `poll_ready` of a call that will be rejected: the fallback's readiness decides.
     #[inline(never)]
-    fn poll_fallback<Req, Res>(
+    fn poll_fallback<Req, Res, E>(
         &mut self,
         rejection: Rejection,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), BoxError>>
+    ) -> Poll<Result<(), F::Error>>
     where
-        F: Fallback<Req, Res>,
+        F: Fallback<Req, Res, E>,
     {
         let ready = match self.fallback.poll_ready(cx) {
             Poll::Ready(Ok(())) => Readiness::Rejected(rejection),
@@ -162,16 +173,15 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
 impl<S, C, F, Req> Service<Req> for CircuitBreaker<S, C, F>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
     C: Classify<S::Response, S::Error> + Clone,
-    F: Fallback<Req, S::Response>,
+    F: Fallback<Req, S::Response, S::Error>,
 {
     type Response = S::Response;
-    type Error = BoxError;
+    type Error = F::Error;
     type Future = ResponseFuture<S::Future, C, F::Future>;
 
     #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), F::Error>> {
         if self.ready.is_some() {
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
@@ -179,7 +189,17 @@ where
         let ticket = match self.breaker.admit(&mut self.breaker.now()) {
             Decision::Admit(ticket) => ticket,
             Decision::Reject(rejection) => {
-                return self.poll_fallback::<Req, S::Response>(rejection, cx);
+                let Some(gate) = self.gate.clone() else {
+                    return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx);
+                };
+                // The readiness mode: wait until a probe is possible. Registered before the
+                // panic group is read, so that a member's transition after the read wakes us.
+                self.wait(cx, &Decision::Reject(rejection));
+                if !gate.lets_through(self.breaker.breaker()) {
+                    return Poll::Pending;
+                }
+                // The group panics: through, unrecorded.
+                Ticket::unrecorded(rejection.generation)
             }
         };
         // Held from here: if the inner service panics, a probe permit goes back.
@@ -190,7 +210,7 @@ where
                 Poll::Ready(Ok(()))
             }
             // The admission is dropped: a probe permit goes back.
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e.into())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(<F::Future as Answer<_, _>>::error(e))),
             Poll::Pending => {
                 drop(admission);
                 self.wait(cx, &Decision::Admit(ticket));
@@ -213,18 +233,19 @@ where
         });
         match ready {
             Readiness::Admitted(admission) => {
-                let completion = Completion::start(admission, self.breaker.tracks_duration);
                 let deadline = self.breaker.call_timeout.and_then(crate::future::deadline);
+                let completion =
+                    Completion::start(admission, self.breaker.tracks_duration, deadline);
                 let future = self.inner.call(request);
-                ResponseFuture::called(future, deadline, completion, self.classify.clone())
+                ResponseFuture::called(future, completion, self.classify.clone())
             }
             Readiness::Rejected(rejection) => {
                 let rejected = self.rejected(rejection);
                 ResponseFuture::rejected(self.fallback.call(request, rejected))
             }
             Readiness::FallbackFailed(rejection, error) => {
-                self.rejected(rejection);
-                ResponseFuture::failed(error)
+                let rejected = self.rejected(rejection);
+                ResponseFuture::rejected(self.fallback.call_failed(error, rejected))
             }
         }
     }
@@ -240,6 +261,7 @@ impl<S: Clone, C: Clone, F: Clone> Clone for CircuitBreaker<S, C, F> {
             fallback: self.fallback.clone(),
             ready: None,
             waiter: None,
+            gate: self.gate.clone(),
         }
     }
 }

@@ -38,3 +38,31 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+/// A panic caught from user code, raised again once our own work is done.
+pub(crate) type Panic = Box<dyn std::any::Any + Send>;
+
+/// Runs user code `f`, keeping its panic, if it is the first, in `panic` instead of unwinding
+/// through our bookkeeping (an announcement half done, tasks left asleep).
+pub(crate) fn caught(panic: &mut Option<Panic>, f: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        panic.get_or_insert(payload);
+    }
+}
+
+/// Raises the panic `caught` kept, if any.
+pub(crate) fn raise(panic: Option<Panic>) {
+    if let Some(payload) = panic {
+        std::panic::resume_unwind(payload);
+    }
+}
+
+/// Wakes every waker, even if one panics (a waker is user code): the other tasks must not
+/// sleep for good. The first panic is raised again once all are woken.
+pub(crate) fn wake_each(wakers: impl IntoIterator<Item = std::task::Waker>) {
+    let mut panic = None;
+    for waker in wakers {
+        caught(&mut panic, move || waker.wake());
+    }
+    raise(panic);
+}

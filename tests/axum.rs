@@ -6,12 +6,11 @@
 //! breaker's `BoxError` into a response. axum handlers answer a failure with a 5xx response, not an
 //! error, so the breaker classifies by status.
 //!
-//! What is tested here is the breaker's part: which requests it rejects, and that its error
-//! reaches an axum error handler as a [`Rejected`] with the state and the `retry_after()` of the
-//! moment (the handler records each one it is given, see [`Handled`]). The 503 status and the
-//! rounding of `Retry-After` to whole seconds are the test's own error handler ([`error_response`]);
-//! the crate has no HTTP response mode yet, and when it has, its tests belong to it. The statuses
-//! are still asserted here: they say which requests were rejected and which reached a route.
+//! What is tested here is the breaker without a response mode: which requests it rejects, and
+//! that its error reaches an axum error handler (`HandleErrorLayer`) as a [`Rejected`] with the
+//! state and the `retry_after()` of the moment (the handler records each one it is given, see
+//! [`Handled`]). The 503 here is the test's own error handler ([`error_response`]); the crate's
+//! 503 response mode, which needs no `HandleErrorLayer`, is tested in `http.rs`.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};

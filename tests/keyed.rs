@@ -41,16 +41,24 @@ fn failing(host: u64) -> Call {
     Call { host, fail: true }
 }
 
-type Answer = Ready<Result<u64, &'static str>>;
+/// The error of a host that is down.
+#[derive(Debug)]
+struct Down;
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("down")
+    }
+}
+
+impl std::error::Error for Down {}
+
+type Answer = Ready<Result<u64, Down>>;
 type KeyFn = fn(&Call) -> u64;
 type Hosts = KeyedCircuitBreaker<tower::util::ServiceFn<fn(Call) -> Answer>, u64, KeyFn>;
 
 fn answer(call: Call) -> Answer {
-    ready(if call.fail {
-        Err("down")
-    } else {
-        Ok(call.host)
-    })
+    ready(if call.fail { Err(Down) } else { Ok(call.host) })
 }
 
 fn host_of(call: &Call) -> u64 {
@@ -461,7 +469,7 @@ async fn a_fallback_answers_a_rejected_key() {
     let layer = per_host()
         .build()
         .unwrap()
-        .with_fallback(service_fn(|_: Call| ready(Ok::<u64, &'static str>(0))));
+        .with_fallback(service_fn(|_: Call| ready(Ok::<u64, Down>(0))));
     let handle = layer.handle();
     let svc = layer.layer(service_fn(answer as fn(Call) -> Answer));
     for _ in 0..2 {

@@ -260,7 +260,13 @@ async fn reconfiguration_under_concurrent_load_loses_no_call_and_keeps_the_state
         let answered = answered.clone();
         layer.layer(tower::service_fn(move |fail: bool| {
             answered.fetch_add(1, Ordering::Relaxed);
-            async move { if fail { Err("down") } else { Ok(()) } }
+            async move {
+                if fail {
+                    Err(std::io::Error::other("down"))
+                } else {
+                    Ok(())
+                }
+            }
         }))
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

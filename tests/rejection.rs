@@ -39,6 +39,12 @@ async fn retry_after_is_the_time_left_when_asked_not_when_poll_ready_decided() {
     advance(secs(1)).await;
     assert_eq!(rejected.retry_after(), Some(secs(3)));
     assert_eq!(rejected.to_string(), "circuit open; retry after 3s");
+    advance(Duration::from_nanos(1_500_000)).await;
+    assert_eq!(
+        rejected.to_string(),
+        "circuit open; retry after 2999ms",
+        "whole milliseconds, rounded up"
+    );
 
     // Past the end of the interval: nothing left to wait, never a negative time.
     advance(secs(5)).await;

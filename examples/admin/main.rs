@@ -8,8 +8,8 @@
 //! traffic in the background, until Ctrl-C: open the page in a browser).
 //!
 //! ```sh
-//! cargo run --example admin --features serde
-//! cargo run --example admin --features serde -- --serve   # and open http://127.0.0.1:3000/
+//! cargo run --example admin
+//! cargo run --example admin -- --serve   # and open http://127.0.0.1:3000/
 //! ```
 
 mod api;

@@ -50,14 +50,30 @@ pub struct Completion {
     admission: Admission,
     /// When the call was dispatched, in nanoseconds since the breaker's creation (slow calls).
     started: Option<u64>,
+    /// When the call times out ([`call_timeout`](crate::Builder::call_timeout)), fixed in `call`.
+    deadline: Option<Instant>,
 }
 
 impl Completion {
     /// Dispatches an admitted call, noting the time when slow calls are tracked.
     #[inline]
-    pub(crate) fn start(admission: Admission, tracks_duration: bool) -> Self {
+    pub(crate) fn start(
+        admission: Admission,
+        tracks_duration: bool,
+        deadline: Option<Instant>,
+    ) -> Self {
         let started = tracks_duration.then(|| admission.breaker.now().get());
-        Completion { admission, started }
+        Completion {
+            admission,
+            started,
+            deadline,
+        }
+    }
+
+    /// When the call times out, if a call timeout is configured.
+    #[inline]
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Records the call's outcome.
@@ -151,6 +167,7 @@ impl fmt::Debug for Completion {
         f.debug_struct("Completion")
             .field("admission", &self.admission)
             .field("started", &self.started)
+            .field("deadline", &self.deadline)
             .finish()
     }
 }

@@ -29,6 +29,8 @@
 
 mod completion;
 
+use crate::error::Rejected;
+
 pub use completion::Completion;
 
 /// What a call's result means for the health of the dependency.
@@ -149,7 +151,10 @@ where
     }
 }
 
-/// The default classifier: `Ok` is a success, `Err` a failure.
+/// The default classifier: `Ok` is a success, `Err` a failure, except another breaker's
+/// rejection ([`Rejected`](crate::error::Rejected), or a `BoxError` that wraps one), which is
+/// ignored: a breaker nested inside another says nothing of the dependency's health when it
+/// rejects, so the outer one does not open because the inner one is open.
 ///
 /// ```
 /// use tower_circuit_breaker::{Classify, DefaultClassify, Outcome};
@@ -161,11 +166,12 @@ where
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DefaultClassify;
 
-impl<Res, E> Classify<Res, E> for DefaultClassify {
+impl<Res, E: 'static> Classify<Res, E> for DefaultClassify {
     #[inline]
     fn classify(&self, result: Result<&Res, &E>) -> Outcome {
         match result {
             Ok(_) => Outcome::Success,
+            Err(e) if Rejected::is_in(e) => Outcome::Ignored,
             Err(_) => Outcome::Failure,
         }
     }

@@ -104,11 +104,13 @@ where
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let breaker = self.breakers.lookup((self.key_fn)(&request));
+        // No readiness mode: the keyed service is always ready (see the module docs).
         let service = CircuitBreaker::new(
             self.inner.clone(),
             breaker,
             self.classify.clone(),
             self.fallback.clone(),
+            None,
         );
         ResponseFuture::new(service, request)
     }

@@ -29,7 +29,7 @@
 //!
 //! With the `serde` feature, [`Snapshot`] serializes (the JSON of an admin API's listing) and
 //! [`ConfigUpdate`] deserializes (its request to change a configuration); see
-//! `examples/admin.rs` in the repository.
+//! `examples/admin` in the repository.
 
 mod snapshot;
 

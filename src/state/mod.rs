@@ -179,6 +179,9 @@ pub(crate) struct Breaker {
     subscribers: Subscribers,
     /// Tasks waiting for readiness, woken on every transition.
     waiters: Waiters,
+    /// The panic group this breaker is in (`readiness.rs`): after every transition, and when
+    /// this breaker goes, it wakes its members' waiting tasks, with no lock held.
+    group: std::sync::OnceLock<crate::readiness::PanicGroup>,
     /// The breaker's name (from its configuration; a reconfiguration keeps it).
     name: Option<StdArc<str>>,
     /// The key of a keyed breaker, as a string.
@@ -214,6 +217,15 @@ impl fmt::Debug for Breaker {
     }
 }
 
+impl Drop for Breaker {
+    /// Leaving its panic group may make the group panic: the other members' tasks look again.
+    fn drop(&mut self) {
+        if let Some(group) = self.group.get() {
+            group.wake_members();
+        }
+    }
+}
+
 impl Breaker {
     /// A breaker with `config` (shared, not copied) and, for a keyed breaker, its `key`.
     pub(crate) fn new(config: StdArc<Config>, key: Option<StdArc<str>>) -> Self {
@@ -233,6 +245,7 @@ impl Breaker {
             not_permitted: lane::Rejections::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
+            group: std::sync::OnceLock::new(),
             name: config.name.clone(),
             key,
             fixed: Fixed {
@@ -256,6 +269,16 @@ impl Breaker {
     /// The configuration in force (for reading it back, and reconfiguring from it).
     pub(crate) fn current_config(&self) -> StdArc<Config> {
         self.lock().config_arc().clone()
+    }
+
+    /// Puts this breaker in `group`; `false` if it is in a group already.
+    pub(crate) fn join_group(&self, group: crate::readiness::PanicGroup) -> bool {
+        self.group.set(group).is_ok()
+    }
+
+    /// The panic group this breaker is in, if any.
+    pub(crate) fn group(&self) -> Option<&crate::readiness::PanicGroup> {
+        self.group.get()
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
@@ -516,6 +539,9 @@ impl Breaker {
                 Ok(_) => {
                     if let Some(to) = self.decided_by(next) {
                         self.transition_from(generation, to, not_before);
+                    } else if result == ProbeResult::Returned {
+                        // A permit is free again: a task waiting for one may go on.
+                        self.waiters.wake_all();
                     }
                     return;
                 }

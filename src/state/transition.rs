@@ -22,7 +22,7 @@ use super::word::{Generation, Probes, StateWord};
 use super::{Breaker, State, clock::Now, clock::saturating_nanos};
 use crate::config::Config;
 use crate::event::{Event, Wakers};
-use crate::sync::{MutexGuard, Ordering, lock};
+use crate::sync::{MutexGuard, Ordering, Panic, caught, lock, raise};
 
 /// Whether the closed breaker trips, given its window's totals and its consecutive failures.
 pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> bool {
@@ -356,18 +356,22 @@ impl Breaker {
     /// Runs the queued announcements, unless another thread is running them (it will run ours
     /// too). Called after every release of the lock that may have queued one.
     pub(super) fn announce(&self) {
+        // A panic of user code (a waker, a tracing subscriber) is raised once the queue is
+        // announced and `announcing` is released: unwinding from the middle would leave the
+        // flag set, and every later transition unannounced, for good.
+        let mut panic = None;
         loop {
             // A transition queued after the running thread's last look (under the lock) is seen
             // either by that look, or by this swap: the look follows the store below, so a
             // queue written after the look comes after that store, and this swap reads it.
             if self.announcing.swap(true, Ordering::AcqRel) {
-                return;
+                break;
             }
             loop {
                 // The lock is held only to take the next one, never while it runs.
                 let next = self.lock().unannounced.pop_front();
                 match next {
-                    Some(change) => self.run(change),
+                    Some(change) => self.run(change, &mut panic),
                     None => break,
                 }
             }
@@ -375,12 +379,14 @@ impl Breaker {
             // location, totally ordered (loom checks this protocol; it models RMWs exactly).
             self.announcing.swap(false, Ordering::AcqRel);
             if self.lock().unannounced.is_empty() {
-                return;
+                break;
             }
         }
+        raise(panic);
     }
 
-    /// One announcement: user code, run with no lock of ours held.
+    /// One announcement: user code, run with no lock of ours held. Each step runs even if one
+    /// before it panicked; the first panic is kept in `panic`.
     fn run(
         &self,
         Change {
@@ -388,20 +394,26 @@ impl Breaker {
             to,
             subscribers,
         }: Change,
+        panic: &mut Option<Panic>,
     ) {
-        let name = self.name.as_deref().unwrap_or("");
-        // Recorded only when there is one (a keyed breaker's).
-        let key = self.key.as_deref();
-        if from == to {
-            tracing::info!(breaker = name, key, state = %to, "circuit reset");
-        } else if to.is_open() {
-            tracing::warn!(breaker = name, key, %from, %to, "circuit opened");
-        } else {
-            tracing::info!(breaker = name, key, %from, %to, "circuit state changed");
-        }
+        caught(panic, || {
+            let name = self.name.as_deref().unwrap_or("");
+            // Recorded only when there is one (a keyed breaker's).
+            let key = self.key.as_deref();
+            if from == to {
+                tracing::info!(breaker = name, key, state = %to, "circuit reset");
+            } else if to.is_open() {
+                tracing::warn!(breaker = name, key, %from, %to, "circuit opened");
+            } else {
+                tracing::info!(breaker = name, key, %from, %to, "circuit state changed");
+            }
+        });
         // Every transition may change what a waiting `poll_ready` would poll.
-        self.waiters.wake_all();
-        subscribers.wake();
+        caught(panic, || self.waiters.wake_all());
+        caught(panic, || subscribers.wake());
+        if let Some(group) = self.group.get() {
+            caught(panic, || group.wake_members());
+        }
     }
 }
 

@@ -76,9 +76,7 @@ impl Waiters {
             .iter_mut()
             .filter_map(Option::take)
             .collect();
-        for waker in wakers {
-            waker.wake();
-        }
+        crate::sync::wake_each(wakers);
     }
 }
 

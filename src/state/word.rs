@@ -99,6 +99,11 @@ pub(crate) enum TicketKind {
 
 impl Ticket {
     #[inline]
+    /// A ticket whose outcome is not recorded: a call a panicking group lets through.
+    pub(crate) fn unrecorded(generation: Generation) -> Self {
+        Ticket::new(generation, TicketKind::Unrecorded)
+    }
+
     pub(crate) fn new(generation: Generation, kind: TicketKind) -> Self {
         let bits = (generation.0 << 2) | kind as u64;
         Ticket(NonZeroU64::new(bits).expect("a ticket kind is never 0"))

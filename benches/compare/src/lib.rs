@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use tower::{Layer, Service, ServiceExt, service_fn};
 
+pub mod http_rows;
+
 pub const OPEN: Duration = Duration::from_secs(30);
 
 // ===== driving a call =====
