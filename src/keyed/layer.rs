@@ -80,11 +80,70 @@ impl<K, KF, C, F> KeyedCircuitBreakerLayer<K, KF, C, F> {
         self,
         service: S,
     ) -> KeyedCircuitBreakerLayer<K, KF, C, WithFallback<S>> {
+        self.answer_with(WithFallback::new(service))
+    }
+
+    /// Answers every call its key's breaker rejects with a `503 Service Unavailable` and its
+    /// `Retry-After`, keeping the inner service's error type, as
+    /// [`CircuitBreakerLayer::with_http_responses`](crate::CircuitBreakerLayer::with_http_responses)
+    /// does (a fallback set before is replaced).
+    ///
+    /// ```
+    /// use axum::{Router, body::Body, extract::MatchedPath, routing::get};
+    /// use http::{Request, StatusCode};
+    /// use tower::ServiceExt;
+    /// use tower_circuit_breaker::KeyedCircuitBreakerLayer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // One breaker per route.
+    /// let per_route = KeyedCircuitBreakerLayer::builder(|req: &Request<Body>| {
+    ///     req.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned())
+    /// })
+    /// .key_text(|path: &Option<String>| path.clone().unwrap_or_default())
+    /// .build()?
+    /// .with_http_responses();
+    /// let routes = per_route.handle();
+    /// let app = Router::new()
+    ///     .route("/orders", get(|| async { "orders" }))
+    ///     .route("/users", get(|| async { "users" }))
+    ///     .route_layer(per_route);
+    ///
+    /// let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    /// app.clone().oneshot(get("/orders")).await?;
+    /// routes.get(&Some("/orders".to_owned())).unwrap().force_open();
+    /// let rejected = app.clone().oneshot(get("/orders")).await?;
+    /// assert_eq!(rejected.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(app.oneshot(get("/users")).await?.status(), StatusCode::OK);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "http")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+    pub fn with_http_responses(
+        self,
+    ) -> KeyedCircuitBreakerLayer<K, KF, C, crate::http::HttpResponses> {
+        self.answer_with(crate::http::HttpResponses::default())
+    }
+
+    /// Answers every call its key's breaker rejects with a trailers-only gRPC `UNAVAILABLE`, as
+    /// [`CircuitBreakerLayer::with_grpc_responses`](crate::CircuitBreakerLayer::with_grpc_responses)
+    /// does (a fallback set before is replaced): one breaker per gRPC method, say, keyed by the
+    /// request's path.
+    #[cfg(feature = "grpc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+    pub fn with_grpc_responses(
+        self,
+    ) -> KeyedCircuitBreakerLayer<K, KF, C, crate::grpc::GrpcResponses> {
+        self.answer_with(crate::grpc::GrpcResponses::default())
+    }
+
+    fn answer_with<F2>(self, fallback: F2) -> KeyedCircuitBreakerLayer<K, KF, C, F2> {
         KeyedCircuitBreakerLayer {
             breakers: self.breakers,
             key_fn: self.key_fn,
             classify: self.classify,
-            fallback: WithFallback::new(service),
+            fallback,
         }
     }
 }
