@@ -7,9 +7,17 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::State;
+use crate::config::{Builder, Config};
 use crate::event::EventStream;
 use crate::state::Breaker;
+use crate::{ConfigError, State};
+
+/// `builder` validated, and checked to replace `current` (see `Config::check_replaces`).
+pub(crate) fn checked(builder: &Builder, current: &Config) -> Result<Config, ConfigError> {
+    let mut config = builder.validate()?;
+    config.check_replaces(current)?;
+    Ok(config)
+}
 
 /// Reads and controls one breaker. Cheap to clone; `Send + Sync`.
 ///
@@ -40,6 +48,18 @@ impl Handle {
         Handle { breaker }
     }
 
+    #[cfg(feature = "keyed")]
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// When a probe will be admitted, while the breaker is open (`None` otherwise, and while
+    /// forced open): the `retry_at` its rejections carry. Looking makes no transition.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn retry_at(&self) -> Option<tokio::time::Instant> {
+        self.breaker.retry_at(&mut self.breaker.now())
+    }
+
     /// The current state. An open interval that has ended turns into HalfOpen here, as it would on
     /// the next call, at the same instant: looking never changes what the breaker does.
     pub fn state(&self) -> State {
@@ -56,8 +76,8 @@ impl Handle {
         self.breaker.name().map(|n| &**n)
     }
 
-    /// The key of a keyed breaker (one of the breakers a keyed layer keeps, one per key); `None`
-    /// for a breaker built alone.
+    /// The key of a keyed breaker (one breaker per key of the keyed layer, feature `keyed`), as
+    /// a string; `None` for a plain breaker.
     ///
     /// ```
     /// let handle = tower_circuit_breaker::CircuitBreakerLayer::builder().build().unwrap().handle();
@@ -65,6 +85,75 @@ impl Handle {
     /// ```
     pub fn key(&self) -> Option<&str> {
         self.breaker.key().map(|k| &**k)
+    }
+
+    /// The configuration in force, as a [`Builder`] to change and pass to
+    /// [`reconfigure`](Self::reconfigure). Every rule is as it is in force: the failure-rate
+    /// threshold is set if that rule is on (even by default), `minimum_calls` is as capped by a
+    /// count window, a time window has its number of buckets, and the builder has the breaker's
+    /// name. Its classifier is the default one (a breaker's classifier is part of its service's
+    /// type, and cannot change).
+    ///
+    /// ```
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// let handle = CircuitBreakerLayer::builder().minimum_calls(20).build()?.handle();
+    /// let stricter = handle.config().failure_rate_threshold(0.25);
+    /// handle.reconfigure(stricter)?;
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn config(&self) -> Builder {
+        Builder::from_config(&self.breaker.current_config())
+    }
+
+    /// Replaces the breaker's configuration while it runs, without losing its state: thresholds,
+    /// window, minimum calls, consecutive failures, open interval or backoff, probes and their
+    /// wait, slow-call duration, `max_retry_after`.
+    ///
+    /// The new configuration is validated first; a bad one is refused with a [`ConfigError`] and
+    /// the old one stays in force. Refused as well: a different name (unset keeps the breaker's),
+    /// a different [`call_timeout`](Builder::call_timeout), and turning slow-call tracking on or
+    /// off: these decide what every call does on its path (its timer, its clock reads), fixed
+    /// when the breaker is built. Start from [`config`](Self::config), which has them right.
+    ///
+    /// What stays: the state and its generation, the open interval already running and the
+    /// deadline of a half-open episode already started, the counters (rejections, consecutive
+    /// failures), the subscribers and the handles. What changes:
+    ///
+    /// * **Thresholds and minimum calls** apply from the next recorded outcome (thresholds are
+    ///   evaluated after each outcome).
+    /// * **The window**: a count window resized keeps its newest outcomes, as many as fit; any
+    ///   other change of window (count to time, time to count, another duration or number of
+    ///   buckets) starts the new window empty, since a count window's outcomes carry no time and
+    ///   a time window's buckets do not split. While the breaker does not record (open), its
+    ///   [`Metrics`] still show the window that tripped it.
+    /// * **The open interval** and backoff apply from the next opening.
+    /// * **Probes** (`half_open_calls`, `half_open_successes`, `half_open_max_wait`) apply from
+    ///   the next half-open episode: an episode finishes under the numbers it started with.
+    /// * **The slow-call duration** applies to the calls that complete afterwards.
+    ///
+    /// Callers are not blocked: it takes the breaker's short internal lock, as a transition
+    /// does, which the healthy closed path never takes.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first field that is out of range or cannot change.
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, Window};
+    ///
+    /// let handle = CircuitBreakerLayer::builder().name("db").build()?.handle();
+    /// handle.reconfigure(handle.config().sliding_window(Window::count(20)).minimum_calls(10))?;
+    /// assert_eq!(handle.metrics().failure_rate(), None); // still below 10 calls
+    ///
+    /// let bad = handle.config().failure_rate_threshold(2.0);
+    /// assert_eq!(handle.reconfigure(bad).unwrap_err().field(), "failure_rate_threshold");
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn reconfigure(&self, builder: Builder) -> Result<(), ConfigError> {
+        let config = checked(&builder, &self.breaker.current_config())?;
+        self.breaker.reconfigure(Arc::new(config));
+        Ok(())
     }
 
     /// Rejects every call until the state is changed again.

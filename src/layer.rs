@@ -69,6 +69,17 @@ impl<C> CircuitBreakerLayer<C> {
             gate: None,
         }
     }
+
+    /// A layer around an existing breaker (a registry's).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn from_breaker(breaker: Arc<Lanes>, classify: C) -> Self {
+        CircuitBreakerLayer {
+            breaker,
+            classify,
+            fallback: NoFallback,
+            gate: None,
+        }
+    }
 }
 
 impl<C, F> CircuitBreakerLayer<C, F> {

@@ -91,6 +91,12 @@
 //! # Features
 //!
 //! * `metrics`: the `metrics` module, on the [`metrics`](https://docs.rs/metrics) facade.
+//! # Operating it
+//!
+//! A [`Handle`] reads and steers one breaker while it runs: its state and [`Metrics`], the
+//! operator's states (force open, disable, metrics only, reset), its events, and live
+//! reconfiguration ([`Handle::reconfigure`]): thresholds, window, minimum calls, open interval
+//! and probes change without losing the state, the counters or the newest outcomes.
 //!
 //! # Composition
 //!
@@ -136,6 +142,8 @@
 //! |---|---|
 //! | `grpc` | `grpc::GrpcClassify` (the status from the headers or the trailers; `tonic::Status` errors by their code), the UNAVAILABLE response mode (`CircuitBreakerLayer::with_grpc_responses`), `grpc::GrpcHints`; implies `http` |
 //! | `http` | `http::HttpClassify` (5xx and transport errors are failures, `Retry-After` honoured), the 503/504 response mode (`CircuitBreakerLayer::with_http_responses`), `http::TrackedBody` (a verdict at the end of the body), `http::HttpHints` for [`retry::RespectBreaker`] |
+//! | `keyed` | `keyed::KeyedCircuitBreakerLayer`: one breaker per key of the request (host, route, gRPC method, tenant), bounded in number and expiring when idle, open breakers never evicted; `registry::Registry` of named breakers for operator control by name and key. No dependency |
+//! | `serde` | `registry::Snapshot` serializes and `registry::ConfigUpdate` deserializes (the JSON of an admin API: `examples/admin`); implies `keyed` |
 
 #![warn(
     missing_docs,
@@ -155,7 +163,13 @@ pub mod grpc;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub mod keyed;
 pub mod readiness;
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub mod registry;
 pub mod retry;
 
 mod classify;
@@ -171,7 +185,13 @@ mod state;
 mod sync;
 
 /// The README's snippets, compiled as doc-tests.
-#[cfg(all(doctest, feature = "http", feature = "grpc", feature = "metrics"))]
+#[cfg(all(
+    doctest,
+    feature = "http",
+    feature = "grpc",
+    feature = "metrics",
+    feature = "keyed"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
@@ -183,3 +203,10 @@ pub use handle::{Handle, Metrics, Totals};
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use state::State;
+
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use keyed::{KeyedCircuitBreaker, KeyedCircuitBreakerLayer, KeyedHandle};
+#[cfg(feature = "keyed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "keyed")))]
+pub use registry::Registry;

@@ -84,6 +84,45 @@ impl fmt::Debug for EventCallback {
 }
 
 impl Config {
+    /// Checks that `self` may replace `old` in a running breaker, and gives it `old`'s name if
+    /// it has none. The name is the breaker's identity; the call timeout and whether slow calls
+    /// are timed are part of every call's path, fixed when the breaker is built.
+    pub(crate) fn check_replaces(&mut self, old: &Config) -> Result<(), ConfigError> {
+        match &self.name {
+            None => self.name = old.name.clone(),
+            Some(name) if Some(name) != old.name.as_ref() => {
+                let allowed = match &old.name {
+                    Some(old) => format!("unset or {old:?}: a running breaker keeps its name"),
+                    None => "unset: a running breaker keeps its name".to_string(),
+                };
+                return Err(ConfigError::new("name", name, allowed));
+            }
+            Some(_) => {}
+        }
+        if self.call_timeout != old.call_timeout {
+            return Err(ConfigError::new(
+                "call_timeout",
+                self.call_timeout,
+                format!(
+                    "{:?}: the call timeout is fixed when the breaker is built",
+                    old.call_timeout
+                ),
+            ));
+        }
+        if self.slow_call_duration.is_some() != old.slow_call_duration.is_some() {
+            let allowed = match old.slow_call_duration {
+                Some(_) => "set: this breaker times its calls (slow calls are tracked)",
+                None => "unset: this breaker was built without slow-call tracking",
+            };
+            return Err(ConfigError::new(
+                "slow_call_duration",
+                self.slow_call_duration,
+                allowed,
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn open_interval(&self, attempt: u32, uniform: f64) -> Duration {
         match self.open {
             OpenInterval::Fixed(d) => d,
@@ -207,6 +246,40 @@ impl Default for Builder {
             #[cfg(feature = "metrics")]
             export: None,
             classify: DefaultClassify,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder holding `config`, every rule as it is in force: the failure-rate threshold is
+    /// set if that rule is on, `minimum_calls` is as capped by a count window, and a time
+    /// window has its number of buckets.
+    pub(crate) fn from_config(config: &Config) -> Self {
+        let (open_duration, open_backoff) = match config.open {
+            OpenInterval::Fixed(d) => (d, None),
+            OpenInterval::Backoff(b) => (b.initial, Some(b)),
+        };
+        Builder {
+            name: config.name.clone(),
+            failure_rate_threshold: config.failure_rate_threshold,
+            slow_call_rate_threshold: config.slow_call_rate_threshold,
+            slow_call_duration: config.slow_call_duration,
+            window: Window {
+                kind: config.window,
+            },
+            minimum_calls: u32::try_from(config.minimum_calls).unwrap_or(MAX_WINDOW_CALLS),
+            consecutive_failures: config.consecutive_failures,
+            open_duration,
+            open_backoff,
+            half_open_calls: config.half_open_calls,
+            half_open_successes: Some(config.half_open_successes),
+            half_open_max_wait: config.half_open_max_wait,
+            call_timeout: config.call_timeout,
+            max_retry_after: config.max_retry_after,
+            classify: DefaultClassify,
+            #[cfg(feature = "metrics")]
+            export: config.export.clone(),
+            on_event: config.on_event.clone(),
         }
     }
 }
@@ -430,12 +503,31 @@ impl<C> Builder<C> {
         Ok(CircuitBreakerLayer::from_parts(config, self.classify))
     }
 
+    /// Drops the backoff, so that the open duration applies (a registry's update).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn without_backoff(mut self) -> Self {
+        self.open_backoff = None;
+        self
+    }
+
+    /// The name set, if any.
+    #[cfg(feature = "keyed")]
+    pub(crate) fn name_set(&self) -> Option<&Arc<str>> {
+        self.name.as_ref()
+    }
+
+    /// The classifier (for a layer built from this builder's parts).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn into_classify(self) -> C {
+        self.classify
+    }
+
     #[cfg(test)]
     pub(crate) fn validate_for_tests(&self) -> Config {
         self.validate().expect("valid test configuration")
     }
 
-    fn validate(&self) -> Result<Config, ConfigError> {
+    pub(crate) fn validate(&self) -> Result<Config, ConfigError> {
         fn rate(field: &'static str, value: f64) -> Result<f64, ConfigError> {
             if value > 0.0 && value <= 1.0 {
                 Ok(value)

@@ -41,6 +41,13 @@ pub(crate) enum WindowKind {
     },
 }
 
+impl WindowKind {
+    /// Whether it is a time window (its recording reads the clock).
+    pub(crate) fn is_time(self) -> bool {
+        matches!(self, WindowKind::Time { .. })
+    }
+}
+
 impl Window {
     /// A window over the last `n` recorded outcomes (`1..=1_048_576`).
     pub const fn count(n: u32) -> Self {

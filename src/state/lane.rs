@@ -128,6 +128,29 @@ impl Lanes {
     }
 }
 
+/// Whether anything but its owner holds `lanes` or its breaker: a service made from it (which
+/// may be about to call), an admitted call's future (through a lane), or a `Handle`. For a keyed
+/// layer's eviction, which looks while no new holder can appear through the map (it holds the
+/// map's lock).
+#[cfg(feature = "keyed")]
+pub(crate) fn in_use(lanes: &Arc<Lanes>) -> bool {
+    // Relaxed loads, then an Acquire fence: a holder that gave up the service after taking a
+    // lane (the `Arc` decrement is a Release) is seen with that lane taken.
+    if Arc::strong_count(lanes) > 1 {
+        return true;
+    }
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+    let mut made = 0;
+    for lane in lanes.lanes.iter().filter_map(OnceLock::get) {
+        if Arc::strong_count(lane) > 1 {
+            return true;
+        }
+        made += 1;
+    }
+    // The breaker's owners: the lanes, each lane made, and any handle.
+    Arc::strong_count(&lanes.breaker) > 1 + made
+}
+
 impl Deref for Lanes {
     type Target = Breaker;
 

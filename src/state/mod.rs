@@ -51,6 +51,7 @@ mod loom_tests;
 
 use std::fmt;
 use std::sync::Arc as StdArc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -179,6 +180,19 @@ struct Words {
     open_until: AtomicU64,
     /// Deadline of the current half-open episode, set by its first probe (`u64::MAX`: none).
     half_open_until: AtomicU64,
+    /// The current episode's probe numbers, `half_open_calls << 32 | half_open_successes`, fixed
+    /// when it starts (an episode finishes under the configuration it started with). Written
+    /// with Release under the lock before the HalfOpen word is published; read with Acquire.
+    half_open_limits: AtomicU64,
+    /// The current episode's `half_open_max_wait` in nanoseconds (`u64::MAX`: none), fixed with
+    /// its limits.
+    half_open_max_wait: AtomicU64,
+    /// The slow-call duration in nanoseconds (`u64::MAX`: slow calls are not tracked). Read
+    /// without the lock when a call completes; replaced by a reconfiguration.
+    slow_call_nanos: AtomicU64,
+    /// Whether the window is a time window (its recording reads the clock): read before taking
+    /// the lock, so that the clock is read outside it.
+    time_window: AtomicBool,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
@@ -199,19 +213,40 @@ pub(crate) struct Breaker {
     /// The panic group this breaker is in (`readiness.rs`): after every transition, and when
     /// this breaker goes, it wakes its members' waiting tasks, with no lock held.
     group: std::sync::OnceLock<crate::readiness::PanicGroup>,
-    config: StdArc<Config>,
-    /// The key of a keyed breaker (one of many built from one configuration).
+    /// The breaker's name (from its configuration; a reconfiguration keeps it).
+    name: Option<StdArc<str>>,
+    /// The key of a keyed breaker, as a string.
     key: Option<StdArc<str>>,
+    /// What every call reads on its path, fixed when the breaker is built (see `reconfigure`).
+    fixed: Fixed,
+    /// The event callback (`Builder::on_event`), fixed when the breaker is built.
+    on_event: Option<crate::config::EventCallback>,
     /// The handles of the metrics this breaker exports, registered when it was made.
     #[cfg(feature = "metrics")]
     pub(crate) exported: Option<crate::metrics::Exported>,
     epoch: Instant,
 }
 
+/// The part of the configuration a call's path reads without the lock, fixed for the breaker's
+/// life: whether calls are timed (slow calls) and the call timeout.
+#[derive(Clone, Copy, Debug)]
+struct Fixed {
+    tracks_duration: bool,
+    call_timeout: Option<Duration>,
+}
+
+/// The configuration values read outside the transition lock (`Breaker::config`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LiveConfig {
+    pub(crate) call_timeout: Option<Duration>,
+    /// `Some` when slow calls are tracked: the current slow-call duration.
+    pub(crate) slow_call_duration: Option<Duration>,
+}
+
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
-            .field("name", &self.config.name)
+            .field("name", &self.name)
             .field("key", &self.key)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
@@ -228,6 +263,7 @@ impl Drop for Breaker {
 }
 
 impl Breaker {
+    /// A breaker with `config` (shared, not copied) and, for a keyed breaker, its `key`.
     pub(crate) fn new(config: StdArc<Config>, key: Option<StdArc<str>>) -> Self {
         Breaker {
             #[cfg(feature = "metrics")]
@@ -240,22 +276,41 @@ impl Breaker {
                 probes: AtomicU64::new(Probes::fresh(StateWord::INITIAL.generation()).0),
                 open_until: AtomicU64::new(u64::MAX),
                 half_open_until: AtomicU64::new(u64::MAX),
+                half_open_limits: AtomicU64::new(half_open_limits(&config)),
+                half_open_max_wait: AtomicU64::new(half_open_max_wait(&config)),
+                slow_call_nanos: AtomicU64::new(slow_call_nanos(&config)),
+                time_window: AtomicBool::new(config.window.is_time()),
             }),
             clean: CachePadded(AtomicBool::new(false)),
-            core: Mutex::new(Core::new(Window::new(config.window))),
             announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
             group: std::sync::OnceLock::new(),
-            config,
+            name: config.name.clone(),
             key,
+            fixed: Fixed {
+                tracks_duration: config.slow_call_duration.is_some(),
+                call_timeout: config.call_timeout,
+            },
+            on_event: config.on_event.clone(),
+            core: Mutex::new(Core::new(Window::new(config.window), config)),
             epoch: Instant::now(),
         }
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// The configuration values a call reads without the lock.
+    pub(crate) fn config(&self) -> LiveConfig {
+        let slow = self.words.slow_call_nanos.load(Ordering::Relaxed);
+        LiveConfig {
+            call_timeout: self.fixed.call_timeout,
+            slow_call_duration: (slow != u64::MAX).then(|| Duration::from_nanos(slow)),
+        }
+    }
+
+    /// The configuration in force (for reading it back, and reconfiguring from it).
+    pub(crate) fn current_config(&self) -> StdArc<Config> {
+        self.lock().config_arc().clone()
     }
 
     /// Puts this breaker in `group`; `false` if it is in a group already.
@@ -269,7 +324,7 @@ impl Breaker {
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
-        self.config.name.as_ref()
+        self.name.as_ref()
     }
 
     /// The key of a keyed breaker.
@@ -281,7 +336,7 @@ impl Breaker {
     /// call durations).
     #[inline]
     pub(crate) fn tracks_duration(&self) -> bool {
-        self.config.slow_call_duration.is_some() || self.exports_durations()
+        self.fixed.tracks_duration || self.exports_durations()
     }
 
     #[inline]
@@ -379,7 +434,7 @@ impl Breaker {
             if !probes.belongs_to(generation) {
                 return Err(ProbeRefused::Stale);
             }
-            if probes.taken() >= self.config.half_open_calls {
+            if probes.taken() >= self.episode_limits().0 {
                 return Err(ProbeRefused::Full);
             }
             // AcqRel: the permit belongs to this episode's counters exactly; a transition
@@ -425,7 +480,7 @@ impl Breaker {
         now: &mut Now<'_>,
     ) {
         let elapsed = started.map(|started| now.get().saturating_sub(started));
-        let slow = match (self.config.slow_call_duration, elapsed) {
+        let slow = match (self.config().slow_call_duration, elapsed) {
             (Some(limit), Some(elapsed)) => elapsed > clock::saturating_nanos(limit),
             _ => false,
         };
@@ -510,22 +565,23 @@ impl Breaker {
         not_before: Option<u64>,
         now: &mut Now<'_>,
     ) {
-        let at = if self.window_needs_clock() {
-            now.get()
-        } else {
-            0
-        };
+        // Relaxed: a hint, so that the clock is read before the lock; the window under the lock
+        // decides (a reconfiguration may have changed its kind meanwhile).
+        if self.words.time_window.load(Ordering::Relaxed) {
+            now.get();
+        }
         let mut core = self.lock();
         let word = self.load();
         if word.generation() != generation {
             return; // stale: admitted under a state that has since changed
         }
+        let at = if core.window_is_time() { now.get() } else { 0 };
         core.record(sample, at, not_before);
         self.clean.store(core.is_clean(), Ordering::Relaxed);
         let totals = core.totals(at);
         match word.state() {
-            State::Closed if should_trip(totals, core.consecutive(), &self.config) => {
-                let exceeded = Rates::of(totals, &self.config).exceeded(&self.config);
+            State::Closed if should_trip(totals, core.consecutive(), core.config()) => {
+                let exceeded = Rates::of(totals, core.config()).exceeded(core.config());
                 self.queue_exceeded(&mut core, exceeded, totals.calls, State::Closed);
                 // The interval counts from now, read under the lock, not from before it.
                 let opened_at = self.now().get();
@@ -535,10 +591,6 @@ impl Breaker {
             _ => {}
         }
         self.unlock(core);
-    }
-
-    fn window_needs_clock(&self) -> bool {
-        matches!(self.config.window, crate::config::WindowKind::Time { .. })
     }
 
     /// Counts a probe's result (or gives its permit back) in its episode, and makes the
@@ -588,12 +640,21 @@ impl Breaker {
         }
     }
 
+    /// The current episode's `(half_open_calls, half_open_successes)`.
+    fn episode_limits(&self) -> (u32, u32) {
+        // Acquire: pairs with the Release store made when the episode started. A reader that
+        // sees a later episode's numbers also sees that its own episode ended (the probe word
+        // was replaced before), so its compare-and-swap or its transition then fails.
+        let limits = self.words.half_open_limits.load(Ordering::Acquire);
+        ((limits >> 32) as u32, limits as u32)
+    }
+
     /// The state an episode's counters decide, if any.
     fn decided_by(&self, probes: Probes) -> Option<State> {
-        let config = &self.config;
-        if probes.succeeded() >= config.half_open_successes {
+        let (calls, successes) = self.episode_limits();
+        if probes.succeeded() >= successes {
             Some(State::Closed)
-        } else if probes.failed() > config.half_open_calls - config.half_open_successes {
+        } else if probes.failed() > calls - successes {
             Some(State::Open)
         } else {
             None
@@ -620,7 +681,7 @@ impl Breaker {
             fallback,
             "call rejected"
         );
-        if self.config.on_event.is_some() || self.subscribers.wants_rejections() {
+        if self.on_event.is_some() || self.subscribers.wants_rejections() {
             self.announce_rejection(rejection, fallback);
         }
     }
@@ -645,6 +706,7 @@ impl Breaker {
         let totals = core.shown_totals(at);
         let consecutive_failures = core.consecutive();
         let transitions = core.transitions();
+        let minimum_calls = core.config().minimum_calls;
         drop(core);
         Metrics {
             state,
@@ -653,7 +715,7 @@ impl Breaker {
             slow: totals.slow,
             not_permitted: self.counters.rejected_since_close(),
             consecutive_failures,
-            minimum_calls: self.config.minimum_calls,
+            minimum_calls,
             totals: self.lifetime(transitions),
         }
     }
@@ -672,9 +734,66 @@ impl Breaker {
         }
     }
 
+    /// Whether forgetting this breaker loses nothing but its window (a keyed layer's eviction):
+    /// it is Closed, or it has recovered (open past its interval, or half-open with no probe
+    /// admitted in the episode), so that it would admit the next call as a new breaker does.
+    /// Looks only: no transition, no lock, no user code.
+    /// The end of the open interval, while Open and before it (for listings; no transition).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn retry_at(&self, now: &mut Now<'_>) -> Option<Instant> {
+        let word = self.load();
+        if word.state() != State::Open || self.is_due(word, now) {
+            return None;
+        }
+        instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed))
+    }
+
+    #[cfg(feature = "keyed")]
+    pub(crate) fn forgettable(&self, now: &mut Now<'_>) -> Option<Forgettable> {
+        let word = self.load();
+        match word.state() {
+            State::Closed => Some(Forgettable::Closed),
+            State::Open if self.is_due(word, now) => Some(Forgettable::Recovered),
+            State::HalfOpen => {
+                let probes = Probes(self.words.probes.load(Ordering::Acquire));
+                (probes.belongs_to(word.generation()) && !probes.started())
+                    .then_some(Forgettable::Recovered)
+            }
+            _ => None,
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> EventStream {
         self.subscribers.subscribe()
     }
+}
+
+/// Why a breaker may be forgotten (see `Breaker::forgettable`).
+#[cfg(feature = "keyed")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Forgettable {
+    Closed,
+    /// Its open interval is over and no probe was admitted since: it rejects nobody.
+    Recovered,
+}
+
+/// `(half_open_calls, half_open_successes)` packed for `Words::half_open_limits`.
+fn half_open_limits(config: &Config) -> u64 {
+    (u64::from(config.half_open_calls) << 32) | u64::from(config.half_open_successes)
+}
+
+/// `Words::half_open_max_wait` for `config`.
+fn half_open_max_wait(config: &Config) -> u64 {
+    config
+        .half_open_max_wait
+        .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
+}
+
+/// `Words::slow_call_nanos` for `config`.
+fn slow_call_nanos(config: &Config) -> u64 {
+    config
+        .slow_call_duration
+        .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::window::{Sample, Totals, Window};
@@ -122,10 +123,12 @@ pub(super) struct Core {
     /// Whether the failure and the slow-call rate were at or above their thresholds at the last
     /// outcome recorded in MetricsOnly (so that each crossing is announced once).
     exceeded: (bool, bool),
+    /// The configuration in force: replaced whole by a reconfiguration, under this lock.
+    config: Arc<Config>,
 }
 
 impl Core {
-    pub(super) fn new(window: Window) -> Self {
+    pub(super) fn new(window: Window, config: Arc<Config>) -> Self {
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             std::collections::hash_map::RandomState::new()
@@ -142,11 +145,25 @@ impl Core {
             unannounced: VecDeque::new(),
             transitions: [[0; 6]; 6],
             exceeded: (false, false),
+            config,
         }
     }
 
     pub(super) fn transitions(&self) -> [[u64; 6]; 6] {
         self.transitions
+    }
+
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(super) fn config_arc(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// Whether the window is a time window (recording needs the time).
+    pub(super) fn window_is_time(&self) -> bool {
+        self.config.window.is_time()
     }
 
     pub(super) fn record(&mut self, sample: Sample, at: u64, not_before: Option<u64>) {
@@ -210,7 +227,10 @@ impl Breaker {
     pub(super) fn transition(&self, core: &mut Core, from: StateWord, to: State, at: u64) {
         let words = &self.words;
         let rates = match from.state().records() {
-            true => Rates::of(core.window.totals(at), &self.config),
+            true => {
+                let totals = core.window.totals(at);
+                Rates::of(totals, &core.config)
+            }
             false => Rates::default(),
         };
         let mut open_for = None;
@@ -222,18 +242,25 @@ impl Breaker {
                     _ => 1,
                 };
                 let uniform = core.next_uniform();
-                let interval = self.config.open_interval(core.attempt, uniform);
+                let interval = core.config.open_interval(core.attempt, uniform);
                 let mut until = at.saturating_add(saturating_nanos(interval));
                 // An upstream's "not before" lengthens the interval, up to the configured cap.
                 if let Some(not_before) = core.not_before.take() {
-                    let cap = at.saturating_add(saturating_nanos(self.config.max_retry_after));
+                    let cap = at.saturating_add(saturating_nanos(core.config.max_retry_after));
                     until = until.max(not_before.min(cap));
                 }
                 open_for = Some(Duration::from_nanos(until.saturating_sub(at)));
                 words.open_until.store(until, Ordering::Relaxed);
             }
-            // The episode's clock starts with its first probe.
-            State::HalfOpen => words.half_open_until.store(u64::MAX, Ordering::Relaxed),
+            State::HalfOpen => {
+                // The episode's clock starts with its first probe.
+                words.half_open_until.store(u64::MAX, Ordering::Relaxed);
+                let wait = super::half_open_max_wait(&core.config);
+                words.half_open_max_wait.store(wait, Ordering::Relaxed);
+                // Release: see `Breaker::episode_limits`.
+                let limits = super::half_open_limits(&core.config);
+                words.half_open_limits.store(limits, Ordering::Release);
+            }
             State::Closed | State::MetricsOnly => {
                 core.window.clear();
                 core.consecutive = 0;
@@ -273,7 +300,7 @@ impl Breaker {
         self.queue(core, what, || Event::StateTransition {
             from: from.state(),
             to,
-            name: self.config.name.clone(),
+            name: self.name.clone(),
             key: self.key.clone(),
         });
     }
@@ -281,7 +308,7 @@ impl Breaker {
     /// Queues an announcement: its event goes into the subscribers' buffers now (in order, under
     /// the lock), and is kept for the callback. The event is made only if somebody listens.
     fn queue(&self, core: &mut Core, what: What, event: impl FnOnce() -> Event) {
-        let callback = self.config.on_event.is_some();
+        let callback = self.on_event.is_some();
         let listening = self.subscribers.any();
         let event = (callback || listening).then(event);
         let subscribers = match &event {
@@ -304,7 +331,8 @@ impl Breaker {
         calls: u64,
         state: State,
     ) {
-        let config = &self.config;
+        // A clone of the `Arc`: `core` is borrowed again to queue.
+        let config = core.config_arc().clone();
         if let (Some(rate), Some(threshold)) = (exceeded.failure, config.failure_rate_threshold) {
             self.queue(
                 core,
@@ -344,7 +372,8 @@ impl Breaker {
     /// After an outcome recorded in MetricsOnly: announces each rate that crossed its threshold
     /// since the last outcome (once per crossing; it never opens the circuit).
     pub(super) fn watch_rates(&self, core: &mut Core, totals: Totals) {
-        let exceeded = Rates::of(totals, &self.config).exceeded(&self.config);
+        let config = core.config_arc().clone();
+        let exceeded = Rates::of(totals, &config).exceeded(&config);
         let now = (exceeded.failure.is_some(), exceeded.slow.is_some());
         let crossed = Rates {
             failure: exceeded.failure.filter(|_| !core.exceeded.0),
@@ -411,10 +440,12 @@ impl Breaker {
 
     /// Starts the episode's `half_open_max_wait` at its first probe, if it is still current.
     pub(super) fn start_episode_clock(&self, generation: Generation, now: &mut Now<'_>) {
-        let Some(wait) = self.config.half_open_max_wait else {
+        // Relaxed: written with the episode's limits, before its state word was published.
+        let wait = self.words.half_open_max_wait.load(Ordering::Relaxed);
+        if wait == u64::MAX {
             return;
-        };
-        let deadline = now.get().saturating_add(saturating_nanos(wait));
+        }
+        let deadline = now.get().saturating_add(wait);
         let _core = self.lock();
         if self.load().generation() == generation {
             self.words
@@ -434,6 +465,46 @@ impl Breaker {
             self.transition(&mut core, word, to, now.get());
         }
         self.unlock(core);
+    }
+
+    /// Puts `config` in force (validated by the caller, with the same fixed part: see
+    /// `Config::check_replaces`). The state, its generation, the deadlines already set, the
+    /// counters and the subscribers stay; what the window keeps is said on `Window::carry_over`.
+    /// Like a transition, it happens under the lock; unlike one, it changes no state, so it
+    /// announces nothing but its tracing event (after the lock is released).
+    pub(crate) fn reconfigure(&self, config: Arc<Config>) {
+        loop {
+            let current = self.current_config();
+            // A new window is made outside the lock: it can be large.
+            let fresh = (current.window != config.window).then(|| Window::new(config.window));
+            let mut core = self.lock();
+            if !Arc::ptr_eq(&core.config, &current) {
+                continue; // another reconfiguration came first: decide again against it
+            }
+            if let Some(mut window) = fresh {
+                // `Metrics` of a breaker that does not record keep showing the window that was
+                // frozen when it stopped.
+                window.carry_over(&core.window);
+                core.window = window;
+            }
+            core.config = config;
+            // Relaxed: each is read alone, and a call that reads the old value behaves as if it
+            // had come just before the reconfiguration.
+            let words = &self.words;
+            let slow = super::slow_call_nanos(&core.config);
+            words.slow_call_nanos.store(slow, Ordering::Relaxed);
+            let is_time = core.config.window.is_time();
+            words.time_window.store(is_time, Ordering::Relaxed);
+            self.clean.store(core.is_clean(), Ordering::Relaxed);
+            drop(core);
+            let name = self.name.as_deref().unwrap_or("");
+            tracing::info!(
+                breaker = name,
+                key = self.key.as_deref(),
+                "circuit reconfigured"
+            );
+            return;
+        }
     }
 
     /// Runs the queued announcements, unless another thread is running them (it will run ours
@@ -480,7 +551,7 @@ impl Breaker {
         }: Announcement,
         panic: &mut Option<Panic>,
     ) {
-        let name = self.config.name.as_deref().unwrap_or("");
+        let name = self.name.as_deref().unwrap_or("");
         let key = self.key.as_deref().unwrap_or("");
         match what {
             What::Transition {
@@ -554,7 +625,7 @@ impl Breaker {
     /// Runs the event callback, if any. A panic in it is caught and traced at error: it must not
     /// leave the announcement half done, nor fail the call that made the transition.
     pub(super) fn call_back(&self, event: &Event) {
-        let Some(callback) = &self.config.on_event else {
+        let Some(callback) = &self.on_event else {
             return;
         };
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| callback.call(event))) {
@@ -564,7 +635,7 @@ impl Breaker {
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("a panic");
             tracing::error!(
-                breaker = self.config.name.as_deref().unwrap_or(""),
+                breaker = self.name.as_deref().unwrap_or(""),
                 key = self.key.as_deref().unwrap_or(""),
                 panic = message,
                 "circuit breaker event callback panicked"
@@ -582,7 +653,7 @@ impl Breaker {
             state: rejection.state,
             retry_at: rejection.retry_at,
             fallback,
-            name: self.config.name.clone(),
+            name: self.name.clone(),
             key: self.key.clone(),
         };
         self.subscribers.send_rejection(&event).wake();
@@ -635,7 +706,8 @@ mod tests {
 
     #[test]
     fn the_jitter_generator_spreads_its_draws_evenly_over_0_to_1() {
-        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)));
+        let config = Arc::new(crate::CircuitBreakerLayer::builder().validate_for_tests());
+        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)), config);
         for seed in [0, 42, u64::MAX] {
             core.rng = seed;
             let mut deciles = [0u32; 10];

@@ -95,6 +95,22 @@ impl Window {
             Window::Time(w) => w.clear(),
         }
     }
+
+    /// Fills this new, empty window from `old`, which it replaces (a reconfiguration): a count
+    /// window takes the newest outcomes of a count window, as many as fit, oldest first. Any
+    /// other change (count to time, time to count, another time window) starts empty: a count
+    /// window's outcomes have no time, and a time window's buckets do not split.
+    pub(crate) fn carry_over(&mut self, old: &Window) {
+        if let (Window::Count(new), Window::Count(old)) = (self, old) {
+            let n = old.slots.len();
+            let keep = (old.totals.calls as usize).min(new.slots.len());
+            for i in 0..keep {
+                if let Some(sample) = old.slots[(old.next + n - keep + i) % n] {
+                    new.record(sample);
+                }
+            }
+        }
+    }
 }
 
 // ===== CountWindow =====
@@ -246,6 +262,48 @@ impl TimeWindow {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_resized_count_window_keeps_the_newest_outcomes_that_fit() {
+        let fail = Sample {
+            failed: true,
+            slow: false,
+        };
+        let ok = Sample {
+            failed: false,
+            slow: false,
+        };
+        let mut old = Window::new(WindowKind::Count(4));
+        // Wrapped: the ring holds, oldest first, ok ok fail fail.
+        for sample in [fail, fail, ok, ok, fail, fail] {
+            old.record(sample, 0);
+        }
+        let mut smaller = Window::new(WindowKind::Count(3));
+        smaller.carry_over(&old);
+        let totals = smaller.totals(0);
+        assert_eq!((totals.calls, totals.failed), (3, 2));
+        // The oldest carried outcome (ok) leaves first.
+        smaller.record(ok, 0);
+        assert_eq!(smaller.totals(0).failed, 2);
+        smaller.record(ok, 0);
+        assert_eq!(smaller.totals(0).failed, 1);
+
+        let mut larger = Window::new(WindowKind::Count(10));
+        larger.carry_over(&old);
+        assert_eq!(larger.totals(0).calls, 4);
+        assert!(!larger.is_full_of_successes());
+
+        let mut time = Window::new(WindowKind::Time {
+            duration: Duration::from_secs(10),
+            buckets: Some(10),
+        });
+        time.carry_over(&old);
+        assert_eq!(
+            time.totals(0).calls,
+            0,
+            "a count window's outcomes have no time"
+        );
+    }
 
     const OK: Sample = Sample {
         failed: false,

@@ -21,6 +21,8 @@
 //! Common targets (peer-perf.md §4): trip at 50 % failures over 100 calls, or 5 consecutive
 //! failures, open 30 s. Each peer gets the closest configuration it supports.
 
+pub mod maps;
+
 use std::cell::Cell;
 use std::fmt;
 use std::future::{Ready, ready};
@@ -640,6 +642,127 @@ pub fn ours_oneshot() -> impl Row {
         .expect("valid configuration");
     let handle = layer.handle();
     OursOneshot(layer.layer(service_fn(inner_call)), handle)
+}
+
+// ===== keyed: one breaker per key =====
+//
+// Not in `ROWS`: their own binaries (`benches/keyed.rs`, `src/bin/cg-keyed.rs`,
+// `src/bin/mem-keyed.rs`), because a binary that holds them holds another user of the breaker's
+// generic code, and the compiler then inlines less into the plain rows (`ours` A: 272 -> 315 Ir
+// with the keyed rows in `cg`, the breaker unchanged). Scenario A only: with keys visited in a
+// fixed order, B would make the same keys fail every time and open them.
+
+/// Keys the keyed rows hold (the bound too, for `keyed-new`).
+pub const KEYED_KEYS: u64 = 10_000;
+/// A step coprime with `KEYED_KEYS`: `keyed` visits its keys in a scrambled order.
+const KEYED_STEP: u64 = 7_919;
+/// Each clone of a keyed row starts elsewhere (the threads of D do not walk together).
+static KEYED_CLONES: AtomicU64 = AtomicU64::new(0);
+
+/// Our count configuration per key (`KeyedCircuitBreakerLayer`, key = the request's first
+/// field). `fresh`: every call a new key (`keyed-new`); otherwise every call an existing key
+/// among `KEYED_KEYS`, made beforehand (`keyed`).
+struct Keyed<S> {
+    svc: S,
+    handle: tower_circuit_breaker::KeyedHandle<u64>,
+    next: u64,
+    /// The keys called (`keyed`), `0..keys`.
+    keys: u64,
+    fresh: bool,
+}
+
+impl<S: Clone> Clone for Keyed<S> {
+    fn clone(&self) -> Self {
+        let clone = KEYED_CLONES.fetch_add(1, Ordering::Relaxed) + 1;
+        Keyed {
+            svc: self.svc.clone(),
+            handle: self.handle.clone(),
+            // `keyed`: half the keys away; `keyed-new`: keys of its own.
+            next: if self.fresh {
+                clone << 40
+            } else {
+                (self.next + self.keys / 2) % self.keys
+            },
+            keys: self.keys,
+            fresh: self.fresh,
+        }
+    }
+}
+
+impl<S> Row for Keyed<S>
+where
+    S: Service<(u64, bool), Response = u64, Error = tower::BoxError> + Clone + Send + 'static,
+{
+    type Output = Result<u64, tower::BoxError>;
+    #[inline]
+    fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
+        self.next = if self.fresh {
+            self.next + 1
+        } else {
+            (self.next + KEYED_STEP) % self.keys
+        };
+        let (svc, key) = (&mut self.svc, self.next);
+        async move { svc.ready().await?.call((key, fail)).await }
+    }
+    #[inline(always)]
+    fn res(output: Self::Output) -> Res {
+        our_res(output)
+    }
+    fn state(&self) -> String {
+        // Every key closed, none overflowed.
+        let overflowed = self.handle.overflow().metrics().calls() > 0;
+        let open = self
+            .handle
+            .handles()
+            .iter()
+            .any(|(_, h)| h.state() != tower_circuit_breaker::State::Closed);
+        if overflowed || open { "open" } else { "closed" }.into()
+    }
+}
+
+fn keyed_row(keys: u64, fresh: bool) -> impl Row {
+    let layer = tower_circuit_breaker::KeyedCircuitBreakerLayer::builder(|r: &(u64, bool)| r.0)
+        .breaker(ours_builder(Ours::Count))
+        .max_keys(KEYED_KEYS as usize)
+        .no_idle_timeout()
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    let svc = layer.layer(service_fn(|(_, fail): (u64, bool)| inner_call(fail)));
+    // Each key's window full of successes (100 calls), as for `ours` in A: a healthy closed
+    // breaker, whose successes record nothing.
+    for _ in 0..100 {
+        for key in 0..keys {
+            let result = block_on(svc.clone().oneshot((key, false)));
+            assert_eq!(result.ok(), Some(1));
+        }
+    }
+    assert_eq!(handle.len(), keys as usize);
+    Keyed {
+        svc,
+        handle,
+        next: 0,
+        keys,
+        fresh,
+    }
+}
+
+/// Our count configuration per key: every call to an existing key among 10,000, each key's
+/// window full of successes.
+pub fn keyed() -> impl Row {
+    keyed_row(KEYED_KEYS, false)
+}
+
+/// The same among 101 keys: their breakers stay in the cache (among 10,000, every call finds
+/// its breaker's lines cold, a few cache misses per call).
+pub fn keyed_few() -> impl Row {
+    keyed_row(101, false)
+}
+
+/// Our count configuration per key, at its bound of 10,000 keys: every call to a new key, which
+/// evicts an idle one.
+pub fn keyed_new() -> impl Row {
+    keyed_row(KEYED_KEYS, true)
 }
 
 // ===== failsafe 1.3 =====
