@@ -257,6 +257,9 @@ fn a_tracing_subscriber_may_call_the_handle_when_the_circuit_opens() {
             seen: seen.clone(),
         };
         tracing::subscriber::with_default(subscriber, || {
+            // tracing caches each callsite's interest globally: one another test's thread
+            // registered with no subscriber could be cached as "never" here.
+            tracing::callsite::rebuild_interest_cache();
             let failing = layer.layer(service_fn(|()| ready(Err::<(), _>("down"))));
             block_on(failing.oneshot(())).expect_err("the inner service fails");
             handle.reset();

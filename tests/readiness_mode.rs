@@ -367,6 +367,8 @@ fn a_member_opening_while_the_group_is_read_wakes_the_task_that_read_it() {
     };
     let (waker, counts) = support::CountsWakes::waker();
     let polled = tracing::subscriber::with_default(subscriber, || {
+        // tracing caches each callsite's interest globally (see tests/events.rs).
+        tracing::callsite::rebuild_interest_cache();
         svc.poll_ready(&mut std::task::Context::from_waker(&waker))
     });
     assert!(group.is_panicking(), "both open again");
@@ -448,6 +450,8 @@ fn a_member_that_opens_while_another_looks_at_the_group_wakes_the_one_that_looke
         hook: std::sync::Mutex::new(Some(move || b_handle.force_open())),
     };
     let polled = tracing::subscriber::with_default(subscriber, || {
+        // tracing caches each callsite's interest globally (see tests/events.rs).
+        tracing::callsite::rebuild_interest_cache();
         svc.poll_ready(&mut std::task::Context::from_waker(&waker))
     });
     assert_eq!(
