@@ -336,7 +336,9 @@ async fn reconfiguration_under_concurrent_load_loses_no_call_and_keeps_the_state
     assert_eq!(answered.load(Ordering::Relaxed), closed);
     assert_eq!(handle.state(), State::Closed);
     let m = handle.metrics();
-    assert!(m.calls() == 50 || m.calls() == 100, "a full window: {m:?}");
+    // Resized back and forth between 50 and 100, the window keeps its newest outcomes: never
+    // fewer than the smaller size, once that many were recorded.
+    assert!((50..=100).contains(&m.calls()), "the window kept: {m:?}");
 
     // Forced open: every call is rejected and counted, whatever the configuration does.
     handle.force_open();
