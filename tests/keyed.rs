@@ -513,28 +513,30 @@ async fn keyed_reconfiguration_under_concurrent_load_loses_no_call() {
     keys.get(&1000).unwrap().force_open();
     let before = answered.load(Ordering::Relaxed);
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The swapper makes SWAPS reconfigurations; every task calls until it has made CALLS calls
+    // and the swapper is done, yielding now and then: the swaps all happen under load.
+    const SWAPS: u32 = 200;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
-        let (keys, stop) = (keys.clone(), stop.clone());
+        let (keys, done) = (keys.clone(), done.clone());
         tokio::spawn(async move {
-            let mut swaps = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let n = 3 + swaps % 2;
+            for swap in 0..SWAPS {
+                let n = 3 + swap % 2;
                 keys.reconfigure(keys.config().consecutive_failures(n))
                     .unwrap();
-                swaps += 1;
                 tokio::task::yield_now().await;
             }
-            swaps
+            done.store(true, Ordering::Release);
         })
     };
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let svc = svc.clone();
+        let (svc, done) = (svc.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rejected = 0;
-            for i in 0..CALLS {
+            let (mut calls, mut rejected) = (0u64, 0u64);
+            while calls < CALLS || !done.load(Ordering::Acquire) {
                 // 40 hosts shared by all tasks, and the host that is down.
+                let i = calls;
                 let host = if i % 50 == 0 { 1000 } else { (i * 7 + t) % 40 };
                 match svc.clone().oneshot(to(host)).await {
                     Ok(n) => assert_eq!(n, host),
@@ -543,21 +545,26 @@ async fn keyed_reconfiguration_under_concurrent_load_loses_no_call() {
                         rejected += 1;
                     }
                 }
+                calls += 1;
+                if calls % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
-            rejected
+            // Every call to the host that is down was rejected, and no other.
+            assert_eq!(rejected, calls.div_ceil(50));
+            (calls, rejected)
         }));
     }
-    let mut rejected = 0;
+    let (mut calls, mut rejected) = (0, 0);
     for task in tasks {
-        rejected += task.await.unwrap();
+        let (c, r) = task.await.unwrap();
+        calls += c;
+        rejected += r;
     }
-    stop.store(true, Ordering::Relaxed);
-    let swaps = swapper.await.unwrap();
-    assert!(swaps > 10, "{swaps} swaps");
-    assert_eq!(rejected, TASKS * CALLS / 50);
+    swapper.await.unwrap();
     assert_eq!(
         answered.load(Ordering::Relaxed) - before,
-        (TASKS * CALLS - rejected) as usize
+        (calls - rejected) as usize
     );
     assert_eq!(state_of(&keys, 1000), Some(State::ForcedOpen));
     assert_eq!(keys.get(&1000).unwrap().metrics().not_permitted(), rejected);
