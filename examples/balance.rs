@@ -32,6 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use bytes::Bytes;
+use examples::Server;
 use futures::StreamExt;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -39,9 +40,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tower::balance::p2c::Balance;
 use tower::discover::ServiceList;
@@ -559,32 +557,3 @@ impl Replica {
 }
 
 // ===== servers on loopback =====
-
-/// An axum server on loopback, stopped by [`stop`](Server::stop).
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-impl Server {
-    async fn start(app: Router) -> io::Result<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(Server { addr, stop, task })
-    }
-
-    /// Stops accepting connections and waits for the open ones to close.
-    async fn stop(self) -> io::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await.map_err(io::Error::other)?
-    }
-}

@@ -29,6 +29,7 @@ use axum::Router;
 use axum::extract::{Path, State as Shared};
 use axum::routing::get;
 use bytes::Bytes;
+use examples::Server;
 use futures::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
@@ -36,8 +37,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep, sleep, sleep_until};
 use tower::retry::Policy;
@@ -425,32 +424,3 @@ async fn score(Shared(api): Shared<ApiState>, Path(id): Path<u32>) -> String {
 }
 
 // ===== servers on loopback =====
-
-/// An axum server on loopback, stopped by [`stop`](Server::stop).
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-impl Server {
-    async fn start(app: Router) -> io::Result<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(Server { addr, stop, task })
-    }
-
-    /// Stops accepting connections and waits for the requests in flight to end.
-    async fn stop(self) -> io::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await.map_err(io::Error::other)?
-    }
-}

@@ -19,7 +19,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -31,15 +30,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use examples::Server;
 use futures::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
@@ -53,7 +50,7 @@ async fn main() -> Result<(), BoxError> {
     let start = Instant::now();
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let reached = Arc::new(AtomicU64::new(0));
-    let mut backend = Server::start("127.0.0.1:0", backend_app(1, reached.clone())).await?;
+    let mut backend = Server::start(backend_app(1, reached.clone())).await?;
     let backend_addr = backend.addr;
 
     let cache = Cache::default();
@@ -72,7 +69,7 @@ async fn main() -> Result<(), BoxError> {
         backend_addr,
         cache.clone(),
     ));
-    let service = Server::start("127.0.0.1:0", records_app(Records::new(records))).await?;
+    let service = Server::start(records_app(Records::new(records))).await?;
     print_transitions(&handle, start);
 
     let mut ward = Ward {
@@ -108,7 +105,7 @@ async fn main() -> Result<(), BoxError> {
 
     sleep(Duration::from_millis(200)).await;
     // Same address: the service's configuration does not change.
-    backend = Server::start(backend_addr, backend_app(2, reached.clone())).await?;
+    backend = Server::start_on(backend_addr, backend_app(2, reached.clone())).await?;
     say("the records backend is back, with record 1 updated; the circuit is still open");
     ward.get(1).await?;
 
@@ -392,32 +389,3 @@ fn backend_app(version: u32, reached: Arc<AtomicU64>) -> Router {
 }
 
 // ===== servers on loopback =====
-
-/// An axum server on loopback, stopped by [`stop`](Server::stop).
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<io::Result<()>>,
-}
-
-impl Server {
-    async fn start(addr: impl tokio::net::ToSocketAddrs, app: Router) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Ok(Server { addr, stop, task })
-    }
-
-    /// Stops accepting connections and waits for the open ones to close.
-    async fn stop(self) -> io::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await.map_err(io::Error::other)?
-    }
-}
