@@ -48,7 +48,7 @@ impl Handle {
         Handle { breaker }
     }
 
-    #[cfg(feature = "keyed")]
+    #[cfg(any(feature = "keyed", feature = "redis"))]
     pub(crate) fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }

@@ -1,0 +1,315 @@
+//! What a fleet of breakers (feature `redis`) may do to this one: open it until a deadline that
+//! another instance chose, keep it open while another instance probes, close it when the fleet
+//! closed; and what it shows the fleet: its state, its generation and its lifetime counts, read
+//! without the lock.
+//!
+//! Each change is a transition like any other: made under the transition lock, announced after
+//! it (tracing, events, waiters), so listeners and metrics see a fleet's opening as they see a
+//! local one. A state an operator set (ForcedOpen, Disabled, MetricsOnly) is never changed.
+
+use tokio::time::Instant;
+
+use super::clock::instant_at;
+use super::lane::Count;
+use super::window::Totals;
+use super::word::Generation;
+use super::{Breaker, State, should_trip};
+use crate::sync::Ordering;
+
+/// What [`Breaker::open_until`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// It was Closed or HalfOpen and is now Open until the deadline.
+    Opened,
+    /// It was Open and stays Open, now until the later deadline.
+    Extended,
+    /// Nothing: the deadline is past or not later than the current one, or an operator's state.
+    Unchanged,
+}
+
+/// What the fleet reads of a breaker on each of its ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Observed {
+    pub(crate) state: State,
+    /// Changes with every transition: counts read under one generation were all recorded in
+    /// `state`.
+    pub(crate) generation: Generation,
+    /// Lifetime counts of recorded outcomes: `calls` (successes and failures), `failed`, `slow`.
+    pub(crate) calls: u64,
+    pub(crate) failed: u64,
+    pub(crate) slow: u64,
+    /// The end of the open interval, while Open.
+    pub(crate) open_until: Option<Instant>,
+}
+
+impl Breaker {
+    /// Opens the breaker until `until` (from Closed or HalfOpen), or keeps it open until then if
+    /// that is later than its own deadline. The transition is announced as any other.
+    pub(crate) fn open_until(&self, until: Instant) -> Opened {
+        let mut now = self.now();
+        let until = self.nanos_at(until);
+        loop {
+            let mut core = self.lock();
+            let word = self.load();
+            if self.is_due(word, &mut now) {
+                // The transitions due by time come first, as if somebody had looked.
+                drop(core);
+                self.settle(&mut now);
+                continue;
+            }
+            let at = now.get();
+            if until <= at {
+                return Opened::Unchanged;
+            }
+            let opened = match word.state() {
+                State::Closed | State::HalfOpen => {
+                    // `not_before` makes the announced interval the fleet's when it is longer
+                    // than this breaker's own; the store below makes it exact when shorter.
+                    core.note_not_before(Some(until));
+                    self.transition(&mut core, word, State::Open, at);
+                    Opened::Opened
+                }
+                State::Open if until > self.words.open_until.load(Ordering::Relaxed) => {
+                    Opened::Extended
+                }
+                _ => return Opened::Unchanged,
+            };
+            // Relaxed, under the lock: a caller that reads the earlier deadline without the lock
+            // rejects (the deadline is in the future either way) or, once it is due, settles
+            // under the lock, which reads this one. Nothing else depends on it.
+            self.words.open_until.store(until, Ordering::Relaxed);
+            self.unlock(core);
+            return opened;
+        }
+    }
+
+    /// Closes the breaker because the fleet closed (another instance's probes succeeded): from
+    /// Open or HalfOpen to Closed, clearing the window, announced as any other transition.
+    /// Returns whether it closed.
+    pub(crate) fn close_from_fleet(&self) -> bool {
+        let mut now = self.now();
+        let mut core = self.lock();
+        let word = self.load();
+        let closed = matches!(word.state(), State::Open | State::HalfOpen);
+        if closed {
+            self.transition(&mut core, word, State::Closed, now.get());
+        }
+        self.unlock(core);
+        closed
+    }
+
+    /// Opens a closed breaker because the fleet's window trips it, with its own open interval,
+    /// as its own window would. Returns whether it opened.
+    pub(crate) fn trip_from_fleet(&self) -> bool {
+        let mut now = self.now();
+        let mut core = self.lock();
+        let word = self.load();
+        let opened = word.state() == State::Closed;
+        if opened {
+            self.transition(&mut core, word, State::Open, now.get());
+        }
+        self.unlock(core);
+        opened
+    }
+
+    /// The state, its generation and the lifetime counts, read without the lock and without
+    /// making a transition (an Open past its deadline is still Open here).
+    pub(crate) fn observe(&self) -> Observed {
+        let word = self.load();
+        let c = &self.counters;
+        let failed = c.sum(Count::Failed);
+        let open_until = match word.state() {
+            State::Open => instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed)),
+            _ => None,
+        };
+        Observed {
+            state: word.state(),
+            generation: word.generation(),
+            calls: c.sum(Count::Successful).saturating_add(failed),
+            failed,
+            slow: c.sum(Count::Slow),
+            open_until,
+        }
+    }
+
+    /// Whether the fleet's window (`calls`, `failed`, `slow`) trips this breaker's thresholds
+    /// (rates only: consecutive failures are a local rule).
+    pub(crate) fn trips_on(&self, calls: u64, failed: u64, slow: u64) -> bool {
+        let config = self.current_config();
+        let totals = Totals {
+            calls,
+            failed: failed.min(calls),
+            slow: slow.min(calls),
+        };
+        should_trip(totals, 0, &config)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::CircuitBreakerLayer;
+    use crate::classify::Outcome;
+    use crate::state::Decision;
+
+    fn breaker(builder: crate::Builder) -> Arc<Breaker> {
+        Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_until_opens_a_closed_breaker_until_exactly_the_fleet_deadline() {
+        let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(30)));
+        let mut events = b.subscribe();
+        let until = Instant::now() + Duration::from_secs(5);
+        assert_eq!(b.open_until(until), Opened::Opened);
+        assert_eq!(b.observe().open_until, Some(until), "shorter than its own");
+        let Decision::Reject(rejection) = b.admit(&mut b.now()) else {
+            panic!("open");
+        };
+        assert_eq!(rejection.retry_at, Some(until));
+        use futures::StreamExt;
+        let event = events.next().await.unwrap();
+        assert!(matches!(
+            event,
+            crate::Event::StateTransition {
+                from: State::Closed,
+                to: State::Open,
+                ..
+            }
+        ));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.state(&mut b.now()), State::HalfOpen, "at the deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_until_extends_an_open_breaker_but_never_shortens_it() {
+        let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(10)));
+        let start = Instant::now();
+        assert_eq!(b.open_until(start + Duration::from_secs(10)), Opened::Opened);
+        let generation = b.observe().generation;
+        assert_eq!(
+            b.open_until(start + Duration::from_secs(4)),
+            Opened::Unchanged
+        );
+        assert_eq!(
+            b.open_until(start + Duration::from_secs(20)),
+            Opened::Extended
+        );
+        assert_eq!(b.observe().generation, generation, "no transition");
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(b.state(&mut b.now()), State::Open);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.state(&mut b.now()), State::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_until_reopens_a_half_open_breaker_and_makes_its_probes_stale() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .open_duration(Duration::from_secs(1))
+                .half_open_calls(1),
+        );
+        b.force(State::Closed);
+        assert_eq!(
+            b.open_until(Instant::now() + Duration::from_secs(1)),
+            Opened::Opened
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let Decision::Admit(probe) = b.admit(&mut b.now()) else {
+            panic!("a probe");
+        };
+        let until = Instant::now() + Duration::from_secs(3);
+        assert_eq!(b.open_until(until), Opened::Opened);
+        b.complete(probe, Outcome::Success, None, None, &mut b.now());
+        assert_eq!(b.state(&mut b.now()), State::Open, "the probe is stale");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_never_changes_an_operators_state_nor_a_past_deadline() {
+        let b = breaker(CircuitBreakerLayer::builder());
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(b.open_until(Instant::now()), Opened::Unchanged);
+        for state in [State::ForcedOpen, State::Disabled, State::MetricsOnly] {
+            b.force(state);
+            assert_eq!(b.open_until(later), Opened::Unchanged);
+            assert!(!b.close_from_fleet());
+            assert_eq!(b.stored_state(), state);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_from_fleet_closes_an_open_breaker_and_clears_its_window() {
+        let b = breaker(CircuitBreakerLayer::builder().consecutive_failures(1));
+        let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+            panic!("closed");
+        };
+        b.complete(ticket, Outcome::Failure, None, None, &mut b.now());
+        assert_eq!(b.stored_state(), State::Open);
+        let seen = b.observe();
+        assert_eq!((seen.calls, seen.failed), (1, 1));
+        assert!(b.close_from_fleet());
+        assert_eq!(b.stored_state(), State::Closed);
+        assert_eq!(b.metrics().calls(), 0);
+        assert!(!b.close_from_fleet(), "closed already");
+    }
+
+    #[test]
+    fn trips_on_applies_the_rate_thresholds_to_the_fleets_window() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .minimum_calls(10)
+                .consecutive_failures(1),
+        );
+        assert!(!b.trips_on(9, 9, 0), "below the minimum");
+        assert!(b.trips_on(10, 5, 0));
+        assert!(!b.trips_on(10, 4, 0));
+    }
+
+    /// Many callers against the fleet's extensions: once a deadline is extended, no caller is
+    /// admitted before it, and every rejection's retry-after is one of the deadlines set.
+    #[test]
+    fn concurrent_callers_never_get_in_while_the_fleet_extends_the_open_interval() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(60)));
+            let start = Instant::now();
+            let deadlines: Vec<Instant> = (1..=200)
+                .map(|i| start + Duration::from_secs(60) + Duration::from_millis(i))
+                .collect();
+            assert_eq!(b.open_until(deadlines[0]), Opened::Opened);
+            let callers: Vec<_> = (0..8)
+                .map(|_| {
+                    let b = b.clone();
+                    let deadlines = deadlines.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..2_000 {
+                            match b.admit(&mut b.now()) {
+                                Decision::Admit(_) => panic!("admitted while open"),
+                                Decision::Reject(r) => {
+                                    assert!(deadlines.contains(&r.retry_at.unwrap()))
+                                }
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            for &deadline in &deadlines[1..] {
+                assert_eq!(b.open_until(deadline), Opened::Extended);
+                tokio::task::yield_now().await;
+            }
+            for caller in callers {
+                caller.await.unwrap();
+            }
+            assert_eq!(b.observe().open_until, deadlines.last().copied());
+        });
+    }
+}
