@@ -44,6 +44,8 @@ pub(crate) mod clock;
 pub(crate) mod lane;
 mod observe;
 mod probe;
+#[cfg(feature = "redis")]
+pub(crate) mod remote;
 mod transition;
 pub(crate) mod waiters;
 pub(crate) mod window;
