@@ -75,13 +75,13 @@ return {now, state, bad, sums[1], sums[2], sums[3]}
 ///
 /// KEYS[1]: state, KEYS[2]: probe lease. ARGV: origin, until (ms), expiry after `until` (ms),
 /// channel. Answers `{now, state}` (the record in force afterwards).
-const OPEN: &str = "local until = tonumber(ARGV[2])
+const OPEN: &str = "local deadline = tonumber(ARGV[2])
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then cur = '' end
 local u = string.match(cur, '^1 open (%d+) ')
-if (u and tonumber(u) >= until) or until <= now then return {now, cur} end
+if (u and tonumber(u) >= deadline) or deadline <= now then return {now, cur} end
 local rec = '1 open ' .. ARGV[2] .. ' ' .. ARGV[1]
-redis.call('SET', KEYS[1], rec, 'PX', string.format('%d', until - now + tonumber(ARGV[3])))
+redis.call('SET', KEYS[1], rec, 'PX', string.format('%d', deadline - now + tonumber(ARGV[3])))
 redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[4], rec)
 return {now, rec}

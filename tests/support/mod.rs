@@ -13,6 +13,8 @@
 pub mod alloc;
 pub mod exposition;
 pub mod plain;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;

@@ -1,0 +1,353 @@
+//! Fleet-wide state through a real Redis server on loopback (feature `redis`): two breakers of
+//! one name stand for two instances (each with its own `Fleet`, so its own connection), then two
+//! processes. Real time: the bounds are waited for by events, with a timeout, never by sleeps.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::redis::{RedisServer, namespace, shared_server, transition_to};
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_circuit_breaker::redis::{Fleet, Shared};
+use tower_circuit_breaker::{Builder, CircuitBreakerLayer, Handle, State};
+
+/// The stated bound for a follower: one interval plus a round trip; with the slack of a loaded
+/// test machine.
+const FOLLOW: Duration = Duration::from_millis(50 + 450);
+
+const OK: u8 = 0;
+const FAIL: u8 = 1;
+const HANG: u8 = 2;
+
+/// The dependency: answers as `mode` says, counting the calls that reach it.
+#[derive(Clone, Debug, Default)]
+struct Dependency {
+    mode: Arc<AtomicU8>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Dependency {
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn service(
+        self,
+    ) -> impl Service<(), Response = (), Error = BoxError, Future = impl Send> + Clone + Send
+    {
+        let this = self;
+        tower::service_fn(move |()| {
+            let this = this.clone();
+            async move {
+                this.calls.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    match this.mode.load(Ordering::SeqCst) {
+                        OK => return Ok(()),
+                        FAIL => return Err(BoxError::from("down")),
+                        _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One instance: a breaker named `name` over `dependency`, shared through its own fleet.
+struct Instance {
+    handle: Handle,
+    call: tower::util::BoxCloneSyncService<(), (), BoxError>,
+    shared: Shared,
+}
+
+impl Instance {
+    async fn new(url: &str, ns: &str, builder: Builder, dependency: &Dependency) -> Instance {
+        let layer = builder.name("db").build().unwrap();
+        let handle = layer.handle();
+        let fleet = Fleet::builder(ns).build(url).unwrap();
+        let shared = fleet.share(&handle).unwrap();
+        let call = tower::util::BoxCloneSyncService::new(layer.layer(dependency.clone().service()));
+        let instance = Instance {
+            handle,
+            call,
+            shared,
+        };
+        instance.reachable().await;
+        instance
+    }
+
+    async fn reachable(&self) {
+        let start = Instant::now();
+        while !self.shared.is_reachable() {
+            assert!(start.elapsed() < Duration::from_secs(5), "never reached Redis");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn call(&self) -> Result<(), BoxError> {
+        self.call.clone().oneshot(()).await
+    }
+}
+
+fn builder() -> Builder {
+    CircuitBreakerLayer::builder()
+        .consecutive_failures(3)
+        .open_duration(Duration::from_secs(5))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opening_reaches_the_other_instance_within_the_stated_bound() {
+    let (url, _server) = shared_server();
+    let ns = namespace("follow");
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    let mut b_events = b.handle.subscribe();
+    dependency.set(FAIL);
+    for _ in 0..3 {
+        let _ = a.call().await;
+    }
+    assert_eq!(a.handle.state(), State::Open);
+    let followed = transition_to(&mut b_events, State::Open, Duration::from_secs(2)).await;
+    let followed = followed.expect("b never opened");
+    assert!(followed < FOLLOW, "b opened {followed:?} after a");
+    assert_eq!(dependency.calls(), 3, "b sent no call of its own");
+    // Its deadline is a's, on b's clock: both retry-afters within a few ms of each other.
+    let a_retry = a.call().await.unwrap_err();
+    let b_retry = b.call().await.unwrap_err();
+    let retry = |e: &BoxError| {
+        e.downcast_ref::<tower_circuit_breaker::error::Rejected>()
+            .unwrap()
+            .retry_at()
+            .unwrap()
+    };
+    let (ra, rb) = (retry(&a_retry), retry(&b_retry));
+    let skew = if ra > rb { ra - rb } else { rb - ra };
+    assert!(skew < Duration::from_millis(100), "{skew:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleets_window_trips_instances_that_alone_would_not() {
+    let (url, _server) = shared_server();
+    let ns = namespace("window");
+    let builder = || {
+        CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .minimum_calls(10)
+            .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(10)))
+            .open_duration(Duration::from_secs(5))
+    };
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    let (mut a_events, mut b_events) = (a.handle.subscribe(), b.handle.subscribe());
+    dependency.set(FAIL);
+    for _ in 0..6 {
+        let _ = a.call().await;
+        let _ = b.call().await;
+    }
+    // 6 failures each: below each one's minimum of 10, 12 failures over the fleet.
+    let limit = Duration::from_secs(2);
+    assert!(transition_to(&mut a_events, State::Open, limit).await.is_some());
+    assert!(transition_to(&mut b_events, State::Open, limit).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_result() {
+    let (url, _server) = shared_server();
+    let ns = namespace("probes");
+    let builder = || {
+        CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_millis(300))
+            .half_open_calls(2)
+    };
+    let dependency = Dependency::default();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Arc::new(Instance::new(&url, &ns, builder(), &dependency).await));
+    }
+    let mut events: Vec<_> = instances.iter().map(|i| i.handle.subscribe()).collect();
+    dependency.set(FAIL);
+    let _ = instances[0].call().await;
+    for e in &mut events[1..] {
+        assert!(transition_to(e, State::Open, FOLLOW).await.is_some());
+    }
+    // The dependency hangs: probes stay in flight (their futures kept, so their permits too),
+    // and every instance keeps calling.
+    dependency.set(HANG);
+    let before = dependency.calls();
+    let mut calls = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < deadline {
+        for instance in &instances {
+            let instance = instance.clone();
+            calls.push(tokio::spawn(async move { instance.call().await }));
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let probes = dependency.calls() - before;
+    assert_eq!(probes, 2, "half_open_calls over the whole fleet, not per instance");
+    let states: Vec<_> = instances.iter().map(|i| i.handle.state()).collect();
+    let probing = states.iter().filter(|s| **s == State::HalfOpen).count();
+    assert_eq!(probing, 1, "{states:?}");
+    // The dependency recovers: the owner's probes succeed, and the fleet closes.
+    dependency.set(OK);
+    for e in &mut events {
+        let closed = transition_to(e, State::Closed, Duration::from_secs(2)).await;
+        assert!(closed.is_some());
+    }
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    for instance in &instances {
+        instance.call().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_work_alone_while_redis_is_down_and_rejoin_when_it_is_back() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let ns = namespace("down");
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    let mut b_events = b.handle.subscribe();
+    server.kill();
+    let start = Instant::now();
+    while a.shared.is_reachable() || b.shared.is_reachable() {
+        assert!(start.elapsed() < Duration::from_secs(3), "still reachable");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // a opens on its own, without waiting for Redis on any call.
+    dependency.set(FAIL);
+    let start = Instant::now();
+    for _ in 0..3 {
+        let _ = a.call().await;
+    }
+    assert_eq!(a.handle.state(), State::Open);
+    for _ in 0..100 {
+        assert!(a.call().await.is_err());
+    }
+    assert!(start.elapsed() < Duration::from_millis(100), "{:?}", start.elapsed());
+    assert_eq!(b.handle.state(), State::Closed, "b cannot know");
+    server.restart();
+    let followed = transition_to(&mut b_events, State::Open, Duration::from_secs(5)).await;
+    assert!(followed.is_some(), "a's opening is published once Redis is back");
+    assert!(a.shared.is_reachable() && b.shared.is_reachable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_never_slows_a_call_and_the_fleet_converges_after() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let ns = namespace("slow");
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    let mut b_events = b.handle.subscribe();
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    // Redis answers nothing for 1.5 s.
+    let sleeping = tokio::spawn(async move {
+        let _: Result<(), _> = ::redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1.5)
+            .query_async(&mut admin)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..1_000 {
+        let call = Instant::now();
+        a.call().await.unwrap();
+        slowest = slowest.max(call.elapsed());
+    }
+    dependency.set(FAIL);
+    for _ in 0..3 {
+        let _ = a.call().await;
+    }
+    assert_eq!(a.handle.state(), State::Open);
+    assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(slowest < Duration::from_millis(50), "{slowest:?}");
+    sleeping.await.unwrap();
+    let followed = transition_to(&mut b_events, State::Open, Duration::from_secs(5)).await;
+    assert!(followed.is_some(), "b follows once Redis answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
+    let (url, _server) = shared_server();
+    let ns = namespace("garbage");
+    let prefix = format!("tcb:1:{{{ns}:db}}:");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("HSET").arg(format!("{prefix}state")).arg("x").arg("y");
+    pipe.cmd("RPUSH").arg(format!("{prefix}probe")).arg("z");
+    pipe.cmd("SET").arg(format!("{prefix}w:0:1")).arg("garbage");
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    let mut b_events = b.handle.subscribe();
+    let _: () = ::redis::cmd("PUBLISH")
+        .arg(format!("{prefix}events"))
+        .arg("1 open 99999999999999 not:ours!\u{1}")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        a.call().await.unwrap();
+        b.call().await.unwrap();
+    }
+    assert_eq!(b.handle.state(), State::Closed, "the garbage opened nothing");
+    dependency.set(FAIL);
+    for _ in 0..3 {
+        let _ = a.call().await;
+    }
+    let followed = transition_to(&mut b_events, State::Open, FOLLOW).await;
+    assert!(followed.is_some(), "a's opening replaced the garbage state");
+    let state: String = ::redis::cmd("GET")
+        .arg(format!("{prefix}state"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(state.starts_with("1 open "), "{state}");
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{prefix}state"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "everything written expires");
+}
+
+#[tokio::test]
+async fn share_refuses_an_unnamed_breaker_and_bad_settings_name_their_field() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    let fleet = Fleet::builder("ns").build("redis://127.0.0.1:1").unwrap();
+    assert_eq!(fleet.share(&handle).unwrap_err().field(), "name");
+    let err = |b: tower_circuit_breaker::redis::FleetBuilder| b.build("redis://127.0.0.1").unwrap_err().field();
+    assert_eq!(err(Fleet::builder("")), "namespace");
+    assert_eq!(err(Fleet::builder("n").timeout(Duration::ZERO)), "timeout");
+    assert_eq!(err(Fleet::builder("n").key_ttl(Duration::from_millis(10))), "key_ttl");
+    assert_eq!(err(Fleet::builder("n").probe_lease(Duration::ZERO)), "probe_lease");
+    assert_eq!(err(Fleet::builder("n").window(Duration::from_secs(7200))), "window");
+    let bad_url = Fleet::builder("n").build("http://example").unwrap_err();
+    assert_eq!(bad_url.field(), "url");
+}
+
+#[test]
+fn share_outside_a_runtime_is_an_error_not_a_panic() {
+    let handle = CircuitBreakerLayer::builder().name("db").build().unwrap().handle();
+    let fleet = Fleet::builder("ns").build("redis://127.0.0.1:1").unwrap();
+    assert_eq!(fleet.share(&handle).unwrap_err().field(), "runtime");
+}
