@@ -351,3 +351,69 @@ fn share_outside_a_runtime_is_an_error_not_a_panic() {
     let fleet = Fleet::builder("ns").build("redis://127.0.0.1:1").unwrap();
     assert_eq!(fleet.share(&handle).unwrap_err().field(), "runtime");
 }
+
+/// The second process of `two_processes_share_one_breaker` (does nothing when run otherwise).
+#[test]
+#[ignore = "the second process of two_processes_share_one_breaker, which starts it"]
+fn second_process() {
+    let (Ok(url), Ok(ns)) = (
+        std::env::var("TCB_SECOND_PROCESS_URL"),
+        std::env::var("TCB_SECOND_PROCESS_NS"),
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let dependency = Dependency::default();
+        let b = Instance::new(&url, &ns, builder(), &dependency).await;
+        let mut events = b.handle.subscribe();
+        println!("second-process: ready");
+        let followed = transition_to(&mut events, State::Open, Duration::from_secs(10)).await;
+        match followed {
+            Some(_) => println!("second-process: open"),
+            None => println!("second-process: never opened"),
+        }
+        assert_eq!(dependency.calls(), 0);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_breaker() {
+    use std::io::{BufRead, BufReader};
+    let (url, _server) = shared_server();
+    let ns = namespace("processes");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "second_process", "--ignored", "--nocapture"])
+        .env("TCB_SECOND_PROCESS_URL", &url)
+        .env("TCB_SECOND_PROCESS_NS", &ns)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("second-process: ") && lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(next_line(&mut lines).await.as_deref(), Some("second-process: ready"));
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &ns, builder(), &dependency).await;
+    dependency.set(FAIL);
+    for _ in 0..3 {
+        let _ = a.call().await;
+    }
+    let opened = Instant::now();
+    assert_eq!(next_line(&mut lines).await.as_deref(), Some("second-process: open"));
+    let followed = opened.elapsed();
+    assert!(followed < FOLLOW, "{followed:?}");
+    assert!(child.wait().unwrap().success());
+}
+
+async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    let next = lines.recv();
+    tokio::time::timeout(Duration::from_secs(10), next).await.ok().flatten()
+}

@@ -64,8 +64,11 @@ pub(crate) fn parse(value: &[u8]) -> Result<Record, Malformed> {
     if version != VERSION {
         return Err(Malformed("unknown version"));
     }
-    if time.is_empty() || time.len() > 19 || !time.bytes().all(|b| b.is_ascii_digit()) {
+    if time.is_empty() || time.len() > 20 || !time.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Malformed("time is not a decimal number of milliseconds"));
+    }
+    if time.len() > 1 && time.starts_with('0') {
+        return Err(Malformed("time has leading zeros")); // one spelling per record
     }
     let time: u64 = time.parse().map_err(|_| Malformed("time out of range"))?;
     if origin.is_empty()
@@ -170,6 +173,7 @@ mod tests {
             b"2 open 12 a",
             b"1 opened 12 a",
             b"1 open -12 a",
+            b"1 open 012 a",
             b"1 open +12 a",
             b"1 open 99999999999999999999 a",
             b"1 open 12 a b",
@@ -193,5 +197,37 @@ mod tests {
         assert_ne!(c.state(), d.state());
         assert_eq!(c.state(), "tcb:1:{shop:db:1%7D}:state");
         assert_eq!(a.state(), "tcb:1:{shop:db%3A1%7D}:state");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn parse_refuses_or_reads_any_bytes_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            if let Ok(record) = parse(&bytes) {
+                prop_assert_eq!(record.encode().into_bytes(), bytes);
+            }
+        }
+
+        #[test]
+        fn whatever_parses_is_exactly_what_encoding_it_writes(text in "[0-9]{1,2} (open|closed|shut) [0-9+-]{0,21} [ -~\\x7f]{0,70}") {
+            if let Ok(record) = parse(text.as_bytes()) {
+                prop_assert_eq!(record.encode(), text);
+            }
+        }
+
+        #[test]
+        fn every_record_reads_back_as_written(time in any::<u64>(), origin in "[!-~]{1,64}", open in any::<bool>()) {
+            let record = match open {
+                true => Record::Open { until_ms: time, origin },
+                false => Record::Closed { since_ms: time, origin },
+            };
+            prop_assert_eq!(parse(record.encode().as_bytes()), Ok(record));
+        }
     }
 }

@@ -105,9 +105,6 @@ use codec::Keys;
 use script::Scripts;
 use task::{Status, Task};
 
-#[cfg(test)]
-pub(crate) use codec::{Record, parse};
-
 /// The settings of a [`Fleet`], validated.
 #[derive(Clone, Copy, Debug)]
 struct Settings {
