@@ -417,3 +417,56 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> 
     let next = lines.recv();
     tokio::time::timeout(Duration::from_secs(10), next).await.ok().flatten()
 }
+
+/// The figures of BENCHMARKS.md ("Fleet-wide state"), printed; ignored by default (real time,
+/// several seconds):
+/// `cargo test --features redis --test redis fleet_figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints the figures of BENCHMARKS.md; run on demand"]
+async fn fleet_figures() {
+    let (url, _server) = shared_server();
+    // Redis commands per second of one instance at 10 000 calls per second, default settings.
+    let dependency = Dependency::default();
+    let a = Instance::new(&url, &namespace("rate"), builder(), &dependency).await;
+    let (sent, calls) = (a.shared.commands_sent(), dependency.calls());
+    let start = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    while start.elapsed() < Duration::from_secs(3) {
+        ticks.tick().await;
+        for _ in 0..10 {
+            a.call().await.unwrap();
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let rate = (dependency.calls() - calls) as f64 / elapsed;
+    let commands = (a.shared.commands_sent() - sent) as f64 / elapsed;
+    println!("figures: {rate:.0} calls/s, {commands:.1} Redis commands/s for the instance");
+    // Time for a second instance to open after the first, default settings, 30 trials.
+    let mut follows = Vec::new();
+    for _ in 0..30 {
+        let ns = namespace("latency");
+        let dependency = Dependency::default();
+        let a = Instance::new(&url, &ns, builder(), &dependency).await;
+        let b = Instance::new(&url, &ns, builder(), &dependency).await;
+        let mut events = b.handle.subscribe();
+        // Steady state: both subscribed to the breaker's channel (at their first tick).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dependency.set(FAIL);
+        for _ in 0..2 {
+            let _ = a.call().await;
+        }
+        let opened = Instant::now();
+        let _ = a.call().await;
+        let followed = transition_to(&mut events, State::Open, Duration::from_secs(2)).await;
+        let followed = followed.map(|_| opened.elapsed()).expect("b follows");
+        follows.push(followed);
+    }
+    follows.sort();
+    println!(
+        "figures: second instance opened after min {:?}, median {:?}, p90 {:?}, max {:?} (30 trials)",
+        follows[0],
+        follows[15],
+        follows[27],
+        follows[29]
+    );
+}

@@ -531,6 +531,37 @@ fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
     }
 }
 
+/// Our count configuration, named and shared through Redis (feature `redis`) at `TCB_REDIS_URL`
+/// (default `redis://127.0.0.1:6379`; unreachable is fine: the call path is the same). Its
+/// background task runs on a runtime of its own, on another thread, and ticks once a minute, so
+/// that what is counted is the call path with the feature on: the task's own cost per tick is
+/// measured apart (BENCHMARKS.md, "Fleet-wide state").
+pub fn ours_redis() -> impl Row {
+    use tower_circuit_breaker::redis::Fleet;
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    });
+    let layer = ours_builder(Ours::Count)
+        .name("bench")
+        .build()
+        .expect("valid configuration");
+    let handle = layer.handle();
+    let url = std::env::var("TCB_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let fleet = Fleet::builder(format!("bench-{}", std::process::id()))
+        .interval(Duration::from_secs(60))
+        .build(url.as_str())
+        .expect("valid settings");
+    let _entered = runtime.enter();
+    // Shared for the process's life: the row never stops sharing.
+    std::mem::forget(fleet.share(&handle).expect("a named breaker"));
+    Our(layer.layer(service_fn(inner_call)), handle)
+}
+
 /// Our service as a row. A fallback answers rejected calls with `Ok(0)` (the inner service never
 /// does), counted as a rejection.
 #[derive(Clone)]
@@ -1077,6 +1108,11 @@ pub const ROWS: &[RowSpec] = &[
         scenarios: CLOSED,
     },
     RowSpec {
+        name: "ours-redis",
+        label: "tower-circuit-breaker, shared through Redis (`redis` feature)",
+        scenarios: CLOSED,
+    },
+    RowSpec {
         name: "ours-fallback",
         label: "tower-circuit-breaker, fallback (C)",
         scenarios: &[Scenario::C],
@@ -1187,6 +1223,10 @@ macro_rules! with_make {
             }
             "ours-metrics" => {
                 let $make = || $crate::ours($crate::Ours::Metrics);
+                $body
+            }
+            "ours-redis" => {
+                let $make = $crate::ours_redis;
                 $body
             }
             "ours-metrics-durations" => {
