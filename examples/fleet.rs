@@ -46,14 +46,18 @@ fn main() -> Result<(), BoxError> {
     let (url, _server) = redis_url()?;
     let namespace = format!("fleet-example-{}", std::process::id());
     println!("fleet: instances A and B share breaker `inventory` through {url}");
-    println!("fleet: the dependency is down from 0.55 s to 2.0 s; A calls every 4 ms, B every 100 ms\n");
+    println!(
+        "fleet: the dependency is down from 0.55 s to 2.0 s; A calls every 4 ms, B every 100 ms\n"
+    );
     let start = std::time::Instant::now();
     let instances = [("A", 4), ("B", 100)].map(|(name, every)| {
         let counters = Arc::new(Counters::default());
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (url, namespace, c) = (url.clone(), namespace.clone(), counters.clone());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(instance(name, every, &url, &namespace, start, c, handle_tx))
         });
         let handle: Handle = handle_rx.recv().expect("the instance started");
@@ -66,8 +70,13 @@ fn main() -> Result<(), BoxError> {
         std::thread::sleep(TICK);
         let mut line = format!("{:5.2}s", start.elapsed().as_secs_f64());
         for (i, (name, counters, handle, _)) in instances.iter().enumerate() {
-            let taken = [&counters.calls, &counters.failed, &counters.rejected, &counters.probes]
-                .map(|c| c.swap(0, Relaxed));
+            let taken = [
+                &counters.calls,
+                &counters.failed,
+                &counters.rejected,
+                &counters.probes,
+            ]
+            .map(|c| c.swap(0, Relaxed));
             for (total, n) in totals[i].iter_mut().zip(taken) {
                 *total += n;
             }
@@ -87,7 +96,9 @@ fn main() -> Result<(), BoxError> {
         let [calls, failed, rejected, probes] = totals[i];
         println!("  {name}: {calls} calls, {failed} failed, {rejected} rejected, {probes} probes");
     }
-    let [a, b] = counters.clone().map(|c| c.opened_us.load(Relaxed) as f64 / 1000.0);
+    let [a, b] = counters
+        .clone()
+        .map(|c| c.opened_us.load(Relaxed) as f64 / 1000.0);
     println!(
         "  B opened {:.1} ms after A, having failed {} calls of its own",
         b - a,
@@ -185,12 +196,27 @@ fn redis_url() -> Result<(String, Option<KillOnDrop>), BoxError> {
     if let Ok(url) = std::env::var("TCB_REDIS_URL") {
         return Ok((url, None));
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start redis-server ({e}): run scripts/redis install, or set TCB_REDIS_URL"))?;
+        .map_err(|e| {
+            format!(
+                "cannot start redis-server ({e}): run scripts/redis install, or set TCB_REDIS_URL"
+            )
+        })?;
     let guard = KillOnDrop(child);
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -40,8 +40,7 @@ impl Dependency {
 
     fn service(
         self,
-    ) -> impl Service<(), Response = (), Error = BoxError, Future = impl Send> + Clone + Send
-    {
+    ) -> impl Service<(), Response = (), Error = BoxError, Future = impl Send> + Clone + Send {
         let this = self;
         tower::service_fn(move |()| {
             let this = this.clone();
@@ -85,7 +84,10 @@ impl Instance {
     async fn reachable(&self) {
         let start = Instant::now();
         while !self.shared.is_reachable() {
-            assert!(start.elapsed() < Duration::from_secs(5), "never reached Redis");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "never reached Redis"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -154,8 +156,16 @@ async fn the_fleets_window_trips_instances_that_alone_would_not() {
     }
     // 6 failures each: below each one's minimum of 10, 12 failures over the fleet.
     let limit = Duration::from_secs(2);
-    assert!(transition_to(&mut a_events, State::Open, limit).await.is_some());
-    assert!(transition_to(&mut b_events, State::Open, limit).await.is_some());
+    assert!(
+        transition_to(&mut a_events, State::Open, limit)
+            .await
+            .is_some()
+    );
+    assert!(
+        transition_to(&mut b_events, State::Open, limit)
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +181,9 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
     let dependency = Dependency::default();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        instances.push(Arc::new(Instance::new(&url, &ns, builder(), &dependency).await));
+        instances.push(Arc::new(
+            Instance::new(&url, &ns, builder(), &dependency).await,
+        ));
     }
     let mut events: Vec<_> = instances.iter().map(|i| i.handle.subscribe()).collect();
     dependency.set(FAIL);
@@ -193,7 +205,10 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     let probes = dependency.calls() - before;
-    assert_eq!(probes, 2, "half_open_calls over the whole fleet, not per instance");
+    assert_eq!(
+        probes, 2,
+        "half_open_calls over the whole fleet, not per instance"
+    );
     let states: Vec<_> = instances.iter().map(|i| i.handle.state()).collect();
     let probing = states.iter().filter(|s| **s == State::HalfOpen).count();
     assert_eq!(probing, 1, "{states:?}");
@@ -236,11 +251,18 @@ async fn instances_work_alone_while_redis_is_down_and_rejoin_when_it_is_back() {
     for _ in 0..100 {
         assert!(a.call().await.is_err());
     }
-    assert!(start.elapsed() < Duration::from_millis(100), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(b.handle.state(), State::Closed, "b cannot know");
     server.restart();
     let followed = transition_to(&mut b_events, State::Open, Duration::from_secs(5)).await;
-    assert!(followed.is_some(), "a's opening is published once Redis is back");
+    assert!(
+        followed.is_some(),
+        "a's opening is published once Redis is back"
+    );
     assert!(a.shared.is_reachable() && b.shared.is_reachable());
 }
 
@@ -276,7 +298,11 @@ async fn a_slow_redis_never_slows_a_call_and_the_fleet_converges_after() {
         let _ = a.call().await;
     }
     assert_eq!(a.handle.state(), State::Open);
-    assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(slowest < Duration::from_millis(50), "{slowest:?}");
     sleeping.await.unwrap();
     let followed = transition_to(&mut b_events, State::Open, Duration::from_secs(5)).await;
@@ -291,7 +317,10 @@ async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
     let client = ::redis::Client::open(url.as_str()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let mut pipe = ::redis::pipe();
-    pipe.cmd("HSET").arg(format!("{prefix}state")).arg("x").arg("y");
+    pipe.cmd("HSET")
+        .arg(format!("{prefix}state"))
+        .arg("x")
+        .arg("y");
     pipe.cmd("RPUSH").arg(format!("{prefix}probe")).arg("z");
     pipe.cmd("SET").arg(format!("{prefix}w:0:1")).arg("garbage");
     let _: () = pipe.query_async(&mut c).await.unwrap();
@@ -309,7 +338,11 @@ async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
         a.call().await.unwrap();
         b.call().await.unwrap();
     }
-    assert_eq!(b.handle.state(), State::Closed, "the garbage opened nothing");
+    assert_eq!(
+        b.handle.state(),
+        State::Closed,
+        "the garbage opened nothing"
+    );
     dependency.set(FAIL);
     for _ in 0..3 {
         let _ = a.call().await;
@@ -335,19 +368,34 @@ async fn share_refuses_an_unnamed_breaker_and_bad_settings_name_their_field() {
     let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
     let fleet = Fleet::builder("ns").build("redis://127.0.0.1:1").unwrap();
     assert_eq!(fleet.share(&handle).unwrap_err().field(), "name");
-    let err = |b: tower_circuit_breaker::redis::FleetBuilder| b.build("redis://127.0.0.1").unwrap_err().field();
+    let err = |b: tower_circuit_breaker::redis::FleetBuilder| {
+        b.build("redis://127.0.0.1").unwrap_err().field()
+    };
     assert_eq!(err(Fleet::builder("")), "namespace");
     assert_eq!(err(Fleet::builder("n").timeout(Duration::ZERO)), "timeout");
-    assert_eq!(err(Fleet::builder("n").key_ttl(Duration::from_millis(10))), "key_ttl");
-    assert_eq!(err(Fleet::builder("n").probe_lease(Duration::ZERO)), "probe_lease");
-    assert_eq!(err(Fleet::builder("n").window(Duration::from_secs(7200))), "window");
+    assert_eq!(
+        err(Fleet::builder("n").key_ttl(Duration::from_millis(10))),
+        "key_ttl"
+    );
+    assert_eq!(
+        err(Fleet::builder("n").probe_lease(Duration::ZERO)),
+        "probe_lease"
+    );
+    assert_eq!(
+        err(Fleet::builder("n").window(Duration::from_secs(7200))),
+        "window"
+    );
     let bad_url = Fleet::builder("n").build("http://example").unwrap_err();
     assert_eq!(bad_url.field(), "url");
 }
 
 #[test]
 fn share_outside_a_runtime_is_an_error_not_a_panic() {
-    let handle = CircuitBreakerLayer::builder().name("db").build().unwrap().handle();
+    let handle = CircuitBreakerLayer::builder()
+        .name("db")
+        .build()
+        .unwrap()
+        .handle();
     let fleet = Fleet::builder("ns").build("redis://127.0.0.1:1").unwrap();
     assert_eq!(fleet.share(&handle).unwrap_err().field(), "runtime");
 }
@@ -399,7 +447,10 @@ async fn two_processes_share_one_breaker() {
             }
         }
     });
-    assert_eq!(next_line(&mut lines).await.as_deref(), Some("second-process: ready"));
+    assert_eq!(
+        next_line(&mut lines).await.as_deref(),
+        Some("second-process: ready")
+    );
     let dependency = Dependency::default();
     let a = Instance::new(&url, &ns, builder(), &dependency).await;
     dependency.set(FAIL);
@@ -407,7 +458,10 @@ async fn two_processes_share_one_breaker() {
         let _ = a.call().await;
     }
     let opened = Instant::now();
-    assert_eq!(next_line(&mut lines).await.as_deref(), Some("second-process: open"));
+    assert_eq!(
+        next_line(&mut lines).await.as_deref(),
+        Some("second-process: open")
+    );
     let followed = opened.elapsed();
     assert!(followed < FOLLOW, "{followed:?}");
     assert!(child.wait().unwrap().success());
@@ -415,7 +469,10 @@ async fn two_processes_share_one_breaker() {
 
 async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
     let next = lines.recv();
-    tokio::time::timeout(Duration::from_secs(10), next).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The figures of BENCHMARKS.md ("Fleet-wide state"), printed; ignored by default (real time,
@@ -464,9 +521,6 @@ async fn fleet_figures() {
     follows.sort();
     println!(
         "figures: second instance opened after min {:?}, median {:?}, p90 {:?}, max {:?} (30 trials)",
-        follows[0],
-        follows[15],
-        follows[27],
-        follows[29]
+        follows[0], follows[15], follows[27], follows[29]
     );
 }

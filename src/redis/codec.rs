@@ -105,7 +105,9 @@ pub(crate) struct Keys {
 impl Keys {
     /// The keys of the breaker `name` (and `key`, for one key of a keyed breaker).
     pub(crate) fn new(namespace: &str, name: &str, key: Option<&str>) -> Self {
-        let key = key.map(|key| format!(":{}", escape(key))).unwrap_or_default();
+        let key = key
+            .map(|key| format!(":{}", escape(key)))
+            .unwrap_or_default();
         Keys {
             prefix: format!(
                 "tcb:{VERSION}:{{{}:{}{key}}}:",

@@ -187,7 +187,13 @@ impl FleetBuilder {
         check("timeout", s.timeout, ms(1), ms(60_000), "1ms..=60s")?;
         let days = Duration::from_secs(30 * 24 * 3600);
         check("key_ttl", s.key_ttl, ms(1000), days, "1s..=30 days")?;
-        check("probe_lease", s.probe_lease, ms(1), ms(3_600_000), "1ms..=1h")?;
+        check(
+            "probe_lease",
+            s.probe_lease,
+            ms(1),
+            ms(3_600_000),
+            "1ms..=1h",
+        )?;
         check("window", s.window, ms(100), ms(3_600_000), "100ms..=1h")?;
         if self.namespace.is_empty() || self.namespace.len() > 64 {
             return Err(ConfigError::new(
@@ -302,7 +308,9 @@ impl Fleet {
                     .set_max_delay(inner.settings.interval.max(Duration::from_millis(100)));
                 let _entered = runtime.enter();
                 let made = ConnectionManager::new_lazy_with_config(inner.client.clone(), config)
-                    .map_err(|error| ConfigError::new("url", error.to_string(), "a redis:// URL"))?;
+                    .map_err(|error| {
+                        ConfigError::new("url", error.to_string(), "a redis:// URL")
+                    })?;
                 inner.connection.get_or_init(|| made).clone()
             }
         };

@@ -16,7 +16,7 @@ use super::codec::{Keys, Record, parse};
 use super::script::Scripts;
 use crate::State;
 use crate::state::Breaker;
-use crate::state::remote::{Observed, Opened};
+use crate::state::remote::{Observed, OpenUntil};
 use crate::state::word::Generation;
 
 /// What the task shares with its [`Shared`](super::Shared) guard.
@@ -183,7 +183,11 @@ impl Task {
     }
 
     /// Runs `script` with a deadline; `None` (logged once) when Redis does not answer in time.
-    async fn invoke(&mut self, what: &str, invocation: redis::ScriptInvocation<'_>) -> Option<Vec<Value>> {
+    async fn invoke(
+        &mut self,
+        what: &str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Option<Vec<Value>> {
         self.status.commands.fetch_add(1, Ordering::Relaxed);
         let sent = Instant::now();
         let reply = tokio::time::timeout(
@@ -195,7 +199,10 @@ impl Task {
             Ok(Ok(values)) => {
                 let received = Instant::now();
                 self.up();
-                if let Some(server_ms) = values.first().and_then(|v| i64::from_redis_value_ref(v).ok()) {
+                if let Some(server_ms) = values
+                    .first()
+                    .and_then(|v| i64::from_redis_value_ref(v).ok())
+                {
                     let half = received.duration_since(sent) / 2;
                     self.clock = Some(ServerClock {
                         server_ms: u64::try_from(server_ms).unwrap_or(0),
@@ -256,10 +263,17 @@ impl Task {
                 };
                 let until_ms = clock.server(until).to_string();
                 let ttl = millis(self.settings.key_ttl).to_string();
-                let (state, probe, channel) = (self.keys.state(), self.keys.probe(), self.keys.channel());
+                let (state, probe, channel) =
+                    (self.keys.state(), self.keys.probe(), self.keys.channel());
                 let scripts = self.scripts.clone();
                 let mut invocation = scripts.open.prepare_invoke();
-                invocation.key(state).key(probe).arg(&*self.origin).arg(until_ms).arg(ttl).arg(channel);
+                invocation
+                    .key(state)
+                    .key(probe)
+                    .arg(&*self.origin)
+                    .arg(until_ms)
+                    .arg(ttl)
+                    .arg(channel);
                 if let Some(reply) = self.invoke("open", invocation).await {
                     self.known = Some((seen.generation, seen.state));
                     self.fleet_reply(&reply, 1);
@@ -268,12 +282,23 @@ impl Task {
             State::Closed if matches!(previous, Some(State::Open | State::HalfOpen)) => {
                 // From HalfOpen: the probes succeeded. From Open: an operator's reset, which
                 // resets the fleet.
-                let reset = if previous == Some(State::Open) { "1" } else { "0" };
+                let reset = if previous == Some(State::Open) {
+                    "1"
+                } else {
+                    "0"
+                };
                 let ttl = millis(self.settings.key_ttl).to_string();
-                let (state, probe, channel) = (self.keys.state(), self.keys.probe(), self.keys.channel());
+                let (state, probe, channel) =
+                    (self.keys.state(), self.keys.probe(), self.keys.channel());
                 let scripts = self.scripts.clone();
                 let mut invocation = scripts.close.prepare_invoke();
-                invocation.key(state).key(probe).arg(&*self.origin).arg(ttl).arg(channel).arg(reset);
+                invocation
+                    .key(state)
+                    .key(probe)
+                    .arg(&*self.origin)
+                    .arg(ttl)
+                    .arg(channel)
+                    .arg(reset);
                 if let Some(reply) = self.invoke("close", invocation).await {
                     self.known = Some((seen.generation, seen.state));
                     self.fleet_reply(&reply, 1);
@@ -343,7 +368,13 @@ impl Task {
             && self.breaker.trips_on(calls, failed, slow)
             && self.breaker.trip_from_fleet()
         {
-            tracing::warn!(breaker = self.name(), calls, failed, slow, "the fleet's window trips the breaker");
+            tracing::warn!(
+                breaker = self.name(),
+                calls,
+                failed,
+                slow,
+                "the fleet's window trips the breaker"
+            );
             self.local().await; // publishes the opening at once
         }
     }
@@ -399,7 +430,7 @@ impl Task {
                     return; // that interval is over: its episode decides
                 }
                 let until = clock.local(until_ms);
-                if self.breaker.open_until(until) == Opened::Opened {
+                if self.breaker.open_until(until) == OpenUntil::Opened {
                     // Known: applied from the fleet, not to be published back.
                     let seen = self.breaker.observe();
                     self.known = Some((seen.generation, seen.state));
@@ -408,7 +439,8 @@ impl Task {
                 }
             }
             Record::Closed { since_ms, .. } => {
-                let newer = self.epoch.is_some_and(|epoch| epoch != since_ms) || self.epoch.is_none();
+                let newer =
+                    self.epoch.is_some_and(|epoch| epoch != since_ms) || self.epoch.is_none();
                 self.epoch = Some(since_ms);
                 if newer && self.breaker.close_from_fleet() {
                     let seen = self.breaker.observe();
@@ -445,7 +477,11 @@ impl Task {
         let (state, probe) = (self.keys.state(), self.keys.probe());
         let scripts = self.scripts.clone();
         let mut invocation = scripts.claim.prepare_invoke();
-        invocation.key(state).key(probe).arg(&*self.origin).arg(lease);
+        invocation
+            .key(state)
+            .key(probe)
+            .arg(&*self.origin)
+            .arg(lease);
         let Some(reply) = self.invoke("claim", invocation).await else {
             return; // unreachable: this instance probes on its own
         };
@@ -454,7 +490,10 @@ impl Task {
             return; // the fleet closed meanwhile (followed above)
         }
         let granted = reply.get(2).and_then(|v| i64::from_redis_value_ref(v).ok()) == Some(1);
-        let left = reply.get(3).and_then(|v| i64::from_redis_value_ref(v).ok()).unwrap_or(0);
+        let left = reply
+            .get(3)
+            .and_then(|v| i64::from_redis_value_ref(v).ok())
+            .unwrap_or(0);
         if granted {
             self.owner = true;
             tracing::debug!(breaker = self.name(), "this instance probes for the fleet");
@@ -466,7 +505,7 @@ impl Task {
         // Another instance probes: stay open until its lease ends (or its result arrives).
         let left = left.min(millis(self.settings.probe_lease));
         let until = clock.local(clock.server_ms.saturating_add(left));
-        if self.breaker.open_until(until) == Opened::Opened {
+        if self.breaker.open_until(until) == OpenUntil::Opened {
             let seen = self.breaker.observe();
             self.known = Some((seen.generation, seen.state));
         }

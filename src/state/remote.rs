@@ -18,7 +18,7 @@ use crate::sync::Ordering;
 
 /// What [`Breaker::open_until`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Opened {
+pub(crate) enum OpenUntil {
     /// It was Closed or HalfOpen and is now Open until the deadline.
     Opened,
     /// It was Open and stays Open, now until the later deadline.
@@ -45,7 +45,7 @@ pub(crate) struct Observed {
 impl Breaker {
     /// Opens the breaker until `until` (from Closed or HalfOpen), or keeps it open until then if
     /// that is later than its own deadline. The transition is announced as any other.
-    pub(crate) fn open_until(&self, until: Instant) -> Opened {
+    pub(crate) fn open_until(&self, until: Instant) -> OpenUntil {
         let mut now = self.now();
         let until = self.nanos_at(until);
         loop {
@@ -59,7 +59,7 @@ impl Breaker {
             }
             let at = now.get();
             if until <= at {
-                return Opened::Unchanged;
+                return OpenUntil::Unchanged;
             }
             let opened = match word.state() {
                 State::Closed | State::HalfOpen => {
@@ -67,12 +67,12 @@ impl Breaker {
                     // than this breaker's own; the store below makes it exact when shorter.
                     core.note_not_before(Some(until));
                     self.transition(&mut core, word, State::Open, at);
-                    Opened::Opened
+                    OpenUntil::Opened
                 }
                 State::Open if until > self.words.open_until.load(Ordering::Relaxed) => {
-                    Opened::Extended
+                    OpenUntil::Extended
                 }
-                _ => return Opened::Unchanged,
+                _ => return OpenUntil::Unchanged,
             };
             // Relaxed, under the lock: a caller that reads the earlier deadline without the lock
             // rejects (the deadline is in the future either way) or, once it is due, settles
@@ -164,7 +164,7 @@ mod tests {
         let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(30)));
         let mut events = b.subscribe();
         let until = Instant::now() + Duration::from_secs(5);
-        assert_eq!(b.open_until(until), Opened::Opened);
+        assert_eq!(b.open_until(until), OpenUntil::Opened);
         assert_eq!(b.observe().open_until, Some(until), "shorter than its own");
         let Decision::Reject(rejection) = b.admit(&mut b.now()) else {
             panic!("open");
@@ -188,15 +188,18 @@ mod tests {
     async fn open_until_extends_an_open_breaker_but_never_shortens_it() {
         let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(10)));
         let start = Instant::now();
-        assert_eq!(b.open_until(start + Duration::from_secs(10)), Opened::Opened);
+        assert_eq!(
+            b.open_until(start + Duration::from_secs(10)),
+            OpenUntil::Opened
+        );
         let generation = b.observe().generation;
         assert_eq!(
             b.open_until(start + Duration::from_secs(4)),
-            Opened::Unchanged
+            OpenUntil::Unchanged
         );
         assert_eq!(
             b.open_until(start + Duration::from_secs(20)),
-            Opened::Extended
+            OpenUntil::Extended
         );
         assert_eq!(b.observe().generation, generation, "no transition");
         tokio::time::advance(Duration::from_secs(15)).await;
@@ -215,14 +218,14 @@ mod tests {
         b.force(State::Closed);
         assert_eq!(
             b.open_until(Instant::now() + Duration::from_secs(1)),
-            Opened::Opened
+            OpenUntil::Opened
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         let Decision::Admit(probe) = b.admit(&mut b.now()) else {
             panic!("a probe");
         };
         let until = Instant::now() + Duration::from_secs(3);
-        assert_eq!(b.open_until(until), Opened::Opened);
+        assert_eq!(b.open_until(until), OpenUntil::Opened);
         b.complete(probe, Outcome::Success, None, None, &mut b.now());
         assert_eq!(b.state(&mut b.now()), State::Open, "the probe is stale");
     }
@@ -231,10 +234,10 @@ mod tests {
     async fn the_fleet_never_changes_an_operators_state_nor_a_past_deadline() {
         let b = breaker(CircuitBreakerLayer::builder());
         let later = Instant::now() + Duration::from_secs(1);
-        assert_eq!(b.open_until(Instant::now()), Opened::Unchanged);
+        assert_eq!(b.open_until(Instant::now()), OpenUntil::Unchanged);
         for state in [State::ForcedOpen, State::Disabled, State::MetricsOnly] {
             b.force(state);
-            assert_eq!(b.open_until(later), Opened::Unchanged);
+            assert_eq!(b.open_until(later), OpenUntil::Unchanged);
             assert!(!b.close_from_fleet());
             assert_eq!(b.stored_state(), state);
         }
@@ -284,7 +287,7 @@ mod tests {
             let deadlines: Vec<Instant> = (1..=200)
                 .map(|i| start + Duration::from_secs(60) + Duration::from_millis(i))
                 .collect();
-            assert_eq!(b.open_until(deadlines[0]), Opened::Opened);
+            assert_eq!(b.open_until(deadlines[0]), OpenUntil::Opened);
             let callers: Vec<_> = (0..8)
                 .map(|_| {
                     let b = b.clone();
@@ -303,7 +306,7 @@ mod tests {
                 })
                 .collect();
             for &deadline in &deadlines[1..] {
-                assert_eq!(b.open_until(deadline), Opened::Extended);
+                assert_eq!(b.open_until(deadline), OpenUntil::Extended);
                 tokio::task::yield_now().await;
             }
             for caller in callers {

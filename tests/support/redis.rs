@@ -52,7 +52,9 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is not installed: run `scripts/redis install` (Debian's package)");
+            .expect(
+                "redis-server is not installed: run `scripts/redis install` (Debian's package)",
+            );
         self.child = Some(child);
         let client = ::redis::Client::open(self.url()).unwrap();
         for _ in 0..200 {
@@ -96,7 +98,11 @@ pub fn namespace(test: &str) -> String {
 }
 
 /// Waits for a transition to `to` on `events`, up to `limit`: how long it took, or `None`.
-pub async fn transition_to(events: &mut EventStream, to: State, limit: Duration) -> Option<Duration> {
+pub async fn transition_to(
+    events: &mut EventStream,
+    to: State,
+    limit: Duration,
+) -> Option<Duration> {
     let start = Instant::now();
     let found = tokio::time::timeout(limit, async {
         while let Some(event) = events.next().await {
