@@ -143,7 +143,7 @@
 //! | `grpc` | `grpc::GrpcClassify` (the status from the headers or the trailers; `tonic::Status` errors by their code), the UNAVAILABLE response mode (`CircuitBreakerLayer::with_grpc_responses`), `grpc::GrpcHints`; implies `http` |
 //! | `http` | `http::HttpClassify` (5xx and transport errors are failures, `Retry-After` honoured), the 503/504 response mode (`CircuitBreakerLayer::with_http_responses`), `http::TrackedBody` (a verdict at the end of the body), `http::HttpHints` for [`retry::RespectBreaker`] |
 //! | `keyed` | `keyed::KeyedCircuitBreakerLayer`: one breaker per key of the request (host, route, gRPC method, tenant), bounded in number and expiring when idle, open breakers never evicted; `registry::Registry` of named breakers for operator control by name and key. No dependency |
-//! | `redis` | [`redis::Fleet`]: breakers of one name on many instances share their window counts, their openings (an absolute open-until) and one probe lease through Redis or Valkey, never on a call's path; each instance goes on alone while Redis is unreachable |
+//! | `redis` | `redis::Fleet`: breakers of one name on many instances share their window counts, their openings (an absolute open-until) and one probe lease through Redis or Valkey, never on a call's path; each instance goes on alone while Redis is unreachable |
 //! | `serde` | `registry::Snapshot` serializes and `registry::ConfigUpdate` deserializes (the JSON of an admin API: `examples/admin`); implies `keyed` |
 
 #![warn(

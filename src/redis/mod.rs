@@ -84,7 +84,20 @@
 //! # Keyed breakers
 //!
 //! Each key of a keyed breaker is a breaker of its own: share the handles you want shared
-//! (`KeyedHandle::get`); their keys in Redis carry the key.
+//! (`KeyedHandle::get`); their keys in Redis carry the key. A key's breaker that the keyed layer
+//! evicts and makes again is a new breaker: share the new handle.
+//!
+//! # Limits
+//!
+//! * The probe lease goes to the first instance that asks for it, whatever its traffic. An
+//!   instance that holds it and receives no call sends no probe, and the others stay open until
+//!   its lease ends: with sparse traffic on some instances, keep
+//!   [`probe_lease`](FleetBuilder::probe_lease) short.
+//! * Consecutive failures, `force_open`, `disable` and `metrics_only` are local.
+//! * Each shared breaker has its own task and its own subscription (one connection): made for
+//!   the breakers of a service's dependencies, not for every key of a large keyed layer.
+//! * Written for one Redis or Valkey server (or a primary and its replicas). The keys of one
+//!   breaker share a Redis Cluster hash slot, but a cluster is not tested.
 
 mod codec;
 mod script;
