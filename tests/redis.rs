@@ -323,6 +323,7 @@ async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
         .arg("y");
     pipe.cmd("RPUSH").arg(format!("{prefix}probe")).arg("z");
     pipe.cmd("SET").arg(format!("{prefix}w:0:1")).arg("garbage");
+    // Then, once the instances read the hash: well formed, but a thousand years ahead.
     let _: () = pipe.query_async(&mut c).await.unwrap();
     let dependency = Dependency::default();
     let a = Instance::new(&url, &ns, builder(), &dependency).await;
@@ -334,6 +335,14 @@ async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
         .query_async(&mut c)
         .await
         .unwrap();
+    // Well formed, but a thousand years ahead: not an opening of this breaker's kind, whether
+    // published or read from the state key at a tick.
+    let far = "1 open 33000000000000 abcdef";
+    let mut pipe = ::redis::pipe();
+    pipe.cmd("PUBLISH").arg(format!("{prefix}events")).arg(far);
+    pipe.cmd("SET").arg(format!("{prefix}state")).arg(far);
+    let _: () = pipe.query_async(&mut c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await; // three ticks read it
     for _ in 0..20 {
         a.call().await.unwrap();
         b.call().await.unwrap();

@@ -70,8 +70,10 @@
 //!   ("rejoins"); a success is logged once (info). While unreachable, the shared view is
 //!   "unknown", not "closed": nothing is assumed about the other instances.
 //! * **Foreign data**: values under our keys that are not ours (another type, a different
-//!   format or version, negative or non-numeric counts) are ignored and logged once, never
-//!   trusted and never a panic; a write of ours replaces them.
+//!   format or version, negative or non-numeric counts, an opening further ahead than this
+//!   breaker ever opens: its longest interval and a probe lease, plus a minute) are ignored and
+//!   logged once per shared breaker, never trusted and never a panic; a write of ours replaces
+//!   them.
 //!
 //! # Keys
 //!

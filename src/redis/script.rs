@@ -17,12 +17,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// fleet is open), and answers the fleet's state and the window's sums.
 ///
 /// KEYS[1]: the state key. ARGV: the buckets' key prefix, bucket length (ms), number of buckets,
-/// calls, failed, slow, a bucket's expiry (ms), a closed record's expiry (ms).
+/// calls, failed, slow, a bucket's expiry (ms), a closed record's expiry (ms), the longest
+/// opening of this kind of breaker (ms: an open record further ahead is foreign).
 /// Answers `{now, state or "", malformed counts (0/1), calls, failed, slow}`.
 const SYNC: &str = "local state = redis.pcall('GET', KEYS[1])
 if type(state) ~= 'string' then state = '' end
 local epoch = '0'
-local open = string.match(state, '^1 open ') ~= nil
+local ahead = string.match(state, '^1 open (%d+) ')
+local open = ahead ~= nil and tonumber(ahead) <= now + tonumber(ARGV[9])
 local since = string.match(state, '^1 closed (%d+) ')
 if since then
   epoch = since
@@ -74,11 +76,13 @@ return {now, state, bad, sums[1], sums[2], sums[3]}
 /// already; the probe lease of the previous episode goes; the record is published.
 ///
 /// KEYS[1]: state, KEYS[2]: probe lease. ARGV: origin, until (ms), expiry after `until` (ms),
-/// channel. Answers `{now, state}` (the record in force afterwards).
+/// channel, the longest opening (ms: an open record further ahead is foreign, and replaced).
+/// Answers `{now, state}` (the record in force afterwards).
 const OPEN: &str = "local deadline = tonumber(ARGV[2])
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then cur = '' end
 local u = string.match(cur, '^1 open (%d+) ')
+if u and tonumber(u) > now + tonumber(ARGV[5]) then u = nil end
 if (u and tonumber(u) >= deadline) or deadline <= now then return {now, cur} end
 local rec = '1 open ' .. ARGV[2] .. ' ' .. ARGV[1]
 redis.call('SET', KEYS[1], rec, 'PX', string.format('%d', deadline - now + tonumber(ARGV[3])))
@@ -91,12 +95,14 @@ return {now, rec}
 /// closed already, or open until a time still to come (a newer opening wins over the end of an
 /// older episode) and the closing is not an operator's reset (ARGV[4] = 1).
 ///
-/// KEYS[1]: state, KEYS[2]: probe lease. ARGV: origin, expiry (ms), channel, reset (0/1).
+/// KEYS[1]: state, KEYS[2]: probe lease. ARGV: origin, expiry (ms), channel, reset (0/1), the
+/// longest opening (ms).
 /// Answers `{now, state}`.
 const CLOSE: &str = "local cur = redis.pcall('GET', KEYS[1])
 if type(cur) ~= 'string' then cur = '' end
 if string.match(cur, '^1 closed (%d+) ') then return {now, cur} end
 local u = string.match(cur, '^1 open (%d+) ')
+if u and tonumber(u) > now + tonumber(ARGV[5]) then u = nil end
 if u and tonumber(u) > now and ARGV[4] ~= '1' then return {now, cur} end
 local rec = '1 closed ' .. string.format('%d', now) .. ' ' .. ARGV[1]
 redis.call('SET', KEYS[1], rec, 'PX', ARGV[2])

@@ -38,7 +38,9 @@ struct ServerClock {
 impl ServerClock {
     fn local(self, ms: u64) -> Instant {
         if ms >= self.server_ms {
-            self.at + Duration::from_millis(ms - self.server_ms)
+            let ahead = Duration::from_millis(ms - self.server_ms);
+            // Deadlines are checked against the breaker's longest opening before they get here.
+            self.at.checked_add(ahead).unwrap_or(self.at)
         } else {
             self.at
                 .checked_sub(Duration::from_millis(self.server_ms - ms))
@@ -273,7 +275,8 @@ impl Task {
                     .arg(&*self.origin)
                     .arg(until_ms)
                     .arg(ttl)
-                    .arg(channel);
+                    .arg(channel)
+                    .arg(self.longest_open_ms());
                 if let Some(reply) = self.invoke("open", invocation).await {
                     self.known = Some((seen.generation, seen.state));
                     self.fleet_reply(&reply, 1);
@@ -298,7 +301,8 @@ impl Task {
                     .arg(&*self.origin)
                     .arg(ttl)
                     .arg(channel)
-                    .arg(reset);
+                    .arg(reset)
+                    .arg(self.longest_open_ms());
                 if let Some(reply) = self.invoke("close", invocation).await {
                     self.known = Some((seen.generation, seen.state));
                     self.fleet_reply(&reply, 1);
@@ -345,7 +349,8 @@ impl Task {
             .arg(delta.1)
             .arg(delta.2)
             .arg(bucket_ttl)
-            .arg(ttl);
+            .arg(ttl)
+            .arg(self.longest_open_ms());
         let Some(reply) = self.invoke("sync", invocation).await else {
             return;
         };
@@ -390,10 +395,7 @@ impl Task {
             return None; // no state: closed, no opening known
         }
         match parse(&value) {
-            Ok(record) => {
-                self.follow(&record);
-                Some(record)
-            }
+            Ok(record) => self.follow(&record).then_some(record),
             Err(reason) => {
                 self.malformed("state", &reason);
                 None
@@ -416,18 +418,29 @@ impl Task {
 
     fn message(&mut self, message: redis::Msg) {
         match parse(message.get_payload_bytes()) {
-            Ok(record) => self.follow(&record),
+            Ok(record) => {
+                self.follow(&record);
+            }
             Err(reason) => self.malformed("published state", &reason),
         }
     }
 
-    /// Applies the fleet's state to the local breaker.
-    fn follow(&mut self, record: &Record) {
-        let Some(clock) = self.clock else { return };
+    /// Applies the fleet's state to the local breaker; `false` if the record is refused as
+    /// foreign (an opening further ahead than this kind of breaker ever opens).
+    fn follow(&mut self, record: &Record) -> bool {
+        let Some(clock) = self.clock else {
+            return true;
+        };
         match *record {
             Record::Open { until_ms, .. } => {
-                if until_ms <= clock.server(Instant::now()) {
-                    return; // that interval is over: its episode decides
+                let now_ms = clock.server(Instant::now());
+                if until_ms <= now_ms {
+                    return true; // that interval is over: its episode decides
+                }
+                if until_ms - now_ms > self.longest_open_ms() {
+                    let reason = "an opening further ahead than this breaker ever opens";
+                    self.malformed("state", &reason);
+                    return false;
                 }
                 let until = clock.local(until_ms);
                 if self.breaker.open_until(until) == OpenUntil::Opened {
@@ -449,6 +462,14 @@ impl Task {
                 }
             }
         }
+        true
+    }
+
+    /// How far ahead an opening of this breaker's kind can be: its longest open interval and a
+    /// probe lease, with a minute of slack for instances configured a little differently.
+    fn longest_open_ms(&self) -> u64 {
+        let longest = self.breaker.longest_open() + self.settings.probe_lease;
+        millis(longest).saturating_add(60_000)
     }
 
     // ===== the probe lease =====

@@ -132,6 +132,16 @@ impl Breaker {
         }
     }
 
+    /// The longest this breaker ever stays open by itself: its longest open interval (the
+    /// backoff's maximum), or an upstream's "not before" up to `max_retry_after`. An opening
+    /// from the fleet much further ahead than this is not one of this breaker's kind.
+    pub(crate) fn longest_open(&self) -> std::time::Duration {
+        let config = self.current_config();
+        config
+            .open_interval(u32::MAX, 1.0)
+            .max(config.max_retry_after)
+    }
+
     /// Whether the fleet's window (`calls`, `failed`, `slow`) trips this breaker's thresholds
     /// (rates only: consecutive failures are a local rule).
     pub(crate) fn trips_on(&self, calls: u64, failed: u64, slow: u64) -> bool {
