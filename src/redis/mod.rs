@@ -86,8 +86,8 @@
 //! # Keyed breakers
 //!
 //! Each key of a keyed breaker is a breaker of its own: share the handles you want shared
-//! (`KeyedHandle::get`); their keys in Redis carry the key. A key's breaker that the keyed layer
-//! evicts and makes again is a new breaker: share the new handle.
+//! (`KeyedHandle::get`); their keys in Redis carry the key. A shared key's breaker is in use:
+//! the keyed layer does not evict it while its [`Shared`] is kept.
 //!
 //! # Limits
 //!
