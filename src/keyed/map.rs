@@ -184,7 +184,16 @@ pub(crate) struct Breakers<K> {
     settings: Mutex<ForNewKeys>,
     display: Box<dyn Fn(&K) -> String + Send + Sync>,
     overflow: Arc<Lanes>,
+    /// Told of every new key's breaker as it is made (a fleet sharing every key): on the path of
+    /// a new key only, outside the shards' locks.
+    #[cfg(feature = "redis")]
+    watchers: Mutex<Vec<Watcher>>,
 }
+
+/// Told of a new key's breaker; answers whether it wants to hear of the next ones. Crate code
+/// only (it runs under the watchers' lock).
+#[cfg(feature = "redis")]
+pub(crate) type Watcher = Box<dyn Fn(&Arc<Breaker>) -> bool + Send + Sync>;
 
 impl<K: Hash + Eq + Clone> Breakers<K> {
     pub(crate) fn new(config: Config, settings: Settings<K>) -> Self {
@@ -213,6 +222,8 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
             }),
             display: settings.display,
             overflow: Arc::new(Lanes::new(Arc::new(overflow))),
+            #[cfg(feature = "redis")]
+            watchers: Mutex::default(),
         }
     }
 
@@ -300,7 +311,18 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
         if let Some(state) = forced {
             breaker.force(state);
         }
-        (Arc::new(Lanes::new(Arc::new(breaker))), version)
+        let breaker = Arc::new(breaker);
+        #[cfg(feature = "redis")]
+        lock(&self.watchers).retain(|watcher| watcher(&breaker));
+        (Arc::new(Lanes::new(breaker)), version)
+    }
+
+    /// Tells `watcher` of every key's breaker made from now on, and returns those there are
+    /// (a breaker made meanwhile may be in both).
+    #[cfg(feature = "redis")]
+    pub(crate) fn watch(&self, watcher: Watcher) -> Vec<Arc<Breaker>> {
+        lock(&self.watchers).push(watcher);
+        self.entries().into_iter().map(|(_, b)| b).collect()
     }
 
     fn name(&self) -> &str {

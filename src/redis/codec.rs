@@ -133,6 +133,17 @@ impl Keys {
     pub(crate) fn channel(&self) -> String {
         format!("{}events", self.prefix)
     }
+
+    /// The pattern of the channels of every key of the keyed breaker `name` (escaped names hold
+    /// no pattern character, and `:` only as `%3A`, so no other breaker's channel matches).
+    #[cfg(feature = "keyed")]
+    pub(crate) fn pattern(namespace: &str, name: &str) -> String {
+        format!(
+            "tcb:{VERSION}:{{{}:{}:*}}:events",
+            escape(namespace),
+            escape(name)
+        )
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -199,6 +210,17 @@ mod tests {
         assert_ne!(c.state(), d.state());
         assert_eq!(c.state(), "tcb:1:{shop:db:1%7D}:state");
         assert_eq!(a.state(), "tcb:1:{shop:db%3A1%7D}:state");
+    }
+
+    #[cfg(feature = "keyed")]
+    #[test]
+    fn a_keyed_pattern_matches_its_keys_channels_only() {
+        let pattern = Keys::pattern("shop", "db");
+        assert_eq!(pattern, "tcb:1:{shop:db:*}:events");
+        let key = Keys::new("shop", "db", Some("a:b*")).channel();
+        assert!(key.starts_with("tcb:1:{shop:db:") && key.ends_with("}:events"));
+        assert!(!Keys::new("shop", "db:x", None).channel().starts_with("tcb:1:{shop:db:"));
+        assert!(!Keys::new("shop", "db", None).channel().starts_with("tcb:1:{shop:db:"));
     }
 }
 

@@ -102,6 +102,10 @@
 //!   breaker share a Redis Cluster hash slot, but a cluster is not tested.
 
 mod codec;
+#[cfg(feature = "keyed")]
+mod keyed;
+mod link;
+mod member;
 mod script;
 mod task;
 
@@ -117,8 +121,12 @@ use redis::{Client, IntoConnectionInfo};
 use crate::config::WindowKind;
 use crate::{ConfigError, Handle};
 use codec::Keys;
+#[cfg(feature = "keyed")]
+pub use keyed::SharedKeyed;
+use link::{Link, Status, Window};
+use member::Member;
 use script::Scripts;
-use task::{Status, Task};
+use task::Task;
 
 /// The settings of a [`Fleet`], validated.
 #[derive(Clone, Copy, Debug)]
@@ -298,13 +306,30 @@ impl Fleet {
     /// A [`ConfigError`] for `name` if the breaker has none, or `runtime` if called outside a
     /// tokio runtime.
     pub fn share(&self, handle: &Handle) -> Result<Shared, ConfigError> {
-        let Some(name) = handle.name().filter(|name| !name.is_empty()) else {
-            return Err(ConfigError::new(
-                "name",
-                handle.name(),
-                "a name (`Builder::name`): breakers share their state by name",
-            ));
+        let name = named(handle.name())?;
+        let (runtime, link) = self.link(name)?;
+        let breaker = handle.breaker().clone();
+        let window = self.window(&breaker.current_config());
+        let keys = Keys::new(&self.inner.namespace, name, handle.key());
+        let status = link.status.clone();
+        let origin = link.origin.clone();
+        let task = Task {
+            breaker,
+            link,
+            window,
+            member: Member::new(keys),
         };
+        let task = runtime.spawn(task.run());
+        Ok(Shared {
+            task,
+            status,
+            origin,
+        })
+    }
+
+    /// The runtime to spawn on and a new line to Redis for a task (the fleet's connection,
+    /// made on first use: it needs the runtime).
+    fn link(&self, name: &str) -> Result<(tokio::runtime::Handle, Link), ConfigError> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(ConfigError::new(
                 "runtime",
@@ -329,35 +354,39 @@ impl Fleet {
                 inner.connection.get_or_init(|| made).clone()
             }
         };
-        let breaker = handle.breaker().clone();
-        let window = match breaker.current_config().window {
-            WindowKind::Time { duration, .. } => duration,
-            WindowKind::Count(_) => inner.settings.window,
-        };
-        let buckets = 10;
-        let bucket_ms = (u64::try_from(window.as_millis()).unwrap_or(u64::MAX) / buckets).max(1);
-        let keys = Keys::new(&inner.namespace, name, handle.key());
-        let origin: Arc<str> = instance_id().into();
-        let status = Arc::new(Status::default());
-        let task = Task::new(
-            breaker,
-            keys,
+        let link = Link::new(
+            Arc::from(name),
             inner.client.clone(),
             connection,
             inner.settings,
-            origin.clone(),
-            status.clone(),
+            instance_id().into(),
+            Arc::new(Status::default()),
             inner.scripts.clone(),
-            bucket_ms,
-            buckets,
         );
-        let task = runtime.spawn(task.run());
-        Ok(Shared {
-            task,
-            status,
-            origin,
-        })
+        Ok((runtime, link))
     }
+
+    /// The fleet window of breakers configured as `config`, in ten buckets.
+    fn window(&self, config: &crate::config::Config) -> Window {
+        let window = match config.window {
+            WindowKind::Time { duration, .. } => duration,
+            WindowKind::Count(_) => self.inner.settings.window,
+        };
+        let buckets = 10;
+        let bucket_ms = (u64::try_from(window.as_millis()).unwrap_or(u64::MAX) / buckets).max(1);
+        Window { bucket_ms, buckets }
+    }
+}
+
+/// The breaker's name, or the error that it needs one.
+fn named(name: Option<&str>) -> Result<&str, ConfigError> {
+    name.filter(|name| !name.is_empty()).ok_or_else(|| {
+        ConfigError::new(
+            "name",
+            name,
+            "a name (`Builder::name`): breakers share their state by name",
+        )
+    })
 }
 
 /// A breaker shared through a [`Fleet`]: dropping it stops the sharing (the breaker goes on

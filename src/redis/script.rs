@@ -13,63 +13,72 @@ const NOW: &str = "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// One tick: adds this instance's counts since the last tick to the current bucket (unless the
-/// fleet is open), and answers the fleet's state and the window's sums.
+/// One tick of one or more breakers: adds each one's counts since the last tick to its current
+/// bucket (unless its fleet state is open), and answers each one's fleet state and window sums.
 ///
-/// KEYS[1]: the state key. ARGV: the buckets' key prefix, bucket length (ms), number of buckets,
-/// calls, failed, slow, a bucket's expiry (ms), a closed record's expiry (ms), the longest
-/// opening of this kind of breaker (ms: an open record further ahead is foreign).
-/// Answers `{now, state or "", malformed counts (0/1), calls, failed, slow}`.
-const SYNC: &str = "local state = redis.pcall('GET', KEYS[1])
-if type(state) ~= 'string' then state = '' end
-local epoch = '0'
-local ahead = string.match(state, '^1 open (%d+) ')
-local open = ahead ~= nil and tonumber(ahead) <= now + tonumber(ARGV[9])
-local since = string.match(state, '^1 closed (%d+) ')
-if since then
-  epoch = since
-  redis.pcall('PEXPIRE', KEYS[1], ARGV[8])
-end
-local width = tonumber(ARGV[2])
+/// KEYS: the breakers' state keys. ARGV: bucket length (ms), number of buckets, a bucket's expiry
+/// (ms), a closed record's expiry (ms); then five per breaker: its buckets' key prefix, calls,
+/// failed, slow, the longest opening of this kind of breaker (ms: an open record further ahead is
+/// foreign). Answers `{now}` followed, per breaker, by `state or "", malformed counts (0/1),
+/// calls, failed, slow`.
+const SYNC: &str = "local width = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
 local bucket = math.floor(now / width)
-local base = ARGV[1] .. epoch .. ':'
-local bad = 0
 local fields = {'c', 'f', 's'}
-if not open then
-  local key = base .. string.format('%d', bucket)
-  local wrote = false
-  for i = 1, 3 do
-    local n = tonumber(ARGV[3 + i])
-    if n > 0 then
-      wrote = true
-      local r = redis.pcall('HINCRBY', key, fields[i], n)
-      if type(r) == 'table' and r.err then bad = 1 end
-    end
+local reply = {now}
+for k = 1, #KEYS do
+  local a = 4 + (k - 1) * 5
+  local state = redis.pcall('GET', KEYS[k])
+  if type(state) ~= 'string' then state = '' end
+  local epoch = '0'
+  local ahead = string.match(state, '^1 open (%d+) ')
+  local open = ahead ~= nil and tonumber(ahead) <= now + tonumber(ARGV[a + 5])
+  local since = string.match(state, '^1 closed (%d+) ')
+  if since then
+    epoch = since
+    redis.pcall('PEXPIRE', KEYS[k], ARGV[4])
   end
-  if wrote then redis.pcall('PEXPIRE', key, ARGV[7]) end
-end
-local sums = {0, 0, 0}
-if not open then
-  for b = bucket - tonumber(ARGV[3]) + 1, bucket do
-    local v = redis.pcall('HMGET', base .. string.format('%d', b), 'c', 'f', 's')
-    if type(v) == 'table' and not v.err then
-      local row = {}
-      local good = true
-      for i = 1, 3 do
-        local n = tonumber(v[i] or '0')
-        if n == nil or n < 0 or n ~= math.floor(n) then good = false else row[i] = n end
+  local base = ARGV[a + 1] .. epoch .. ':'
+  local bad = 0
+  if not open then
+    local key = base .. string.format('%d', bucket)
+    local wrote = false
+    for i = 1, 3 do
+      local n = tonumber(ARGV[a + 1 + i])
+      if n > 0 then
+        wrote = true
+        local r = redis.pcall('HINCRBY', key, fields[i], n)
+        if type(r) == 'table' and r.err then bad = 1 end
       end
-      if good then
-        for i = 1, 3 do sums[i] = sums[i] + row[i] end
+    end
+    if wrote then redis.pcall('PEXPIRE', key, ARGV[3]) end
+  end
+  local sums = {0, 0, 0}
+  if not open then
+    for b = bucket - count + 1, bucket do
+      local v = redis.pcall('HMGET', base .. string.format('%d', b), 'c', 'f', 's')
+      if type(v) == 'table' and not v.err then
+        local row = {}
+        local good = true
+        for i = 1, 3 do
+          local n = tonumber(v[i] or '0')
+          if n == nil or n < 0 or n ~= math.floor(n) then good = false else row[i] = n end
+        end
+        if good then
+          for i = 1, 3 do sums[i] = sums[i] + row[i] end
+        else
+          bad = 1
+        end
       else
         bad = 1
       end
-    else
-      bad = 1
     end
   end
+  table.insert(reply, state)
+  table.insert(reply, bad)
+  for i = 1, 3 do table.insert(reply, sums[i]) end
 end
-return {now, state, bad, sums[1], sums[2], sums[3]}
+return reply
 ";
 
 /// An opening: the state becomes `open until ARGV[2]` unless it is open until then or later
