@@ -189,6 +189,11 @@ impl KeyedTask {
         for prefix in gone {
             self.keys.remove(&prefix);
         }
+        if batch.is_empty() && !self.link.reachable() {
+            // Nothing to send, but Redis must be found reachable (and its clock read) to
+            // subscribe: a script of no key.
+            self.link.sync(self.window, &[]).await;
+        }
         for chunk in batch.chunks(BATCH) {
             let args: Vec<_> = chunk
                 .iter()

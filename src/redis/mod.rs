@@ -85,11 +85,44 @@
 //!
 //! # Keyed breakers
 //!
-//! Each key of a keyed breaker is a breaker of its own: share the handles you want shared
-//! (`KeyedHandle::get`); their keys in Redis carry the key. A shared key's breaker is in use:
-//! the keyed layer does not evict it while its [`Shared`] is kept.
+//! Each key of a keyed breaker is a breaker of its own, shared under keys that carry its key.
+//! [`Fleet::share_keyed`] shares every key of a keyed layer, the keys made later included,
+//! each as [`Fleet::share`] shares a breaker (openings published at once with their deadline,
+//! the fleet's window, a probe lease per key, foreign data ignored, Redis down = local), through
+//! one task and one pattern subscription for the whole layer:
 //!
-//! # Limits
+//! ```no_run
+//! use tower_circuit_breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
+//! use tower_circuit_breaker::redis::Fleet;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let per_host = KeyedCircuitBreakerLayer::builder(|host: &String| host.clone())
+//!     .breaker(CircuitBreakerLayer::builder().name("upstreams"))
+//!     .build()?;
+//! let fleet = Fleet::builder("checkout").build("redis://127.0.0.1:6379")?;
+//! let shared = fleet.share_keyed(&per_host.handle())?; // keep it
+//! # drop(shared);
+//! # Ok(()) }
+//! ```
+//!
+//! * **Cost**: each tick sends one script for the keys that recorded outcomes since the last
+//!   one (and the keys new since then), none for idle keys; a transition of a key is one script
+//!   at once, as for a shared breaker. Commands per second grow with the active keys' ticks,
+//!   not with the number of keys. An idle key reads the fleet's openings from the subscription
+//!   alone; a tick that missed them (Redis was unreachable, or the subscription was new) reads
+//!   every key's state once.
+//! * **New keys**: the keyed layer tells the task of each key's breaker as it is made (not on
+//!   the path of an existing key). A new key reads the fleet's state at its next tick: if the
+//!   fleet holds it open, it opens then (the calls it admits meanwhile are counted as usual).
+//!   A published opening of a key that has no breaker here is ignored: it makes none.
+//! * **Eviction**: the task holds no key's breaker (weak references and the key's event
+//!   stream), so idle keys are evicted as without sharing; an evicted key is no longer
+//!   published, and its fleet state stays in Redis until it expires. The overflow breaker is
+//!   not shared (it stands for many keys).
+//! * [`Fleet::share`] of one key's handle (`KeyedHandle::get`) still works, with a task of its
+//!   own; that key is not evicted while its [`Shared`] is kept.
+//!
+//! //! # Limits
 //!
 //! * The probe lease goes to the first instance that asks for it, whatever its traffic. An
 //!   instance that holds it and receives no call sends no probe, and the others stay open until
@@ -97,7 +130,10 @@
 //!   [`probe_lease`](FleetBuilder::probe_lease) short.
 //! * Consecutive failures, `force_open`, `disable` and `metrics_only` are local.
 //! * Each shared breaker has its own task and its own subscription (one connection): made for
-//!   the breakers of a service's dependencies, not for every key of a large keyed layer.
+//!   the breakers of a service's dependencies; share a keyed layer's keys with
+//!   [`Fleet::share_keyed`] instead (one task for all).
+//! * A keyed layer's tick sends one script for many keys, whose keys lie in different Redis
+//!   Cluster hash slots: `share_keyed` needs one server (or a primary and its replicas).
 //! * Written for one Redis or Valkey server (or a primary and its replicas). The keys of one
 //!   breaker share a Redis Cluster hash slot, but a cluster is not tested.
 
