@@ -219,8 +219,16 @@ mod tests {
         assert_eq!(pattern, "tcb:1:{shop:db:*}:events");
         let key = Keys::new("shop", "db", Some("a:b*")).channel();
         assert!(key.starts_with("tcb:1:{shop:db:") && key.ends_with("}:events"));
-        assert!(!Keys::new("shop", "db:x", None).channel().starts_with("tcb:1:{shop:db:"));
-        assert!(!Keys::new("shop", "db", None).channel().starts_with("tcb:1:{shop:db:"));
+        assert!(
+            !Keys::new("shop", "db:x", None)
+                .channel()
+                .starts_with("tcb:1:{shop:db:")
+        );
+        assert!(
+            !Keys::new("shop", "db", None)
+                .channel()
+                .starts_with("tcb:1:{shop:db:")
+        );
     }
 }
 

@@ -356,7 +356,9 @@ pub struct SharedKeyed {
 impl SharedKeyed {
     /// Whether Redis answered the last command (`false` until it first has).
     pub fn is_reachable(&self) -> bool {
-        self.status.reachable.load(std::sync::atomic::Ordering::Relaxed)
+        self.status
+            .reachable
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This instance's id in Redis (in the state records it writes and the probe leases).
@@ -366,7 +368,17 @@ impl SharedKeyed {
 
     /// How many Redis commands (scripts and subscriptions) the task has sent, for all the keys.
     pub fn commands_sent(&self) -> u64 {
-        self.status.commands.load(std::sync::atomic::Ordering::Relaxed)
+        self.status
+            .commands
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many keys' ticks the task's scripts carried (a key that recorded outcomes since the
+    /// last tick counts one in that tick's script; an idle key none).
+    pub fn keys_synced(&self) -> u64 {
+        self.status
+            .synced
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

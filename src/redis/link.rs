@@ -21,6 +21,8 @@ pub(super) struct Status {
     pub(super) reachable: AtomicBool,
     /// Redis commands sent (scripts, subscriptions), for the figures of commands per second.
     pub(super) commands: AtomicU64,
+    /// Breakers' ticks carried by the sync scripts (one per breaker per script).
+    pub(super) synced: AtomicU64,
 }
 
 /// The Redis server's clock, seen from this instance: the server's time `server_ms` was read at
@@ -179,7 +181,11 @@ impl Link {
 
     /// One tick's counts of one or more breakers, and the fleet's state and window of each, in
     /// one script: the answer of breaker `i` starts at `1 + i * SYNC_STRIDE`.
-    pub(super) async fn sync(&mut self, window: Window, entries: &[SyncArgs]) -> Option<Vec<Value>> {
+    pub(super) async fn sync(
+        &mut self,
+        window: Window,
+        entries: &[SyncArgs],
+    ) -> Option<Vec<Value>> {
         let bucket_ttl = (window.bucket_ms * (window.buckets + 2)).to_string();
         let ttl = millis(self.settings.key_ttl).to_string();
         let scripts = self.scripts.clone();
@@ -198,11 +204,17 @@ impl Link {
                 .arg(entry.delta.2)
                 .arg(entry.longest_ms);
         }
+        let synced = u64::try_from(entries.len()).unwrap_or(u64::MAX);
+        self.status.synced.fetch_add(synced, Ordering::Relaxed);
         self.invoke("sync", invocation).await
     }
 
     /// Subscribes to `channel`, or to the channels matching it if `pattern`.
-    pub(super) async fn subscribe(&mut self, channel: String, pattern: bool) -> Option<PubSubStream> {
+    pub(super) async fn subscribe(
+        &mut self,
+        channel: String,
+        pattern: bool,
+    ) -> Option<PubSubStream> {
         self.status.commands.fetch_add(1, Ordering::Relaxed);
         let client = self.client.clone();
         let subscribed = tokio::time::timeout(self.settings.timeout, async move {

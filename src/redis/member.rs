@@ -170,7 +170,11 @@ impl Member {
             .map(|v| i64::from_redis_value_ref(v).unwrap_or(-1))
             .collect();
         if counts.first().is_some_and(|&bad| bad != 0) {
-            self.malformed(breaker, "window counts", &"not non-negative integers in hashes");
+            self.malformed(
+                breaker,
+                "window counts",
+                &"not non-negative integers in hashes",
+            );
         }
         let (calls, failed, slow) = match counts[..] {
             [_, c, f, s] if c >= 0 && f >= 0 && s >= 0 => (c as u64, f as u64, s as u64),
