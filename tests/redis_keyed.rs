@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use support::redis::{namespace, shared_server, transition_to};
+use support::redis::{namespace, shared_server, transition_to, until};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, ServiceExt};
 use tower_circuit_breaker::redis::{Fleet, SharedKeyed};
@@ -122,6 +122,17 @@ impl Instance {
     }
 }
 
+/// Two instances in `ns`, each with keys "a" and "b" (made after the sharing started).
+async fn pair(url: &str, ns: &str, d: &Dependency) -> (Instance, Instance) {
+    let one = Instance::new(url, ns, builder(), 100, d).await;
+    let two = Instance::new(url, ns, builder(), 100, d).await;
+    for key in ["a", "b"] {
+        one.call(key).await.unwrap();
+        two.call(key).await.unwrap();
+    }
+    (one, two)
+}
+
 fn builder() -> Builder {
     CircuitBreakerLayer::builder()
         .consecutive_failures(3)
@@ -133,13 +144,8 @@ async fn a_keys_opening_reaches_that_key_on_the_other_instance_and_no_other_key(
     let (url, _server) = shared_server();
     let ns = namespace("keyed-follow");
     let d = Dependency::default();
-    let one = Instance::new(&url, &ns, builder(), 100, &d).await;
-    let two = Instance::new(&url, &ns, builder(), 100, &d).await;
     // Keys made after the sharing started are shared too.
-    for key in ["a", "b"] {
-        one.call(key).await.unwrap();
-        two.call(key).await.unwrap();
-    }
+    let (one, two) = pair(&url, &ns, &d).await;
     let mut two_a = two.hosts.get(&"a".to_owned()).unwrap().subscribe();
     d.fail("a", true);
     for _ in 0..3 {
@@ -264,11 +270,10 @@ async fn an_idle_shared_key_is_still_evicted() {
     // The stream of a's events ends when a's breaker is dropped: nothing else keeps it.
     let mut a_events = one.hosts.get(&"a".to_owned()).unwrap().subscribe();
     // Once the task has seen "a" (its first tick synced it), a new key takes its place.
-    let start = Instant::now();
-    while one.shared.commands_sent() < 3 {
-        assert!(start.elapsed() < Duration::from_secs(5), "no tick");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until(Duration::from_secs(5), "no tick", || {
+        one.shared.commands_sent() >= 3
+    })
+    .await;
     let start = Instant::now();
     while one.hosts.get(&"a".to_owned()).is_some() {
         assert!(
@@ -332,12 +337,7 @@ async fn foreign_data_under_a_keys_record_is_ignored_and_replaced() {
     pipe.cmd("SET").arg(format!("{prefix}w:0:1")).arg("garbage");
     let _: () = pipe.query_async(&mut c).await.unwrap();
     let d = Dependency::default();
-    let one = Instance::new(&url, &ns, builder(), 100, &d).await;
-    let two = Instance::new(&url, &ns, builder(), 100, &d).await;
-    for key in ["a", "b"] {
-        one.call(key).await.unwrap();
-        two.call(key).await.unwrap();
-    }
+    let (one, two) = pair(&url, &ns, &d).await;
     let mut two_a = two.hosts.get(&"a".to_owned()).unwrap().subscribe();
     // Well formed, but a thousand years ahead: not an opening of this breaker's kind.
     let far = "1 open 33000000000000 abcdef";

@@ -117,3 +117,13 @@ pub async fn transition_to(
     .await;
     found.ok().map(|()| start.elapsed())
 }
+
+/// Waits until `ready()` holds, looking every few milliseconds, up to `limit` (then panics
+/// with `what`). For conditions that no event announces (Redis found reachable, a counter).
+pub async fn until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
