@@ -95,14 +95,10 @@ impl Instance {
             }
         });
         let call = Call::new(layer.layer(service));
-        let start = Instant::now();
-        while !shared.is_reachable() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "never reached Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(Duration::from_secs(5), "never reached Redis", || {
+            shared.is_reachable()
+        })
+        .await;
         Instance {
             hosts,
             call,

@@ -162,6 +162,11 @@ struct ForNewKeys {
     forced: Option<State>,
     /// One more with every change, so that a key made against older settings is made again.
     version: u64,
+    /// Told of every new key's breaker as it is made (a fleet sharing every key). A new
+    /// watcher is a change: a key made before it and inserted after is made again, so that
+    /// every key is either listed to the watcher or told to it.
+    #[cfg(feature = "redis")]
+    watchers: Vec<Watcher>,
 }
 
 /// Every key's breaker, and the overflow breaker.
@@ -184,16 +189,12 @@ pub(crate) struct Breakers<K> {
     settings: Mutex<ForNewKeys>,
     display: Box<dyn Fn(&K) -> String + Send + Sync>,
     overflow: Arc<Lanes>,
-    /// Told of every new key's breaker as it is made (a fleet sharing every key): on the path of
-    /// a new key only, outside the shards' locks.
-    #[cfg(feature = "redis")]
-    watchers: Mutex<Vec<Watcher>>,
 }
 
-/// Told of a new key's breaker; answers whether it wants to hear of the next ones. Crate code
-/// only (it runs under the watchers' lock).
+/// Told of a new key's breaker (on the path of a new key only, outside every lock); answers
+/// whether it wants to hear of the next ones.
 #[cfg(feature = "redis")]
-pub(crate) type Watcher = Box<dyn Fn(&Arc<Breaker>) -> bool + Send + Sync>;
+pub(crate) type Watcher = Arc<dyn Fn(&Arc<Breaker>) -> bool + Send + Sync>;
 
 impl<K: Hash + Eq + Clone> Breakers<K> {
     pub(crate) fn new(config: Config, settings: Settings<K>) -> Self {
@@ -219,11 +220,11 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
                 config,
                 forced: None,
                 version: 0,
+                #[cfg(feature = "redis")]
+                watchers: Vec::new(),
             }),
             display: settings.display,
             overflow: Arc::new(Lanes::new(Arc::new(overflow))),
-            #[cfg(feature = "redis")]
-            watchers: Mutex::default(),
         }
     }
 
@@ -303,17 +304,24 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
     /// A new key's breaker, made outside any lock of ours (an operator's state is a transition,
     /// announced at once), and the version of the settings it was made with.
     fn make(&self, text: &Arc<str>) -> (Arc<Lanes>, u64) {
-        let (config, forced, version) = {
-            let settings = lock(&self.settings);
-            (settings.config.clone(), settings.forced, settings.version)
-        };
+        let settings = lock(&self.settings);
+        let (config, forced, version) =
+            (settings.config.clone(), settings.forced, settings.version);
+        #[cfg(feature = "redis")]
+        let watchers = settings.watchers.clone(); // none: no allocation
+        drop(settings);
         let breaker = Breaker::new(config, Some(text.clone()));
         if let Some(state) = forced {
             breaker.force(state);
         }
         let breaker = Arc::new(breaker);
         #[cfg(feature = "redis")]
-        lock(&self.watchers).retain(|watcher| watcher(&breaker));
+        for watcher in &watchers {
+            if !watcher(&breaker) {
+                let mut settings = lock(&self.settings);
+                settings.watchers.retain(|w| !Arc::ptr_eq(w, watcher));
+            }
+        }
         (Arc::new(Lanes::new(breaker)), version)
     }
 
@@ -321,7 +329,7 @@ impl<K: Hash + Eq + Clone> Breakers<K> {
     /// (a breaker made meanwhile may be in both).
     #[cfg(feature = "redis")]
     pub(crate) fn watch(&self, watcher: Watcher) -> Vec<Arc<Breaker>> {
-        lock(&self.watchers).push(watcher);
+        self.change(|settings| settings.watchers.push(watcher));
         self.entries().into_iter().map(|(_, b)| b).collect()
     }
 

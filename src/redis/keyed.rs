@@ -54,7 +54,7 @@ pub(super) fn watcher() -> (
     UnboundedReceiver<(Weak<Breaker>, EventStream)>,
 ) {
     let (sender, receiver) = unbounded_channel();
-    let watcher: crate::keyed::map::Watcher = Box::new(move |breaker: &Arc<Breaker>| {
+    let watcher: crate::keyed::map::Watcher = Arc::new(move |breaker: &Arc<Breaker>| {
         // Subscribed before the breaker serves a call: none of its transitions is missed.
         sender
             .send((Arc::downgrade(breaker), breaker.subscribe()))
