@@ -80,8 +80,9 @@
 //! Every key is under `tcb:1:{<namespace>:<name>}:` (percent-encoded; `1` is the format
 //! version; a keyed breaker's key follows its name), and every key written expires: the state
 //! record after [`key_ttl`](FleetBuilder::key_ttl) (counted from the end of an open interval,
-//! and refreshed while closed), the window's buckets after the window, the probe lease after
-//! the lease. A breaker needs a name (breakers share state by name; unnamed ones would collide).
+//! and refreshed by every tick while closed: for a keyed layer's key, every tick that carries
+//! it), the window's buckets after the window, the probe lease after the lease. A breaker
+//! needs a name (breakers share state by name; unnamed ones would collide).
 //!
 //! # Keyed breakers
 //!
