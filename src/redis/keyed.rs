@@ -282,8 +282,8 @@ impl super::Fleet {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] for `name` if the keyed layer has none, or `runtime` if called outside
-    /// a tokio runtime.
+    /// A [`ConfigError`](crate::ConfigError) for `name` if the keyed layer has none, or
+    /// `runtime` if called outside a tokio runtime.
     ///
     /// ```no_run
     /// use tower_circuit_breaker::{CircuitBreakerLayer, KeyedCircuitBreakerLayer};
