@@ -126,6 +126,11 @@ async fn pair(url: &str, ns: &str, d: &Dependency) -> (Instance, Instance) {
         one.call(key).await.unwrap();
         two.call(key).await.unwrap();
     }
+    // Once a tick carried both keys, they are idle: only the subscription tells them more.
+    for instance in [&one, &two] {
+        let synced = || instance.shared.keys_synced() >= 2;
+        until(Duration::from_secs(5), "the new keys never synced", synced).await;
+    }
     (one, two)
 }
 
