@@ -154,6 +154,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -195,6 +196,7 @@ mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use adaptive::{AdaptiveThrottle, LearnedThreshold};
 pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};
 pub use error::ConfigError;
