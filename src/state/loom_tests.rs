@@ -12,7 +12,7 @@ use loom::sync::Arc;
 use loom::thread;
 use std::time::Duration;
 
-use crate::event::Event;
+use crate::event::{Event, EventStream};
 
 /// Far from every fixed time used below.
 const T0: u64 = 1 << 50;

@@ -39,8 +39,11 @@
 //! generation is no longer current is stale and dropped: it cannot move the state, and it cannot
 //! take a probe's place.
 
+mod announce;
 pub(crate) mod clock;
 pub(crate) mod lane;
+mod observe;
+mod probe;
 mod transition;
 pub(crate) mod waiters;
 pub(crate) mod window;
@@ -57,11 +60,13 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::config::Config;
-use crate::event::{EventStream, Subscribers};
-use crate::handle::{Metrics, Totals};
+use crate::event::Subscribers;
 use crate::sync::{AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use clock::{Now, instant_at};
 use lane::Count;
+#[cfg(feature = "keyed")]
+pub(crate) use observe::Forgettable;
+use probe::{ProbeRefused, ProbeResult, half_open_limits, half_open_max_wait};
 use transition::Core;
 pub(crate) use transition::{Rates, should_trip};
 use waiters::Waiters;
@@ -426,36 +431,6 @@ impl Breaker {
         deadline != u64::MAX && now.get() >= deadline
     }
 
-    /// Takes one probe permit of the episode `word` is in.
-    fn take_probe(&self, word: StateWord, now: &mut Now<'_>) -> Result<Ticket, ProbeRefused> {
-        let generation = word.generation();
-        let mut probes = Probes(self.words.probes.load(Ordering::Acquire));
-        loop {
-            if !probes.belongs_to(generation) {
-                return Err(ProbeRefused::Stale);
-            }
-            if probes.taken() >= self.episode_limits().0 {
-                return Err(ProbeRefused::Full);
-            }
-            // AcqRel: the permit belongs to this episode's counters exactly; a transition
-            // replaces the probe word before it publishes a new state, so this fails then.
-            match self.words.probes.compare_exchange_weak(
-                probes.0,
-                probes.take().0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    if !probes.started() {
-                        self.start_episode_clock(generation, now);
-                    }
-                    return Ok(Ticket::new(generation, TicketKind::Probe));
-                }
-                Err(actual) => probes = Probes(actual),
-            }
-        }
-    }
-
     /// The current state, after applying the transitions due by time.
     pub(crate) fn state(&self, now: &mut Now<'_>) -> State {
         let word = self.load();
@@ -592,222 +567,10 @@ impl Breaker {
         }
         self.unlock(core);
     }
-
-    /// Counts a probe's result (or gives its permit back) in its episode, and makes the
-    /// transition it decides.
-    fn finish_probe(
-        &self,
-        generation: Generation,
-        result: ProbeResult,
-        not_before: Option<u64>,
-        now: &mut Now<'_>,
-    ) {
-        let mut probes = Probes(self.words.probes.load(Ordering::Acquire));
-        loop {
-            let word = self.load();
-            if word.generation() != generation || !probes.belongs_to(generation) {
-                return; // stale: the episode this permit belonged to is over
-            }
-            if self.is_due(word, now) {
-                // `half_open_max_wait` ended the episode before this result: stale, as if the
-                // transition had been noticed on time.
-                self.settle(now);
-                return;
-            }
-            let next = match result {
-                ProbeResult::Returned => probes.give_back(),
-                ProbeResult::Succeeded => probes.succeed(),
-                ProbeResult::Failed => probes.fail(),
-            };
-            // AcqRel/Acquire as for admission: the count lands in this episode or not at all.
-            match self.words.probes.compare_exchange_weak(
-                probes.0,
-                next.0,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    if let Some(to) = self.decided_by(next) {
-                        self.transition_from(generation, to, not_before);
-                    } else if result == ProbeResult::Returned {
-                        // A permit is free again: a task waiting for one may go on.
-                        self.waiters.wake_all();
-                    }
-                    return;
-                }
-                Err(actual) => probes = Probes(actual),
-            }
-        }
-    }
-
-    /// The current episode's `(half_open_calls, half_open_successes)`.
-    fn episode_limits(&self) -> (u32, u32) {
-        // Acquire: pairs with the Release store made when the episode started. A reader that
-        // sees a later episode's numbers also sees that its own episode ended (the probe word
-        // was replaced before), so its compare-and-swap or its transition then fails.
-        let limits = self.words.half_open_limits.load(Ordering::Acquire);
-        ((limits >> 32) as u32, limits as u32)
-    }
-
-    /// The state an episode's counters decide, if any.
-    fn decided_by(&self, probes: Probes) -> Option<State> {
-        let (calls, successes) = self.episode_limits();
-        if probes.succeeded() >= successes {
-            Some(State::Closed)
-        } else if probes.failed() > calls - successes {
-            Some(State::Open)
-        } else {
-            None
-        }
-    }
-
-    /// Reports one rejected call (`fallback`: a fallback service answers it): counts it, traces it
-    /// at debug, and sends its [`Event::Rejected`](crate::Event::Rejected) to the subscribers that
-    /// asked for rejections and to the event callback. Called with no lock held.
-    #[inline]
-    pub(crate) fn reject(&self, rejection: Rejection, fallback: bool) {
-        let lane = lane::thread_lane();
-        self.counters.add(lane, Count::Rejected);
-        if fallback {
-            self.counters.add(lane, Count::Fallback);
-        }
-        tracing::debug!(
-            breaker = self.name().map_or("", |n| &**n),
-            key = self.key().map_or("", |k| &**k),
-            state = %rejection.state,
-            retry_after = rejection
-                .retry_at
-                .map(|at| tracing::field::debug(at.saturating_duration_since(clock::read()))),
-            fallback,
-            "call rejected"
-        );
-        if self.on_event.is_some() || self.subscribers.wants_rejections() {
-            self.announce_rejection(rejection, fallback);
-        }
-    }
-
-    // ===== observation =====
-
-    pub(crate) fn waiters(&self) -> &Waiters {
-        &self.waiters
-    }
-
-    /// The generation of the stored state (for waiters: a change means readiness may differ).
-    pub(crate) fn generation(&self) -> Generation {
-        self.load().generation()
-    }
-
-    pub(crate) fn metrics(&self) -> Metrics {
-        let mut now = self.now();
-        self.state(&mut now);
-        let at = now.get();
-        let mut core = self.lock();
-        let state = self.load().state();
-        let totals = core.shown_totals(at);
-        let consecutive_failures = core.consecutive();
-        let transitions = core.transitions();
-        let minimum_calls = core.config().minimum_calls;
-        drop(core);
-        Metrics {
-            state,
-            calls: totals.calls,
-            failed: totals.failed,
-            slow: totals.slow,
-            not_permitted: self.counters.rejected_since_close(),
-            consecutive_failures,
-            minimum_calls,
-            totals: self.lifetime(transitions),
-        }
-    }
-
-    /// The lifetime totals, with the transition counts read under the lock.
-    fn lifetime(&self, transitions: [[u64; 6]; 6]) -> Totals {
-        let c = &self.counters;
-        Totals {
-            successful: c.sum(Count::Successful),
-            failed: c.sum(Count::Failed),
-            ignored: c.sum(Count::Ignored),
-            slow: c.sum(Count::Slow),
-            rejected: c.sum(Count::Rejected),
-            fallbacks: c.sum(Count::Fallback),
-            transitions,
-        }
-    }
-
-    /// Whether forgetting this breaker loses nothing but its window (a keyed layer's eviction):
-    /// it is Closed, or it has recovered (open past its interval, or half-open with no probe
-    /// admitted in the episode), so that it would admit the next call as a new breaker does.
-    /// Looks only: no transition, no lock, no user code.
-    /// The end of the open interval, while Open and before it (for listings; no transition).
-    #[cfg(feature = "keyed")]
-    pub(crate) fn retry_at(&self, now: &mut Now<'_>) -> Option<Instant> {
-        let word = self.load();
-        if word.state() != State::Open || self.is_due(word, now) {
-            return None;
-        }
-        instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed))
-    }
-
-    #[cfg(feature = "keyed")]
-    pub(crate) fn forgettable(&self, now: &mut Now<'_>) -> Option<Forgettable> {
-        let word = self.load();
-        match word.state() {
-            State::Closed => Some(Forgettable::Closed),
-            State::Open if self.is_due(word, now) => Some(Forgettable::Recovered),
-            State::HalfOpen => {
-                let probes = Probes(self.words.probes.load(Ordering::Acquire));
-                (probes.belongs_to(word.generation()) && !probes.started())
-                    .then_some(Forgettable::Recovered)
-            }
-            _ => None,
-        }
-    }
-
-    pub(crate) fn subscribe(&self) -> EventStream {
-        self.subscribers.subscribe()
-    }
 }
-
-/// Why a breaker may be forgotten (see `Breaker::forgettable`).
-#[cfg(feature = "keyed")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Forgettable {
-    Closed,
-    /// Its open interval is over and no probe was admitted since: it rejects nobody.
-    Recovered,
-}
-
-/// `(half_open_calls, half_open_successes)` packed for `Words::half_open_limits`.
-fn half_open_limits(config: &Config) -> u64 {
-    (u64::from(config.half_open_calls) << 32) | u64::from(config.half_open_successes)
-}
-
-/// `Words::half_open_max_wait` for `config`.
-fn half_open_max_wait(config: &Config) -> u64 {
-    config
-        .half_open_max_wait
-        .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
-}
-
 /// `Words::slow_call_nanos` for `config`.
 fn slow_call_nanos(config: &Config) -> u64 {
     config
         .slow_call_duration
         .map_or(u64::MAX, |d| clock::saturating_nanos(d).min(u64::MAX - 1))
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProbeResult {
-    Succeeded,
-    Failed,
-    /// Ignored, dropped or never used: the permit goes back and nothing is counted.
-    Returned,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProbeRefused {
-    /// Every permit of the episode is taken.
-    Full,
-    /// The episode ended meanwhile: decide again.
-    Stale,
 }
