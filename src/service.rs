@@ -129,7 +129,9 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
                 waiter.wait(cx, rejection.generation);
                 // Open: until the interval ends; Closed (throttled): until the throttle's
                 // window moves on, when the next draw may admit the call.
-                if let (State::Open | State::Closed, Some(at)) = (rejection.state, rejection.retry_at) {
+                if let (State::Open | State::Closed, Some(at)) =
+                    (rejection.state, rejection.retry_at)
+                {
                     waiter.wake_at(cx, at);
                 }
             }

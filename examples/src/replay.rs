@@ -121,7 +121,11 @@ fn line(text: &str, first: bool) -> Result<Line, String> {
         return Ok(Line::Skip);
     }
     let fields: Vec<&str> = text.split(',').collect();
-    if first && fields.first().is_some_and(|f| f.trim().eq_ignore_ascii_case("time")) {
+    if first
+        && fields
+            .first()
+            .is_some_and(|f| f.trim().eq_ignore_ascii_case("time"))
+    {
         return Ok(Line::Skip); // the header
     }
     if fields.len() != 3 {
@@ -156,18 +160,16 @@ pub fn parse(text: &str) -> Trace {
         let number = index + 1;
         match line(text, first) {
             Ok(Line::Skip) => continue,
-            Ok(Line::Call(call)) => {
-                match trace.calls.last() {
-                    Some(last) if call.at < last.at => trace.bad_lines.push(BadLine {
-                        line: number,
-                        reason: format!(
-                            "time {:?} is before the previous call's ({:?})",
-                            call.at, last.at
-                        ),
-                    }),
-                    _ => trace.calls.push(call),
-                }
-            }
+            Ok(Line::Call(call)) => match trace.calls.last() {
+                Some(last) if call.at < last.at => trace.bad_lines.push(BadLine {
+                    line: number,
+                    reason: format!(
+                        "time {:?} is before the previous call's ({:?})",
+                        call.at, last.at
+                    ),
+                }),
+                _ => trace.calls.push(call),
+            },
             Ok(Line::Outage(outage)) => trace.outages.push(outage),
             Err(reason) => trace.bad_lines.push(BadLine {
                 line: number,

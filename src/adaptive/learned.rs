@@ -278,7 +278,10 @@ mod tests {
         ];
         for learned in bad {
             let err = learned.validate().unwrap_err();
-            assert!(err.field().starts_with("learned_failure_threshold."), "{err}");
+            assert!(
+                err.field().starts_with("learned_failure_threshold."),
+                "{err}"
+            );
         }
         LearnedThreshold::new().validate().unwrap();
     }

@@ -71,8 +71,8 @@ mod window;
 
 use std::time::Duration;
 
-pub use learned::LearnedThreshold;
 pub(crate) use learned::Baseline;
+pub use learned::LearnedThreshold;
 
 use crate::error::ConfigError;
 use rng::Draws;
@@ -265,10 +265,6 @@ impl Throttle {
             draws: Draws::new(config.seed),
             config,
         }
-    }
-
-    pub(crate) fn config(&self) -> &AdaptiveThrottle {
-        &self.config
     }
 
     /// The rejection probability at `at` (nanoseconds since the breaker's creation).

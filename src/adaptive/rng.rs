@@ -50,9 +50,9 @@ impl Draws {
     pub(crate) fn next(&self) -> f64 {
         match self {
             // Relaxed: any order of the draws is a valid sequence; each is taken once.
-            Draws::Seeded(state) => unit(mix(
-                state.fetch_add(GOLDEN, Ordering::Relaxed).wrapping_add(GOLDEN),
-            )),
+            Draws::Seeded(state) => unit(mix(state
+                .fetch_add(GOLDEN, Ordering::Relaxed)
+                .wrapping_add(GOLDEN))),
             Draws::PerThread => unit(thread_draw()),
         }
     }

@@ -179,10 +179,22 @@ mod tests {
     #[test]
     fn a_full_bucket_stops_counting_both_so_the_ratio_stays() {
         let w = Buckets::new(1, S);
-        let word = pack(0, Tally { requests: COUNT_MAX, accepts: 7 });
+        let word = pack(
+            0,
+            Tally {
+                requests: COUNT_MAX,
+                accepts: 7,
+            },
+        );
         w.buckets[0].store(word, Ordering::Relaxed);
         w.record(0, true);
-        assert_eq!(w.tally(0), Tally { requests: COUNT_MAX, accepts: 7 });
+        assert_eq!(
+            w.tally(0),
+            Tally {
+                requests: COUNT_MAX,
+                accepts: 7
+            }
+        );
     }
 
     #[test]
