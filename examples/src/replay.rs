@@ -194,7 +194,7 @@ impl Trace {
         let mut outages: Vec<Outage> = Vec::new();
         let mut bucket = 0u64;
         let (mut calls, mut failed) = (0u32, 0u32);
-        let mut close = |bucket: u64, calls: u32, failed: u32, outages: &mut Vec<Outage>| {
+        let close = |bucket: u64, calls: u32, failed: u32, outages: &mut Vec<Outage>| {
             if calls == 0 || failed * 2 < calls {
                 return;
             }
