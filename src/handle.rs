@@ -248,6 +248,28 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The snapshot of a breaker that has seen nothing, with its threshold and rejection
+    /// probability (for gauges registered before the breaker exists).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn empty(
+        failure_rate_threshold: Option<f64>,
+        rejection_probability: Option<f64>,
+    ) -> Metrics {
+        Metrics {
+            state: State::Closed,
+            calls: 0,
+            failed: 0,
+            slow: 0,
+            not_permitted: 0,
+            consecutive_failures: 0,
+            minimum_calls: 1,
+            totals: Totals::default(),
+            failure_rate_threshold,
+            baseline_failure_rate: None,
+            rejection_probability,
+        }
+    }
+
     /// The state when the snapshot was taken.
     pub fn state(&self) -> State {
         self.state

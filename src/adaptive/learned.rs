@@ -127,6 +127,13 @@ impl LearnedThreshold {
         (baseline * self.factor + self.margin).clamp(self.min, self.max)
     }
 
+    /// The threshold before anything is learned: `configured` (default 0.5) within the bounds.
+    pub(crate) fn initial(&self, configured: Option<f64>) -> f64 {
+        configured
+            .unwrap_or(crate::config::DEFAULT_FAILURE_RATE)
+            .clamp(self.min, self.max)
+    }
+
     /// Checks every value, naming the first one out of range (as
     /// `learned_failure_threshold.<setter>`).
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
@@ -178,15 +185,16 @@ pub(crate) struct Baseline {
 }
 
 impl Baseline {
-    /// A baseline with nothing learned: `initial` (clamped into the bounds) applies.
-    pub(crate) fn new(learned: LearnedThreshold, initial: f64, at: u64) -> Self {
+    /// A baseline with nothing learned: the `configured` threshold (clamped into the bounds)
+    /// applies.
+    pub(crate) fn new(learned: LearnedThreshold, configured: Option<f64>, at: u64) -> Self {
         Baseline {
             learned,
             failed: 0.0,
             weight: 0.0,
             at,
             seen: 0,
-            threshold: initial.clamp(learned.min, learned.max),
+            threshold: learned.initial(configured),
         }
     }
 
@@ -233,7 +241,7 @@ mod tests {
     #[test]
     fn the_baseline_weighs_an_outcome_a_horizon_old_by_one_over_e() {
         let learned = LearnedThreshold::new().horizon(Duration::from_secs(100));
-        let mut b = Baseline::new(learned, 0.5, 0);
+        let mut b = Baseline::new(learned, Some(0.5), 0);
         b.observe(0, true, 1);
         b.observe(100 * S, false, 1);
         let e = std::f64::consts::E.recip();
@@ -245,7 +253,7 @@ mod tests {
     #[test]
     fn the_initial_threshold_holds_until_the_minimum_and_stays_within_bounds() {
         let learned = LearnedThreshold::new().bounds(0.3, 0.6);
-        let mut b = Baseline::new(learned, 0.9, 0);
+        let mut b = Baseline::new(learned, Some(0.9), 0);
         assert_eq!(b.threshold(), 0.6, "the initial threshold is clamped");
         for i in 0..9 {
             b.observe(i * S, false, 10);
@@ -258,7 +266,7 @@ mod tests {
     #[test]
     fn a_pause_does_not_age_the_baseline() {
         let learned = LearnedThreshold::new().horizon(Duration::from_secs(10));
-        let mut b = Baseline::new(learned, 0.5, 0);
+        let mut b = Baseline::new(learned, Some(0.5), 0);
         b.observe(0, true, 1);
         b.resume(1000 * S);
         b.observe(1000 * S, false, 1);

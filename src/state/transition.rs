@@ -14,7 +14,7 @@ use super::window::{Sample, Totals, Window};
 use super::word::{Generation, Probes, StateWord};
 use super::{Breaker, State, clock::Now, clock::saturating_nanos};
 use crate::adaptive::Baseline;
-use crate::config::{Config, DEFAULT_FAILURE_RATE};
+use crate::config::Config;
 use crate::event::Event;
 use crate::sync::{MutexGuard, Ordering, lock};
 
@@ -242,12 +242,10 @@ impl Core {
 
 /// The baseline of `config`'s learned threshold, starting at `at`, if it has one.
 fn baseline_of(config: &Config, at: u64) -> Option<Baseline> {
-    let initial = config
-        .failure_rate_threshold
-        .unwrap_or(DEFAULT_FAILURE_RATE);
+    let configured = config.failure_rate_threshold;
     config
         .learned
-        .map(|learned| Baseline::new(learned, initial, at))
+        .map(|learned| Baseline::new(learned, configured, at))
 }
 
 impl Breaker {
