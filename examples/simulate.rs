@@ -140,7 +140,7 @@ fn scenarios() -> Vec<Scenario> {
             // Capacity falls from 80 to 35 calls a second over a minute, holds, and comes back.
             condition: |_, t| {
                 let capacity = match t {
-                    t if t < 60.0 || t >= 180.0 => CAPACITY,
+                    t if !(60.0..180.0).contains(&t) => CAPACITY,
                     t if t < 120.0 => CAPACITY - (CAPACITY - 35.0) * (t - 60.0) / 60.0,
                     _ => 35.0,
                 };

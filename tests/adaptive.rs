@@ -388,3 +388,27 @@ async fn successes_that_change_no_window_are_counted_too() {
         Some(throttle.rejection_probability(70, 50))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_the_readiness_mode_a_throttled_call_waits_a_bucket_and_draws_again() {
+    let layer = builder()
+        .adaptive_throttling(AdaptiveThrottle::new().window(secs(60)).seed(23))
+        .build()
+        .unwrap()
+        .pending_while_open();
+    let mut svc = layer.layer(Inner::default());
+    let started = tokio::time::Instant::now();
+    // Every call is eventually admitted: a throttled `poll_ready` is woken one bucket later.
+    for _ in 0..50 {
+        let result = tokio::time::timeout(secs(3600), call(&mut svc, fail()))
+            .await
+            .expect("never stuck while throttled");
+        assert_admitted(&result);
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= secs(1),
+        "some calls waited for a draw: {waited:?}"
+    );
+    assert!(svc.handle().metrics().rejection_probability().unwrap() > 0.5);
+}
