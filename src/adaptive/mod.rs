@@ -34,7 +34,9 @@
 //! circuit never opens by itself, as with Envoy's filter). A trip rule set beside it (a
 //! failure-rate threshold, consecutive failures) stays on as a backstop for a dependency that is
 //! down rather than struggling. Operator states work as for any breaker: `ForcedOpen` rejects,
-//! `Disabled` admits everything, and `MetricsOnly` records without throttling.
+//! `Disabled` admits everything, and `MetricsOnly` records without throttling. Closing (after a
+//! backstop rule opened the circuit) and [`reset`](crate::Handle::reset) clear the throttle's
+//! window, as they clear the breaker's.
 //!
 //! ```
 //! use std::time::Duration;

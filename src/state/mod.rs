@@ -238,7 +238,8 @@ pub(crate) struct Breaker {
     #[cfg(feature = "metrics")]
     pub(crate) exported: Option<crate::metrics::Exported>,
     /// Adaptive throttling (`Builder::adaptive_throttling`), fixed when the breaker is built.
-    throttle: Option<Throttle>,
+    /// Boxed: a breaker without it (most keyed breakers) pays one word.
+    throttle: Option<Box<Throttle>>,
     epoch: Instant,
 }
 
@@ -311,7 +312,7 @@ impl Breaker {
                 call_timeout: config.call_timeout,
             },
             on_event: config.on_event.clone(),
-            throttle: config.adaptive.map(Throttle::new),
+            throttle: config.adaptive.map(|t| Box::new(Throttle::new(t))),
             core: Mutex::new(Core::new(Window::new(config.window), config)),
             epoch: Instant::now(),
         }

@@ -93,8 +93,9 @@ pub(super) struct Core {
     /// Whether the failure and the slow-call rate were at or above their thresholds at the last
     /// outcome recorded in MetricsOnly (so that each crossing is announced once).
     exceeded: (bool, bool),
-    /// The learned failure-rate baseline, with a learned threshold.
-    baseline: Option<Baseline>,
+    /// The learned failure-rate baseline, with a learned threshold (boxed: a breaker without
+    /// one pays one word).
+    baseline: Option<Box<Baseline>>,
     /// The failure-rate threshold in force: the configured one, or the learned one. A copy,
     /// kept with what it comes from, so that recording reads one field.
     failure_threshold: Option<f64>,
@@ -148,7 +149,7 @@ impl Core {
 
     /// The learned baseline failure rate, if any was learned.
     pub(super) fn baseline_rate(&self) -> Option<f64> {
-        self.baseline.as_ref().and_then(Baseline::rate)
+        self.baseline.as_ref().and_then(|baseline| baseline.rate())
     }
 
     /// Whether the failure-rate threshold is learned (recording then reads the clock).
@@ -241,11 +242,11 @@ impl Core {
 }
 
 /// The baseline of `config`'s learned threshold, starting at `at`, if it has one.
-fn baseline_of(config: &Config, at: u64) -> Option<Baseline> {
+fn baseline_of(config: &Config, at: u64) -> Option<Box<Baseline>> {
     let configured = config.failure_rate_threshold;
     config
         .learned
-        .map(|learned| Baseline::new(learned, configured, at))
+        .map(|learned| Box::new(Baseline::new(learned, configured, at)))
 }
 
 impl Breaker {
