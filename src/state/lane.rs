@@ -61,9 +61,6 @@ impl Lane {
         let absorbed = self.breaker.is_absorbed(ticket, outcome);
         if absorbed {
             self.breaker.counters.add_to(self.slot, Count::Successful);
-            if self.breaker.throttles() {
-                self.breaker.throttle_record(true, &mut self.breaker.now());
-            }
         }
         absorbed
     }

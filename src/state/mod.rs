@@ -213,7 +213,7 @@ pub(crate) struct Breaker {
     words: CachePadded<Words>,
     /// Whether a plain success would change nothing: a count window full of plain successes and
     /// no consecutive failure. Written under the lock after every change of the window.
-    clean: CachePadded<AtomicBool>,
+    clean: CachePadded<Clean>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
     /// Whether a thread is running the queued announcements (see `transition.rs`).
@@ -241,6 +241,16 @@ pub(crate) struct Breaker {
     /// Boxed: a breaker without it (most keyed breakers) pays one word.
     throttle: Option<Box<Throttle>>,
     epoch: Instant,
+}
+
+/// Whether a plain success would change nothing (`Breaker::clean`).
+#[derive(Debug)]
+struct Clean {
+    /// For `Lane::absorbs`, which takes the success without `complete`: never for a breaker that
+    /// throttles.
+    absorbed: AtomicBool,
+    /// For `complete`.
+    settled: AtomicBool,
 }
 
 /// The part of the configuration a call's path reads without the lock, fixed for the breaker's
@@ -299,7 +309,10 @@ impl Breaker {
                 throttles: config.adaptive.is_some(),
                 fast_admit: fast_admit(config.adaptive.is_some()),
             }),
-            clean: CachePadded(AtomicBool::new(false)),
+            clean: CachePadded(Clean {
+                absorbed: AtomicBool::new(false),
+                settled: AtomicBool::new(false),
+            }),
             announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
@@ -421,16 +434,10 @@ impl Breaker {
     /// Counts a completed call in the throttle's window (`accepted`: it succeeded). Out of line:
     /// the completion path of a breaker without throttling only tests the flag.
     #[inline(never)]
-    pub(crate) fn throttle_record(&self, accepted: bool, now: &mut Now<'_>) {
+    fn throttle_record(&self, accepted: bool, now: &mut Now<'_>) {
         if let Some(throttle) = &self.throttle {
             throttle.record(now.get(), accepted);
         }
-    }
-
-    /// Whether the breaker throttles (fixed when it is built).
-    #[inline]
-    pub(crate) fn throttles(&self) -> bool {
-        self.words.throttles
     }
 
     /// The throttle's rejection probability at `at`, if the breaker throttles.
@@ -546,11 +553,12 @@ impl Breaker {
         }
         if self.words.throttles && ticket.kind() != TicketKind::Unrecorded {
             // Every dispatched call the breaker records counts, stale or not: the throttle
-            // follows the dependency, not the state. `Lane::absorbs` counts the absorbed ones.
+            // follows the dependency, not the state. A throttling breaker's successes all come
+            // here: `Lane::absorbs` never takes them (`set_clean`).
             self.throttle_record(outcome == Outcome::Success, now);
         }
         // A timely success that changes nothing takes no lock, timed or not.
-        if !slow && self.is_absorbed(ticket, outcome) {
+        if !slow && self.is_settled(ticket, outcome) {
             return;
         }
         match ticket.kind() {
@@ -581,7 +589,26 @@ impl Breaker {
         // A stale ticket changes nothing either way.
         ticket.kind() == TicketKind::Recorded
             && outcome == Outcome::Success
-            && self.clean.load(Ordering::Relaxed)
+            && self.clean.absorbed.load(Ordering::Relaxed)
+    }
+
+    /// `is_absorbed`, for a call that went through `complete` (which has counted it in the
+    /// throttle's window already).
+    #[inline]
+    fn is_settled(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        // Relaxed: as for `is_absorbed`.
+        ticket.kind() == TicketKind::Recorded
+            && outcome == Outcome::Success
+            && self.clean.settled.load(Ordering::Relaxed)
+    }
+
+    /// Publishes whether a plain success would change nothing (`Core::is_clean`), under the lock.
+    pub(super) fn set_clean(&self, clean: bool) {
+        // Relaxed: see `is_absorbed`. A throttling breaker never absorbs a success without
+        // `complete`: the throttle counts every completed call.
+        let absorbed = clean && !self.words.throttles;
+        self.clean.absorbed.store(absorbed, Ordering::Relaxed);
+        self.clean.settled.store(clean, Ordering::Relaxed);
     }
 
     /// Gives back what a call that will never complete holds: its probe permit, if any.
@@ -615,7 +642,7 @@ impl Breaker {
         if core.learns() {
             core.learn(now.get(), sample.failed);
         }
-        self.clean.store(core.is_clean(), Ordering::Relaxed);
+        self.set_clean(core.is_clean());
         let totals = core.totals(at);
         let threshold = core.failure_threshold();
         match word.state() {

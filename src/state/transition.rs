@@ -57,6 +57,7 @@ impl Rates {
 
 /// Whether the closed breaker trips, given its window's totals, its consecutive failures and the
 /// failure-rate threshold in force (configured or learned, `Core::failure_threshold`).
+#[inline]
 pub(crate) fn should_trip(
     totals: Totals,
     consecutive: u32,
@@ -317,7 +318,7 @@ impl Breaker {
         if from.state().records() && !to.records() {
             core.frozen = Some(core.window.totals(at));
         }
-        self.clean.store(core.is_clean(), Ordering::Relaxed);
+        self.set_clean(core.is_clean());
         let next = from.next(to);
         // Every transition replaces the probe word: a permit or a result prepared against the
         // old episode fails its compare-and-swap. A swap, not a store: a read-modify-write comes
@@ -529,7 +530,7 @@ impl Breaker {
             words.slow_call_nanos.store(slow, Ordering::Relaxed);
             let needs_time = core.records_need_time();
             words.time_window.store(needs_time, Ordering::Relaxed);
-            self.clean.store(core.is_clean(), Ordering::Relaxed);
+            self.set_clean(core.is_clean());
             drop(core);
             let name = self.name.as_deref().unwrap_or("");
             tracing::info!(
