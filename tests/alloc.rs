@@ -362,3 +362,19 @@ fn a_503_rejection_allocates_only_the_response_it_answers_with() {
         WARM_UP + CALLS + 1
     );
 }
+
+/// A regression guard for what every call moves: the response future of a breaker around an
+/// immediately-ready service (the inner future and the rejection future are 24 bytes each). It
+/// holds the inner future, the call timeout's timer (inline, so that a timed call allocates
+/// nothing) and the completion (the admission, the start and the deadline). Growing it makes every
+/// `async` caller that holds it move more; a change that must grow it updates this figure.
+#[test]
+fn the_response_future_of_a_ready_service_is_at_most_184_bytes() {
+    use tower_circuit_breaker::DefaultClassify;
+    use tower_circuit_breaker::future::ResponseFuture;
+
+    type Ready24 = std::future::Ready<Result<u64, BoxError>>;
+    assert_eq!(std::mem::size_of::<Ready24>(), 24);
+    let size = std::mem::size_of::<ResponseFuture<Ready24, DefaultClassify, Ready24>>();
+    assert!(size <= 184, "{size} bytes");
+}

@@ -234,9 +234,10 @@ pub(crate) struct Breaker {
     fixed: Fixed,
     /// The event callback (`Builder::on_event`), fixed when the breaker is built.
     on_event: Option<crate::config::EventCallback>,
-    /// The handles of the metrics this breaker exports, registered when it was made.
+    /// The handles of the metrics this breaker exports, registered when it was made. Boxed: a
+    /// breaker that exports nothing (most of a keyed layer's, say) does not carry their room.
     #[cfg(feature = "metrics")]
-    pub(crate) exported: Option<crate::metrics::Exported>,
+    pub(crate) exported: Option<Box<crate::metrics::Exported>>,
     /// Adaptive throttling (`Builder::adaptive_throttling`), fixed when the breaker is built.
     /// Boxed: a breaker without it (most keyed breakers) pays one word.
     throttle: Option<Box<Throttle>>,
@@ -293,10 +294,13 @@ impl Breaker {
     pub(crate) fn new(config: StdArc<Config>, key: Option<StdArc<str>>) -> Self {
         Breaker {
             #[cfg(feature = "metrics")]
-            exported: config
-                .export
-                .as_ref()
-                .map(|export| crate::metrics::Exported::register(export, &config, key.as_deref())),
+            exported: config.export.as_ref().map(|export| {
+                Box::new(crate::metrics::Exported::register(
+                    export,
+                    &config,
+                    key.as_deref(),
+                ))
+            }),
             words: CachePadded(Words {
                 state: AtomicU64::new(StateWord::INITIAL.0),
                 probes: AtomicU64::new(Probes::fresh(StateWord::INITIAL.generation()).0),

@@ -89,8 +89,9 @@ pub(super) struct Core {
     frozen: Option<Totals>,
     /// Transitions made and not announced yet, oldest first.
     pub(super) unannounced: VecDeque<Announcement>,
-    /// Lifetime transition counts, `[from][to]` by `State::index`.
-    transitions: [[u64; 6]; 6],
+    /// Lifetime transition counts, `[from][to]` by `State::index`; boxed at the first transition,
+    /// since most breakers of a keyed layer never make one.
+    transitions: Option<Box<[[u64; 6]; 6]>>,
     /// Whether the failure and the slow-call rate were at or above their thresholds at the last
     /// outcome recorded in MetricsOnly (so that each crossing is announced once).
     exceeded: (bool, bool),
@@ -120,7 +121,7 @@ impl Core {
             not_before: None,
             frozen: None,
             unannounced: VecDeque::new(),
-            transitions: [[0; 6]; 6],
+            transitions: None,
             exceeded: (false, false),
             baseline: baseline_of(&config, 0),
             failure_threshold: None,
@@ -175,7 +176,7 @@ impl Core {
     }
 
     pub(super) fn transitions(&self) -> [[u64; 6]; 6] {
-        self.transitions
+        self.transitions.as_deref().copied().unwrap_or_default()
     }
 
     pub(super) fn config(&self) -> &Config {
@@ -328,7 +329,8 @@ impl Breaker {
             .swap(Probes::fresh(next.generation()).0, Ordering::AcqRel);
         // Release: publishes the side effects above with the new word.
         words.state.store(next.0, Ordering::Release);
-        let count = &mut core.transitions[from.state().index()][to.index()];
+        let counts = core.transitions.get_or_insert_default();
+        let count = &mut counts[from.state().index()][to.index()];
         *count = count.saturating_add(1);
         let count = *count;
         let what = What::Transition {
