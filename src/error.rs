@@ -67,8 +67,8 @@ impl Rejected {
         }
     }
 
-    /// The state that rejected the call: `Open`, `HalfOpen` (every probe permit taken) or
-    /// `ForcedOpen`.
+    /// The state that rejected the call: `Open`, `HalfOpen` (every probe permit taken),
+    /// `ForcedOpen`, or `Closed` when [adaptive throttling](crate::adaptive) rejected it.
     pub fn state(&self) -> State {
         self.state
     }
@@ -131,6 +131,11 @@ impl fmt::Display for Rejected {
             (State::HalfOpen, None) => f.write_str("half-open; no probe permit available"),
             // Whole milliseconds, rounded up: a log line, not a measurement.
             (state, Some(after)) => {
+                // A closed circuit rejects only by adaptive throttling.
+                let state = match state {
+                    State::Closed => "throttled",
+                    state => state.as_str(),
+                };
                 let ms = after.as_nanos().div_ceil(1_000_000);
                 if ms % 1000 == 0 {
                     write!(f, "{state}; retry after {}s", ms / 1000)
@@ -138,6 +143,7 @@ impl fmt::Display for Rejected {
                     write!(f, "{state}; retry after {ms}ms")
                 }
             }
+            (State::Closed, None) => f.write_str("throttled"),
             (state, None) => write!(f, "{state}"),
         }
     }

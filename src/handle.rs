@@ -239,9 +239,37 @@ pub struct Metrics {
     pub(crate) consecutive_failures: u32,
     pub(crate) minimum_calls: u64,
     pub(crate) totals: Totals,
+    /// The failure-rate threshold in force (`None`: the failure-rate rule is off).
+    pub(crate) failure_rate_threshold: Option<f64>,
+    /// The learned baseline, with a learned threshold.
+    pub(crate) baseline_failure_rate: Option<f64>,
+    /// The throttle's rejection probability now, with adaptive throttling.
+    pub(crate) rejection_probability: Option<f64>,
 }
 
 impl Metrics {
+    /// The snapshot of a breaker that has seen nothing, with its threshold and rejection
+    /// probability (for gauges registered before the breaker exists).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn empty(
+        failure_rate_threshold: Option<f64>,
+        rejection_probability: Option<f64>,
+    ) -> Metrics {
+        Metrics {
+            state: State::Closed,
+            calls: 0,
+            failed: 0,
+            slow: 0,
+            not_permitted: 0,
+            consecutive_failures: 0,
+            minimum_calls: 1,
+            totals: Totals::default(),
+            failure_rate_threshold,
+            baseline_failure_rate: None,
+            rejection_probability,
+        }
+    }
+
     /// The state when the snapshot was taken.
     pub fn state(&self) -> State {
         self.state
@@ -303,6 +331,37 @@ impl Metrics {
     /// The lifetime counts of the breaker's calls and transitions.
     pub fn totals(&self) -> Totals {
         self.totals
+    }
+
+    /// The failure-rate threshold in force: the configured one, or the one learned from the
+    /// baseline with a [`LearnedThreshold`](crate::LearnedThreshold); `None` when the
+    /// failure-rate rule is off.
+    ///
+    /// ```
+    /// use tower_circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder().failure_rate_threshold(0.3).build()?;
+    /// assert_eq!(layer.handle().metrics().failure_rate_threshold(), Some(0.3));
+    /// let only_consecutive = CircuitBreakerLayer::builder().consecutive_failures(5).build()?;
+    /// assert_eq!(only_consecutive.handle().metrics().failure_rate_threshold(), None);
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn failure_rate_threshold(&self) -> Option<f64> {
+        self.failure_rate_threshold
+    }
+
+    /// The learned baseline failure rate of a [`LearnedThreshold`](crate::LearnedThreshold)
+    /// (`None` without one, or before any outcome was learned).
+    pub fn baseline_failure_rate(&self) -> Option<f64> {
+        self.baseline_failure_rate
+    }
+
+    /// The probability with which adaptive throttling rejects a call now
+    /// ([`Builder::adaptive_throttling`](crate::Builder::adaptive_throttling); `None` without
+    /// it). Computed from the throttle's window when the snapshot is taken, whatever the state:
+    /// the throttle rejects only while the breaker is Closed.
+    pub fn rejection_probability(&self) -> Option<f64> {
+        self.rejection_probability
     }
 }
 

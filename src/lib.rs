@@ -66,6 +66,14 @@
 //!   No user code (a tracing subscriber, an event consumer, a waker, the classifier) runs under a
 //!   lock of the breaker, so any of it may call back into the breaker.
 //!
+//! # Beyond open and closed
+//!
+//! [`Builder::adaptive_throttling`] sheds a share of the calls that grows as the dependency's
+//! success rate falls (Envoy's admission control, the SRE book's client-side throttling), through
+//! the same rejection path; [`Builder::learned_failure_threshold`] sets the failure-rate
+//! threshold from the dependency's own history, within bounds. The [`adaptive`] module explains
+//! both and when each helps.
+//!
 //! # Performance
 //!
 //! A closed call allocates nothing. Admitting it is one load of the state word, and rejecting one
@@ -155,6 +163,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod adaptive;
 pub mod error;
 pub mod fallback;
 pub mod future;
@@ -199,6 +208,7 @@ mod sync;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use adaptive::{AdaptiveThrottle, LearnedThreshold};
 pub use classify::{Classify, Completion, DefaultClassify, Outcome};
 pub use config::{Backoff, Builder, Window};
 pub use error::ConfigError;

@@ -46,7 +46,8 @@
 //! | `circuit_breaker_state` | gauge | `state`, one series per state | 1 for the current state, 0 for the others |
 //! | `circuit_breaker_failure_rate` | gauge | | failure rate of the window; `-1` below the minimum |
 //! | `circuit_breaker_slow_call_rate` | gauge | | slow-call rate of the window; `-1` below the minimum |
-//! | `circuit_breaker_failure_rate_threshold` | gauge | | the configured threshold (only when the rule is on) |
+//! | `circuit_breaker_failure_rate_threshold` | gauge | | the threshold in force (only when the rule is on): the configured one, or a [learned](crate::LearnedThreshold) one, updated by [`collect`] |
+//! | `circuit_breaker_rejection_probability` | gauge | | with [adaptive throttling](crate::adaptive), the probability with which it rejects a call |
 //! | `circuit_breaker_slow_call_rate_threshold` | gauge | | the configured threshold (only when the rule is on) |
 //! | `circuit_breaker_window_calls` | gauge | `outcome`: `successful`, `failed` | recorded calls in the window (as [`Metrics`](crate::Metrics) shows it) |
 //! | `circuit_breaker_call_duration_seconds` | histogram | `outcome`: `successful`, `failed`, `ignored` | call durations, with [`Export::durations`] |
@@ -202,6 +203,10 @@ enum Reading {
     SlowCallRate,
     WindowSuccessful,
     WindowFailed,
+    /// The learned failure-rate threshold (a configured one is set once, at registration).
+    FailureRateThreshold,
+    /// Adaptive throttling's rejection probability.
+    RejectionProbability,
 }
 
 /// The metric handles of one breaker, registered when it is made.
@@ -291,8 +296,15 @@ impl Exported {
                 gauges.push((Reading::WindowSuccessful, successful));
                 let failed = gauge(window, with("outcome", "failed"));
                 gauges.push((Reading::WindowFailed, failed));
-                if let Some(threshold) = config.failure_rate_threshold {
-                    gauge("circuit_breaker_failure_rate_threshold", labels.clone()).set(threshold);
+                let threshold = || gauge("circuit_breaker_failure_rate_threshold", labels.clone());
+                match (config.learned, config.failure_rate_threshold) {
+                    (Some(_), _) => gauges.push((Reading::FailureRateThreshold, threshold())),
+                    (None, Some(configured)) => threshold().set(configured),
+                    (None, None) => {}
+                }
+                if config.adaptive.is_some() {
+                    let p = gauge("circuit_breaker_rejection_probability", labels.clone());
+                    gauges.push((Reading::RejectionProbability, p));
                 }
                 if let Some(threshold) = config.slow_call_rate_threshold {
                     let g = gauge("circuit_breaker_slow_call_rate_threshold", labels.clone());
@@ -373,7 +385,12 @@ impl Exported {
             exported.transition_counter(from, to);
         }
         exported.show_state(State::Closed);
-        exported.update_gauges(None, None, 0, 0);
+        let threshold = match config.learned {
+            Some(learned) => Some(learned.initial(config.failure_rate_threshold)),
+            None => config.failure_rate_threshold,
+        };
+        let rejection_probability = config.adaptive.map(|_| 0.0);
+        exported.update_gauges(&crate::Metrics::empty(threshold, rejection_probability));
         exported
     }
 
@@ -429,21 +446,17 @@ impl Exported {
         }
     }
 
-    fn update_gauges(
-        &self,
-        failure_rate: Option<f64>,
-        slow_call_rate: Option<f64>,
-        successful: u64,
-        failed: u64,
-    ) {
+    fn update_gauges(&self, metrics: &crate::Metrics) {
         // -1 while a rate is undefined, as Resilience4j exports it: never NaN.
         let rate = |rate: Option<f64>| rate.map_or(-1.0, |rate| rate * self.rate_scale);
         for (reading, gauge) in &self.gauges {
             gauge.set(match reading {
-                Reading::FailureRate => rate(failure_rate),
-                Reading::SlowCallRate => rate(slow_call_rate),
-                Reading::WindowSuccessful => successful as f64,
-                Reading::WindowFailed => failed as f64,
+                Reading::FailureRate => rate(metrics.failure_rate()),
+                Reading::SlowCallRate => rate(metrics.slow_call_rate()),
+                Reading::WindowSuccessful => metrics.successful() as f64,
+                Reading::WindowFailed => metrics.failed() as f64,
+                Reading::FailureRateThreshold => rate(metrics.failure_rate_threshold()),
+                Reading::RejectionProbability => metrics.rejection_probability().unwrap_or(0.0),
             });
         }
     }
@@ -464,9 +477,7 @@ impl Exported {
             }
         }
         self.show_state(metrics.state());
-        let (successful, failed) = (metrics.successful(), metrics.failed());
-        let (failure_rate, slow_call_rate) = (metrics.failure_rate(), metrics.slow_call_rate());
-        self.update_gauges(failure_rate, slow_call_rate, successful, failed);
+        self.update_gauges(&metrics);
     }
 }
 
@@ -524,6 +535,10 @@ fn describe() {
     ::metrics::describe_gauge!(
         "circuit_breaker_failure_rate_threshold",
         "Failure rate at which the circuit opens"
+    );
+    ::metrics::describe_gauge!(
+        "circuit_breaker_rejection_probability",
+        "Probability with which adaptive throttling rejects a call"
     );
     ::metrics::describe_gauge!(
         "circuit_breaker_slow_call_rate_threshold",

@@ -127,7 +127,11 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
             Decision::Admit(ticket) => waiter.wait(cx, ticket.generation()),
             Decision::Reject(rejection) => {
                 waiter.wait(cx, rejection.generation);
-                if let (State::Open, Some(at)) = (rejection.state, rejection.retry_at) {
+                // Open: until the interval ends; Closed (throttled): until the throttle's
+                // window moves on, when the next draw may admit the call.
+                if let (State::Open | State::Closed, Some(at)) =
+                    (rejection.state, rejection.retry_at)
+                {
                     waiter.wake_at(cx, at);
                 }
             }

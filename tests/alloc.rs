@@ -138,6 +138,20 @@ fn closed_path_with_a_time_window_and_slow_calls_allocates_nothing() {
 }
 
 #[test]
+fn closed_path_with_adaptive_throttling_and_a_learned_threshold_allocates_nothing() {
+    use tower_circuit_breaker::{AdaptiveThrottle, LearnedThreshold};
+    for builder in [
+        CircuitBreakerLayer::builder().adaptive_throttling(AdaptiveThrottle::new()),
+        CircuitBreakerLayer::builder()
+            .minimum_calls(10)
+            .learned_failure_threshold(LearnedThreshold::new()),
+    ] {
+        let layer = builder.name("alloc").build().unwrap();
+        assert_closed_path_allocates_nothing(&layer, State::Closed);
+    }
+}
+
+#[test]
 fn closed_path_with_a_subscriber_allocates_nothing() {
     let layer = CircuitBreakerLayer::builder().build().unwrap();
     // Events are made only on transitions; a healthy call makes none.

@@ -441,3 +441,53 @@ async fn a_breaker_without_export_registers_nothing() {
     collect();
     assert_eq!(recorder.0.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_learned_threshold_and_the_rejection_probability_are_exported_as_they_move() {
+    use tower_circuit_breaker::{AdaptiveThrottle, LearnedThreshold};
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut learned = exported(
+        &recorder,
+        builder()
+            .name("db")
+            .minimum_calls(10)
+            .learned_failure_threshold(LearnedThreshold::new().bounds(0.2, 0.9))
+            .export_metrics(Export::new()),
+    );
+    let threshold =
+        |samples: &[Sample]| value(samples, "circuit_breaker_failure_rate_threshold", &[DB]);
+    assert_eq!(
+        threshold(&scrape(&recorder)),
+        0.5,
+        "before anything is learned"
+    );
+    run(&mut learned.svc, 20, Reply::Ok).await;
+    assert_eq!(
+        threshold(&scrape(&recorder)),
+        0.2,
+        "learned: all successes, the floor"
+    );
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut throttled = exported(
+        &recorder,
+        builder()
+            .name("db")
+            .adaptive_throttling(AdaptiveThrottle::new().seed(1))
+            .export_metrics(Export::new()),
+    );
+    let p = |samples: &[Sample]| value(samples, "circuit_breaker_rejection_probability", &[DB]);
+    assert_eq!(p(&scrape(&recorder)), 0.0);
+    run(&mut throttled.svc, 10, Reply::Fail).await;
+    let exported = p(&scrape(&recorder));
+    assert_eq!(
+        Some(exported),
+        throttled.handle.metrics().rejection_probability()
+    );
+    assert!(exported > 0.5, "{exported}");
+    assert!(!has(
+        &scrape(&recorder),
+        "circuit_breaker_failure_rate_threshold",
+        &[DB]
+    ));
+}

@@ -1,5 +1,7 @@
 //! What the examples share (see the `[[example]]` entries for the examples themselves).
 
+pub mod replay;
+
 use std::io;
 use std::net::SocketAddr;
 

@@ -17,6 +17,7 @@ pub use backoff::Backoff;
 pub use window::Window;
 pub(crate) use window::WindowKind;
 
+use crate::adaptive::{AdaptiveThrottle, LearnedThreshold};
 use crate::classify::DefaultClassify;
 use crate::error::ConfigError;
 use crate::event::Event;
@@ -29,7 +30,7 @@ pub(crate) const MAX_BUCKETS: u32 = 4096;
 /// The largest number of half-open probes per episode: the probe counters share the state word.
 pub(crate) const MAX_HALF_OPEN_CALLS: u32 = 4095;
 /// The failure-rate threshold when no rule is configured.
-const DEFAULT_FAILURE_RATE: f64 = 0.5;
+pub(crate) const DEFAULT_FAILURE_RATE: f64 = 0.5;
 const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The shortest interval jitter can make (unless the interval itself is shorter).
 const MIN_JITTERED_INTERVAL: Duration = Duration::from_millis(1);
@@ -63,6 +64,10 @@ pub(crate) struct Config {
     pub(crate) call_timeout: Option<Duration>,
     pub(crate) max_retry_after: Duration,
     pub(crate) on_event: Option<EventCallback>,
+    /// Adaptive throttling, fixed when the breaker is built.
+    pub(crate) adaptive: Option<AdaptiveThrottle>,
+    /// A failure-rate threshold learned from the baseline.
+    pub(crate) learned: Option<LearnedThreshold>,
     #[cfg(feature = "metrics")]
     pub(crate) export: Option<crate::metrics::Export>,
 }
@@ -94,8 +99,11 @@ impl fmt::Debug for EventCallback {
 ///
 /// Three rules can open it: the failure rate, the slow-call rate and consecutive failures. The
 /// policy is what you configure: a rule you set is on, and the slow-call and consecutive rules are
-/// off unless set. The failure-rate rule is on when you set its threshold, and also when you set
-/// no rule at all (then 50 % of the last 100 calls: a breaker with no rule would never open).
+/// off unless set. The failure-rate rule is on when you set its threshold or a
+/// [learned threshold](Builder::learned_failure_threshold), and also when you set no policy at all
+/// (then 50 % of the last 100 calls: a breaker with no rule would never open).
+/// [Adaptive throttling](Builder::adaptive_throttling) is a policy too: set alone, nothing opens
+/// the circuit, and the throttle sheds load instead.
 /// Setting only [`consecutive_failures`](Builder::consecutive_failures), as with pybreaker's
 /// `fail_max`, gives a breaker that opens on consecutive failures only.
 ///
@@ -113,6 +121,8 @@ impl fmt::Debug for EventCallback {
 /// | [`half_open_max_wait`](Builder::half_open_max_wait) | 60 s |
 /// | [`call_timeout`](Builder::call_timeout) | off |
 /// | [`max_retry_after`](Builder::max_retry_after) | 5 min |
+/// | [`adaptive_throttling`](Builder::adaptive_throttling) | off |
+/// | [`learned_failure_threshold`](Builder::learned_failure_threshold) | off |
 ///
 /// ```
 /// use std::time::Duration;
@@ -147,6 +157,8 @@ pub struct Builder<C = DefaultClassify> {
     call_timeout: Option<Duration>,
     max_retry_after: Duration,
     on_event: Option<EventCallback>,
+    adaptive: Option<AdaptiveThrottle>,
+    learned: Option<LearnedThreshold>,
     #[cfg(feature = "metrics")]
     export: Option<crate::metrics::Export>,
     classify: C,
@@ -170,7 +182,9 @@ impl<C> fmt::Debug for Builder<C> {
             .field("half_open_max_wait", &self.half_open_max_wait)
             .field("call_timeout", &self.call_timeout)
             .field("max_retry_after", &self.max_retry_after)
-            .field("on_event", &self.on_event);
+            .field("on_event", &self.on_event)
+            .field("adaptive_throttling", &self.adaptive)
+            .field("learned_failure_threshold", &self.learned);
         #[cfg(feature = "metrics")]
         f.field("export_metrics", &self.export);
         f.finish_non_exhaustive()
@@ -195,6 +209,8 @@ impl Default for Builder {
             call_timeout: None,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             on_event: None,
+            adaptive: None,
+            learned: None,
             #[cfg(feature = "metrics")]
             export: None,
             classify: DefaultClassify,
@@ -232,6 +248,8 @@ impl Builder {
             #[cfg(feature = "metrics")]
             export: config.export.clone(),
             on_event: config.on_event.clone(),
+            adaptive: config.adaptive,
+            learned: config.learned,
         }
     }
 }
@@ -348,6 +366,52 @@ impl<C> Builder<C> {
         self
     }
 
+    /// Throttles calls adaptively while the circuit is closed: each call is rejected with a
+    /// probability that grows as the dependency's success rate falls (Envoy's admission control,
+    /// the SRE book's client-side throttling). See the [`adaptive`](crate::adaptive) module for
+    /// the formula and the defaults.
+    ///
+    /// Set alone, it is the breaker's only policy: the failure-rate rule is then off unless its
+    /// threshold is set too (see [which rules](Builder#which-rules-open-the-circuit)), so the
+    /// circuit never opens by itself. A trip rule set beside it stays on as a backstop.
+    /// Fixed when the breaker is built: a reconfiguration may not add, remove or change it.
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{AdaptiveThrottle, CircuitBreakerLayer};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .adaptive_throttling(AdaptiveThrottle::new().aggression(1.5))
+    ///     .build()?;
+    /// let metrics = layer.handle().metrics();
+    /// assert_eq!(metrics.rejection_probability(), Some(0.0));
+    /// assert_eq!(metrics.failure_rate_threshold(), None, "the throttle alone");
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn adaptive_throttling(mut self, throttle: AdaptiveThrottle) -> Self {
+        self.adaptive = Some(throttle);
+        self
+    }
+
+    /// Sets the failure-rate threshold relative to a baseline learned from the breaker's own
+    /// history, within bounds: see [`LearnedThreshold`]. It turns the failure-rate rule on; a
+    /// [`failure_rate_threshold`](Self::failure_rate_threshold) set beside it is the threshold
+    /// used until the baseline has seen `minimum_calls` outcomes (default 0.5).
+    ///
+    /// ```
+    /// use tower_circuit_breaker::{CircuitBreakerLayer, LearnedThreshold};
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .failure_rate_threshold(0.4)
+    ///     .learned_failure_threshold(LearnedThreshold::new().bounds(0.2, 0.6))
+    ///     .build()?;
+    /// assert_eq!(layer.handle().metrics().failure_rate_threshold(), Some(0.4));
+    /// # Ok::<(), tower_circuit_breaker::ConfigError>(())
+    /// ```
+    pub fn learned_failure_threshold(mut self, learned: LearnedThreshold) -> Self {
+        self.learned = Some(learned);
+        self
+    }
+
     /// Calls `callback` with every [`Event`] of the breaker: each transition, each rate that
     /// reached its threshold (with the rate and the threshold), and each rejected call.
     ///
@@ -439,6 +503,8 @@ impl<C> Builder<C> {
             call_timeout: self.call_timeout,
             max_retry_after: self.max_retry_after,
             on_event: self.on_event,
+            adaptive: self.adaptive,
+            learned: self.learned,
             #[cfg(feature = "metrics")]
             export: self.export,
             classify,

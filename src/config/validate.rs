@@ -36,6 +36,16 @@ impl Config {
                 ),
             ));
         }
+        if self.adaptive != old.adaptive {
+            return Err(ConfigError::new(
+                "adaptive_throttling",
+                self.adaptive,
+                format!(
+                    "{:?}: adaptive throttling is fixed when the breaker is built",
+                    old.adaptive
+                ),
+            ));
+        }
         if self.slow_call_duration.is_some() != old.slow_call_duration.is_some() {
             let allowed = match old.slow_call_duration {
                 Some(_) => "set: this breaker times its calls (slow calls are tracked)",
@@ -82,9 +92,12 @@ impl<C> Builder<C> {
 
         let failure_rate_threshold = match self.failure_rate_threshold {
             Some(r) => Some(rate("failure_rate_threshold", r)?),
-            // On by default only when no other rule would open the circuit.
-            None if self.slow_call_rate_threshold.is_none()
-                && self.consecutive_failures.is_none() =>
+            // A learned threshold is this rule's; otherwise on by default only when no other
+            // policy (a rule, or the throttle) is set.
+            None if self.learned.is_some()
+                || (self.slow_call_rate_threshold.is_none()
+                    && self.consecutive_failures.is_none()
+                    && self.adaptive.is_none()) =>
             {
                 Some(DEFAULT_FAILURE_RATE)
             }
@@ -193,6 +206,12 @@ impl<C> Builder<C> {
             .map(|d| positive("call_timeout", d))
             .transpose()?;
         let max_retry_after = positive("max_retry_after", self.max_retry_after)?;
+        if let Some(throttle) = &self.adaptive {
+            throttle.validate()?;
+        }
+        if let Some(learned) = &self.learned {
+            learned.validate()?;
+        }
 
         Ok(Config {
             name: self.name.clone(),
@@ -209,6 +228,8 @@ impl<C> Builder<C> {
             call_timeout,
             max_retry_after,
             on_event: self.on_event.clone(),
+            adaptive: self.adaptive,
+            learned: self.learned,
             #[cfg(feature = "metrics")]
             export: self.export.clone(),
         })

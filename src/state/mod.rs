@@ -60,6 +60,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::adaptive::Throttle;
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::event::Subscribers;
@@ -197,9 +198,16 @@ struct Words {
     /// The slow-call duration in nanoseconds (`u64::MAX`: slow calls are not tracked). Read
     /// without the lock when a call completes; replaced by a reconfiguration.
     slow_call_nanos: AtomicU64,
-    /// Whether the window is a time window (its recording reads the clock): read before taking
-    /// the lock, so that the clock is read outside it.
+    /// Whether recording an outcome reads the clock (a time window, or a learned baseline): read
+    /// before taking the lock, so that the clock is read outside it.
     time_window: AtomicBool,
+    /// Whether the breaker throttles (`Breaker::throttle` is set): fixed when it is built.
+    throttles: bool,
+    /// The states whose calls are admitted by the one-load fast path, one bit per state tag
+    /// (`StateWord::tag`): Closed and MetricsOnly, or only MetricsOnly when the breaker throttles
+    /// (its closed calls take a draw). Fixed when it is built, on the line admission reads
+    /// anyway, so that throttling costs a breaker without it nothing on that path.
+    fast_admit: u8,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
@@ -207,7 +215,7 @@ pub(crate) struct Breaker {
     words: CachePadded<Words>,
     /// Whether a plain success would change nothing: a count window full of plain successes and
     /// no consecutive failure. Written under the lock after every change of the window.
-    clean: CachePadded<AtomicBool>,
+    clean: CachePadded<Clean>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
     /// Whether a thread is running the queued announcements (see `transition.rs`).
@@ -232,7 +240,20 @@ pub(crate) struct Breaker {
     /// breaker that exports nothing (most of a keyed layer's, say) does not carry their room.
     #[cfg(feature = "metrics")]
     pub(crate) exported: Option<Box<crate::metrics::Exported>>,
+    /// Adaptive throttling (`Builder::adaptive_throttling`), fixed when the breaker is built.
+    /// Boxed: a breaker without it (most keyed breakers) pays one word.
+    throttle: Option<Box<Throttle>>,
     epoch: Instant,
+}
+
+/// Whether a plain success would change nothing (`Breaker::clean`).
+#[derive(Debug)]
+struct Clean {
+    /// For `Lane::absorbs`, which takes the success without `complete`: never for a breaker that
+    /// throttles.
+    absorbed: AtomicBool,
+    /// For `complete`.
+    settled: AtomicBool,
 }
 
 /// The part of the configuration a call's path reads without the lock, fixed for the breaker's
@@ -290,9 +311,14 @@ impl Breaker {
                 half_open_limits: AtomicU64::new(half_open_limits(&config)),
                 half_open_max_wait: AtomicU64::new(half_open_max_wait(&config)),
                 slow_call_nanos: AtomicU64::new(slow_call_nanos(&config)),
-                time_window: AtomicBool::new(config.window.is_time()),
+                time_window: AtomicBool::new(config.window.is_time() || config.learned.is_some()),
+                throttles: config.adaptive.is_some(),
+                fast_admit: fast_admit(config.adaptive.is_some()),
             }),
-            clean: CachePadded(AtomicBool::new(false)),
+            clean: CachePadded(Clean {
+                absorbed: AtomicBool::new(false),
+                settled: AtomicBool::new(false),
+            }),
             announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
@@ -305,6 +331,7 @@ impl Breaker {
                 call_timeout: config.call_timeout,
             },
             on_event: config.on_event.clone(),
+            throttle: config.adaptive.map(|t| Box::new(Throttle::new(t))),
             core: Mutex::new(Core::new(Window::new(config.window), config)),
             epoch: Instant::now(),
         }
@@ -384,12 +411,46 @@ impl Breaker {
     #[inline]
     pub(crate) fn admit(&self, now: &mut Now<'_>) -> Decision {
         let word = self.load();
-        match word.state() {
-            State::Closed | State::MetricsOnly => {
-                Decision::Admit(Ticket::new(word.generation(), TicketKind::Recorded))
-            }
-            _ => self.admit_other(word, now),
+        if (self.words.fast_admit >> word.tag()) & 1 != 0 {
+            return Decision::Admit(Ticket::new(word.generation(), TicketKind::Recorded));
         }
+        self.admit_other(word, now)
+    }
+
+    /// Admission in Closed with adaptive throttling: a draw against the rejection probability.
+    /// A throttled call is rejected as an open circuit rejects one, with state Closed and a
+    /// retry-after of one bucket of the throttle's window.
+    #[inline(never)]
+    fn admit_throttled(&self, word: StateWord, now: &mut Now<'_>) -> Decision {
+        let generation = word.generation();
+        let Some(throttle) = &self.throttle else {
+            return Decision::Admit(Ticket::new(generation, TicketKind::Recorded));
+        };
+        let at = now.get();
+        if throttle.admits(at) {
+            return Decision::Admit(Ticket::new(generation, TicketKind::Recorded));
+        }
+        Decision::Reject(Rejection {
+            state: State::Closed,
+            retry_at: instant_at(self.epoch, at.saturating_add(throttle.retry_in())),
+            generation,
+        })
+    }
+
+    /// Counts a completed call in the throttle's window (`accepted`: it succeeded). Out of line:
+    /// the completion path of a breaker without throttling only tests the flag.
+    #[inline(never)]
+    fn throttle_record(&self, accepted: bool, now: &mut Now<'_>) {
+        if let Some(throttle) = &self.throttle {
+            throttle.record(now.get(), accepted);
+        }
+    }
+
+    /// The throttle's rejection probability at `at`, if the breaker throttles.
+    pub(crate) fn rejection_probability(&self, at: u64) -> Option<f64> {
+        self.throttle
+            .as_ref()
+            .map(|throttle| throttle.probability(at))
     }
 
     #[inline(never)]
@@ -404,6 +465,7 @@ impl Breaker {
                 })
             };
             match word.state() {
+                State::Closed if self.words.throttles => return self.admit_throttled(word, now),
                 State::Closed | State::MetricsOnly => {
                     return Decision::Admit(Ticket::new(generation, TicketKind::Recorded));
                 }
@@ -495,8 +557,14 @@ impl Breaker {
             // Ignored (even slow): nothing is recorded, a probe permit goes back.
             return self.release(ticket);
         }
+        if self.words.throttles && ticket.kind() != TicketKind::Unrecorded {
+            // Every dispatched call the breaker records counts, stale or not: the throttle
+            // follows the dependency, not the state. A throttling breaker's successes all come
+            // here: `Lane::absorbs` never takes them (`set_clean`).
+            self.throttle_record(outcome == Outcome::Success, now);
+        }
         // A timely success that changes nothing takes no lock, timed or not.
-        if !slow && self.is_absorbed(ticket, outcome) {
+        if !slow && self.is_settled(ticket, outcome) {
             return;
         }
         match ticket.kind() {
@@ -527,7 +595,26 @@ impl Breaker {
         // A stale ticket changes nothing either way.
         ticket.kind() == TicketKind::Recorded
             && outcome == Outcome::Success
-            && self.clean.load(Ordering::Relaxed)
+            && self.clean.absorbed.load(Ordering::Relaxed)
+    }
+
+    /// `is_absorbed`, for a call that went through `complete` (which has counted it in the
+    /// throttle's window already).
+    #[inline]
+    fn is_settled(&self, ticket: Ticket, outcome: Outcome) -> bool {
+        // Relaxed: as for `is_absorbed`.
+        ticket.kind() == TicketKind::Recorded
+            && outcome == Outcome::Success
+            && self.clean.settled.load(Ordering::Relaxed)
+    }
+
+    /// Publishes whether a plain success would change nothing (`Core::is_clean`), under the lock.
+    pub(super) fn set_clean(&self, clean: bool) {
+        // Relaxed: see `is_absorbed`. A throttling breaker never absorbs a success without
+        // `complete`: the throttle counts every completed call.
+        let absorbed = clean && !self.words.throttles;
+        self.clean.absorbed.store(absorbed, Ordering::Relaxed);
+        self.clean.settled.store(clean, Ordering::Relaxed);
     }
 
     /// Gives back what a call that will never complete holds: its probe permit, if any.
@@ -558,11 +645,15 @@ impl Breaker {
         }
         let at = if core.window_is_time() { now.get() } else { 0 };
         core.record(sample, at, not_before);
-        self.clean.store(core.is_clean(), Ordering::Relaxed);
+        if core.learns() {
+            core.learn(now.get(), sample.failed);
+        }
+        self.set_clean(core.is_clean());
         let totals = core.totals(at);
+        let threshold = core.failure_threshold();
         match word.state() {
-            State::Closed if should_trip(totals, core.consecutive(), core.config()) => {
-                let exceeded = Rates::of(totals, core.config()).exceeded(core.config());
+            State::Closed if should_trip(totals, core.consecutive(), threshold, core.config()) => {
+                let exceeded = Rates::of(totals, core.config()).exceeded(threshold, core.config());
                 self.queue_exceeded(&mut core, exceeded, totals.calls, State::Closed);
                 // The interval counts from now, read under the lock, not from before it.
                 let opened_at = self.now().get();
@@ -574,6 +665,15 @@ impl Breaker {
         self.unlock(core);
     }
 }
+/// `Words::fast_admit`: the tags of Closed (unless the breaker throttles) and MetricsOnly.
+fn fast_admit(throttles: bool) -> u8 {
+    let tag = |state| 1u8 << StateWord::tag_of(state);
+    match throttles {
+        true => tag(State::MetricsOnly),
+        false => tag(State::Closed) | tag(State::MetricsOnly),
+    }
+}
+
 /// `Words::slow_call_nanos` for `config`.
 fn slow_call_nanos(config: &Config) -> u64 {
     config

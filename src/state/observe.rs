@@ -66,8 +66,13 @@ impl Breaker {
         let consecutive_failures = core.consecutive();
         let transitions = core.transitions();
         let minimum_calls = core.config().minimum_calls;
+        let failure_rate_threshold = core.failure_threshold();
+        let baseline_failure_rate = core.baseline_rate();
         drop(core);
         Metrics {
+            failure_rate_threshold,
+            baseline_failure_rate,
+            rejection_probability: self.rejection_probability(at),
             state,
             calls: totals.calls,
             failed: totals.failed,

@@ -143,15 +143,16 @@ impl Breaker {
     }
 
     /// Whether the fleet's window (`calls`, `failed`, `slow`) trips this breaker's thresholds
-    /// (rates only: consecutive failures are a local rule).
+    /// (rates only: consecutive failures are a local rule), with the failure-rate threshold in
+    /// force here (configured, or learned from this instance's history).
     pub(crate) fn trips_on(&self, calls: u64, failed: u64, slow: u64) -> bool {
-        let config = self.current_config();
         let totals = Totals {
             calls,
             failed: failed.min(calls),
             slow: slow.min(calls),
         };
-        should_trip(totals, 0, &config)
+        let core = self.lock();
+        should_trip(totals, 0, core.failure_threshold(), core.config())
     }
 }
 

@@ -13,6 +13,7 @@ use super::announce::{Announcement, What};
 use super::window::{Sample, Totals, Window};
 use super::word::{Generation, Probes, StateWord};
 use super::{Breaker, State, clock::Now, clock::saturating_nanos};
+use crate::adaptive::Baseline;
 use crate::config::Config;
 use crate::event::Event;
 use crate::sync::{MutexGuard, Ordering, lock};
@@ -37,13 +38,14 @@ impl Rates {
         }
     }
 
-    /// The rates that are at or above their configured threshold (the others `None`).
-    pub(crate) fn exceeded(self, config: &Config) -> Rates {
+    /// The rates that are at or above their threshold (the others `None`): `failure_threshold`
+    /// is the one in force (configured or learned, `Core::failure_threshold`).
+    pub(crate) fn exceeded(self, failure_threshold: Option<f64>, config: &Config) -> Rates {
         let at_least = |rate: Option<f64>, threshold: Option<f64>| {
             rate.filter(|&rate| threshold.is_some_and(|threshold| rate >= threshold))
         };
         Rates {
-            failure: at_least(self.failure, config.failure_rate_threshold),
+            failure: at_least(self.failure, failure_threshold),
             slow: at_least(self.slow, config.slow_call_rate_threshold),
         }
     }
@@ -53,12 +55,21 @@ impl Rates {
     }
 }
 
-/// Whether the closed breaker trips, given its window's totals and its consecutive failures.
-pub(crate) fn should_trip(totals: Totals, consecutive: u32, config: &Config) -> bool {
+/// Whether the closed breaker trips, given its window's totals, its consecutive failures and the
+/// failure-rate threshold in force (configured or learned, `Core::failure_threshold`).
+#[inline]
+pub(crate) fn should_trip(
+    totals: Totals,
+    consecutive: u32,
+    failure_threshold: Option<f64>,
+    config: &Config,
+) -> bool {
     config
         .consecutive_failures
         .is_some_and(|k| consecutive >= k)
-        || Rates::of(totals, config).exceeded(config).any()
+        || Rates::of(totals, config)
+            .exceeded(failure_threshold, config)
+            .any()
 }
 
 /// What the transition lock guards.
@@ -84,6 +95,12 @@ pub(super) struct Core {
     /// Whether the failure and the slow-call rate were at or above their thresholds at the last
     /// outcome recorded in MetricsOnly (so that each crossing is announced once).
     exceeded: (bool, bool),
+    /// The learned failure-rate baseline, with a learned threshold (boxed: a breaker without
+    /// one pays one word).
+    baseline: Option<Box<Baseline>>,
+    /// The failure-rate threshold in force: the configured one, or the learned one. A copy,
+    /// kept with what it comes from, so that recording reads one field.
+    failure_threshold: Option<f64>,
     /// The configuration in force: replaced whole by a reconfiguration, under this lock.
     config: Arc<Config>,
 }
@@ -106,8 +123,56 @@ impl Core {
             unannounced: VecDeque::new(),
             transitions: None,
             exceeded: (false, false),
+            baseline: baseline_of(&config, 0),
+            failure_threshold: None,
             config,
         }
+        .with_threshold()
+    }
+
+    /// Sets `failure_threshold` from the baseline or the configuration.
+    fn with_threshold(mut self) -> Self {
+        self.update_threshold();
+        self
+    }
+
+    fn update_threshold(&mut self) {
+        self.failure_threshold = match &self.baseline {
+            Some(baseline) => Some(baseline.threshold()),
+            None => self.config.failure_rate_threshold,
+        };
+    }
+
+    /// The failure-rate threshold in force: the learned one, or the configured one.
+    #[inline]
+    pub(super) fn failure_threshold(&self) -> Option<f64> {
+        self.failure_threshold
+    }
+
+    /// The learned baseline failure rate, if any was learned.
+    pub(super) fn baseline_rate(&self) -> Option<f64> {
+        self.baseline.as_ref().and_then(|baseline| baseline.rate())
+    }
+
+    /// Whether the failure-rate threshold is learned (recording then reads the clock).
+    #[inline]
+    pub(super) fn learns(&self) -> bool {
+        self.baseline.is_some()
+    }
+
+    /// Learns one recorded outcome at `at` into the baseline, if there is one.
+    #[cold]
+    pub(super) fn learn(&mut self, at: u64, failed: bool) {
+        let minimum = self.config.minimum_calls;
+        if let Some(baseline) = &mut self.baseline {
+            baseline.observe(at, failed, minimum);
+        }
+        self.update_threshold();
+    }
+
+    /// Whether recording an outcome needs the time (a time window, or a baseline to learn).
+    pub(super) fn records_need_time(&self) -> bool {
+        self.window_is_time() || self.baseline.is_some()
     }
 
     pub(super) fn transitions(&self) -> [[u64; 6]; 6] {
@@ -151,7 +216,8 @@ impl Core {
 
     /// Whether a plain success would change nothing (see `Breaker::clean`).
     pub(super) fn is_clean(&self) -> bool {
-        self.consecutive == 0 && self.window.is_full_of_successes()
+        // A baseline learns from every outcome, successes included.
+        self.consecutive == 0 && self.window.is_full_of_successes() && self.baseline.is_none()
     }
 
     /// The totals `Metrics` shows: the live window, or the one frozen when recording stopped.
@@ -175,6 +241,14 @@ impl Core {
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// The baseline of `config`'s learned threshold, starting at `at`, if it has one.
+fn baseline_of(config: &Config, at: u64) -> Option<Box<Baseline>> {
+    let configured = config.failure_rate_threshold;
+    config
+        .learned
+        .map(|learned| Box::new(Baseline::new(learned, configured, at)))
 }
 
 impl Breaker {
@@ -224,6 +298,13 @@ impl Breaker {
             }
             State::Closed | State::MetricsOnly => {
                 core.window.clear();
+                if let Some(throttle) = &self.throttle {
+                    throttle.clear(); // as the window: closing starts afresh
+                }
+                if let Some(baseline) = &mut core.baseline {
+                    // Learning resumes: the time the breaker did not record does not age it.
+                    baseline.resume(at);
+                }
                 core.consecutive = 0;
                 core.not_before = None;
                 core.frozen = None;
@@ -238,7 +319,7 @@ impl Breaker {
         if from.state().records() && !to.records() {
             core.frozen = Some(core.window.totals(at));
         }
-        self.clean.store(core.is_clean(), Ordering::Relaxed);
+        self.set_clean(core.is_clean());
         let next = from.next(to);
         // Every transition replaces the probe word: a permit or a result prepared against the
         // old episode fails its compare-and-swap. A swap, not a store: a read-modify-write comes
@@ -278,7 +359,7 @@ impl Breaker {
     ) {
         // A clone of the `Arc`: `core` is borrowed again to queue.
         let config = core.config_arc().clone();
-        if let (Some(rate), Some(threshold)) = (exceeded.failure, config.failure_rate_threshold) {
+        if let (Some(rate), Some(threshold)) = (exceeded.failure, core.failure_threshold()) {
             self.queue(
                 core,
                 What::Exceeded {
@@ -318,7 +399,7 @@ impl Breaker {
     /// since the last outcome (once per crossing; it never opens the circuit).
     pub(super) fn watch_rates(&self, core: &mut Core, totals: Totals) {
         let config = core.config_arc().clone();
-        let exceeded = Rates::of(totals, &config).exceeded(&config);
+        let exceeded = Rates::of(totals, &config).exceeded(core.failure_threshold(), &config);
         let now = (exceeded.failure.is_some(), exceeded.slow.is_some());
         let crossed = Rates {
             failure: exceeded.failure.filter(|_| !core.exceeded.0),
@@ -407,7 +488,13 @@ impl Breaker {
         let mut core = self.lock();
         let word = self.settle_locked(&mut core, &mut now);
         if word.state() != to || to == State::Closed {
-            self.transition(&mut core, word, to, now.get());
+            let at = now.get();
+            self.transition(&mut core, word, to, at);
+            if to == State::Closed {
+                // A reset forgets what was learned, as it empties the window.
+                core.baseline = baseline_of(&core.config, at);
+                core.update_threshold();
+            }
         }
         self.unlock(core);
     }
@@ -432,15 +519,20 @@ impl Breaker {
                 window.carry_over(&core.window);
                 core.window = window;
             }
+            if core.config.learned != config.learned {
+                // New learning parameters start a new baseline.
+                core.baseline = baseline_of(&config, self.now().get());
+            }
             core.config = config;
+            core.update_threshold();
             // Relaxed: each is read alone, and a call that reads the old value behaves as if it
             // had come just before the reconfiguration.
             let words = &self.words;
             let slow = super::slow_call_nanos(&core.config);
             words.slow_call_nanos.store(slow, Ordering::Relaxed);
-            let is_time = core.config.window.is_time();
-            words.time_window.store(is_time, Ordering::Relaxed);
-            self.clean.store(core.is_clean(), Ordering::Relaxed);
+            let needs_time = core.records_need_time();
+            words.time_window.store(needs_time, Ordering::Relaxed);
+            self.set_clean(core.is_clean());
             drop(core);
             let name = self.name.as_deref().unwrap_or("");
             tracing::info!(
@@ -479,10 +571,26 @@ mod tests {
                 .failure_rate_threshold(0.5)
                 .minimum_calls(4),
         );
-        assert!(!should_trip(totals(3, 3, 0), 0, &c), "below the minimum");
-        assert!(should_trip(totals(4, 2, 0), 0, &c), ">= is inclusive");
-        assert!(!should_trip(totals(5, 2, 0), 0, &c));
-        assert!(!should_trip(totals(0, 0, 0), 0, &c));
+        assert!(
+            !should_trip(totals(3, 3, 0), 0, c.failure_rate_threshold, &c),
+            "below the minimum"
+        );
+        assert!(
+            should_trip(totals(4, 2, 0), 0, c.failure_rate_threshold, &c),
+            ">= is inclusive"
+        );
+        assert!(!should_trip(
+            totals(5, 2, 0),
+            0,
+            c.failure_rate_threshold,
+            &c
+        ));
+        assert!(!should_trip(
+            totals(0, 0, 0),
+            0,
+            c.failure_rate_threshold,
+            &c
+        ));
     }
 
     #[test]
@@ -540,12 +648,27 @@ mod tests {
                 .slow_call_rate_threshold(0.5)
                 .consecutive_failures(3),
         );
-        assert!(should_trip(totals(2, 0, 1), 0, &c));
-        assert!(!should_trip(totals(3, 0, 1), 0, &c));
+        assert!(should_trip(
+            totals(2, 0, 1),
+            0,
+            c.failure_rate_threshold,
+            &c
+        ));
+        assert!(!should_trip(
+            totals(3, 0, 1),
+            0,
+            c.failure_rate_threshold,
+            &c
+        ));
         assert!(
-            should_trip(totals(0, 0, 0), 3, &c),
+            should_trip(totals(0, 0, 0), 3, c.failure_rate_threshold, &c),
             "consecutive needs no minimum"
         );
-        assert!(!should_trip(totals(1, 1, 0), 2, &c));
+        assert!(!should_trip(
+            totals(1, 1, 0),
+            2,
+            c.failure_rate_threshold,
+            &c
+        ));
     }
 }

@@ -64,16 +64,27 @@ impl StateWord {
         Generation(self.0 >> TAG_BITS)
     }
 
-    /// The word of the next generation, in `state`.
-    pub(crate) fn next(self, state: State) -> StateWord {
-        let tag = match state {
+    /// The state's tag (`0..8`), as stored.
+    #[inline]
+    pub(crate) fn tag(self) -> u32 {
+        (self.0 & TAG_MASK) as u32
+    }
+
+    /// The tag of `state`.
+    pub(crate) const fn tag_of(state: State) -> u32 {
+        match state {
             State::Closed => 0,
             State::Open => 1,
             State::HalfOpen => 2,
             State::ForcedOpen => 3,
             State::Disabled => 4,
             State::MetricsOnly => 5,
-        };
+        }
+    }
+
+    /// The word of the next generation, in `state`.
+    pub(crate) fn next(self, state: State) -> StateWord {
+        let tag = u64::from(StateWord::tag_of(state));
         StateWord(((self.0 >> TAG_BITS).wrapping_add(1) << TAG_BITS) | tag)
     }
 }

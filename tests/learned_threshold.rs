@@ -1,0 +1,259 @@
+//! Failure-rate thresholds learned from history (`Builder::learned_failure_threshold`): the
+//! threshold follows a baseline that moves, stays within its bounds, and never moves while the
+//! breaker is open.
+
+mod support;
+
+use std::time::Duration;
+
+use tower_circuit_breaker::{CircuitBreakerLayer, Event, LearnedThreshold, State, Window};
+
+use support::*;
+
+/// Calls a second in these tests.
+const RATE: u64 = 10;
+
+/// A driver of calls at [`RATE`] a second whose failures follow an error rate, spread evenly (a
+/// Bresenham line, so that every window of 10 s holds the rate to a call).
+struct Load {
+    calls: u64,
+    failures: u64,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load {
+            calls: 0,
+            failures: 0,
+        }
+    }
+
+    /// `seconds` of calls at `error_rate`; returns how many were rejected.
+    async fn run(&mut self, h: &mut Harness, seconds: u64, error_rate: f64) -> u64 {
+        let mut rejected = 0;
+        for _ in 0..seconds * RATE {
+            self.calls += 1;
+            let due = (self.calls as f64 * error_rate).round() as u64;
+            let req = if due > self.failures {
+                self.failures = due;
+                fail()
+            } else {
+                ok()
+            };
+            if call(&mut h.svc, req)
+                .await
+                .is_err_and(|e| e.is::<tower_circuit_breaker::error::Rejected>())
+            {
+                rejected += 1;
+            }
+            advance(Duration::from_millis(1000 / RATE)).await;
+        }
+        rejected
+    }
+}
+
+fn learned() -> LearnedThreshold {
+    LearnedThreshold::new()
+        .horizon(secs(60))
+        .factor(1.0)
+        .margin(0.1)
+        .bounds(0.15, 0.6)
+}
+
+fn breaker(learned: LearnedThreshold) -> Harness {
+    harness(
+        builder()
+            .sliding_window(Window::time(secs(10)))
+            .minimum_calls(50)
+            .open_duration(secs(30))
+            .learned_failure_threshold(learned),
+    )
+}
+
+fn threshold(h: &Harness) -> f64 {
+    h.handle.metrics().failure_rate_threshold().unwrap()
+}
+
+fn baseline(h: &Harness) -> f64 {
+    h.handle.metrics().baseline_failure_rate().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_learned_threshold_follows_a_moving_baseline_and_stays_within_its_bounds() {
+    let learned = learned();
+    let mut h = breaker(learned);
+    let mut load = Load::new();
+    // 5 min at 5 %: the baseline settles there, the threshold at its floor (5 % + 10 % = 15 %).
+    load.run(&mut h, 300, 0.05).await;
+    assert!((baseline(&h) - 0.05).abs() < 0.01, "{}", baseline(&h));
+    assert_eq!(threshold(&h), 0.15);
+    // The error rate creeps up one point every 20 s to 55 %: the baseline follows it, so the
+    // breaker, whose window never runs 10 points ahead of the baseline, stays closed.
+    let mut rate = 0.05;
+    while rate < 0.55 {
+        rate += 0.01;
+        assert_eq!(load.run(&mut h, 20, rate).await, 0, "at {rate}");
+        assert_eq!(h.handle.state(), State::Closed, "at {rate}");
+        let t = threshold(&h);
+        assert!((0.15..=0.6).contains(&t), "{t}");
+        assert_eq!(t, learned.threshold_for(baseline(&h)));
+        // The baseline lags the rate by about its slope times the horizon (3 points here).
+        assert!(rate - baseline(&h) < 0.05, "{rate} {}", baseline(&h));
+    }
+    assert_eq!(threshold(&h), 0.6, "a noisy day, capped at the ceiling");
+    // Above the ceiling: 70 % opens the breaker, however long the history.
+    load.run(&mut h, 10, 0.7).await;
+    assert_eq!(h.handle.state(), State::Open);
+    assert_eq!(threshold(&h), 0.6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_dependency_gets_a_strict_threshold_that_a_fixed_one_would_not_have() {
+    let mut learned_breaker = breaker(learned());
+    let mut fixed = harness(
+        builder()
+            .sliding_window(Window::time(secs(10)))
+            .minimum_calls(50)
+            .failure_rate_threshold(0.5),
+    );
+    let mut states = Vec::new();
+    for h in [&mut learned_breaker, &mut fixed] {
+        let mut load = Load::new();
+        load.run(h, 300, 0.01).await;
+        // A partial outage: 30 % of calls fail.
+        load.run(h, 10, 0.3).await;
+        states.push(h.handle.state());
+    }
+    assert_eq!(states, [State::Open, State::Closed], "learned, fixed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_threshold_never_moves_while_the_breaker_is_open_or_half_open() {
+    let mut h = harness(
+        builder()
+            .sliding_window(Window::time(secs(10)))
+            .minimum_calls(50)
+            .open_duration(secs(30))
+            .half_open_calls(5)
+            .half_open_successes(3)
+            .learned_failure_threshold(learned()),
+    );
+    let mut load = Load::new();
+    load.run(&mut h, 300, 0.05).await;
+    load.run(&mut h, 2, 1.0).await;
+    assert_eq!(h.handle.state(), State::Open);
+    let (at_open, baseline_at_open) = (threshold(&h), baseline(&h));
+    // Rejected calls, time passing (longer than the horizon), probes that fail.
+    assert_eq!(load.run(&mut h, 20, 0.0).await, 20 * RATE, "all rejected");
+    assert_eq!(threshold(&h), at_open);
+    advance(secs(600)).await;
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    for _ in 0..2 {
+        let _ = call(&mut h.svc, fail()).await;
+    }
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    assert_eq!(threshold(&h), at_open);
+    assert_eq!(baseline(&h), baseline_at_open);
+    // Closed again: the time spent open did not age the baseline.
+    for _ in 0..3 {
+        let _ = call(&mut h.svc, ok()).await;
+    }
+    assert_eq!(h.handle.state(), State::Closed);
+    let _ = call(&mut h.svc, ok()).await;
+    assert!(
+        (baseline(&h) - baseline_at_open).abs() < 0.01,
+        "{} {baseline_at_open}",
+        baseline(&h)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_the_minimum_the_configured_threshold_applies_within_the_bounds() {
+    let h = harness(
+        builder()
+            .failure_rate_threshold(0.9)
+            .learned_failure_threshold(learned()),
+    );
+    assert_eq!(threshold(&h), 0.6, "0.9 clamped to the ceiling");
+    assert_eq!(h.handle.metrics().baseline_failure_rate(), None);
+    let mut h = breaker(learned());
+    assert_eq!(threshold(&h), 0.5, "the default, within the bounds");
+    // 49 outcomes: below `minimum_calls`, the threshold has not moved yet.
+    for _ in 0..49 {
+        let _ = call(&mut h.svc, ok()).await;
+    }
+    assert_eq!(threshold(&h), 0.5);
+    let _ = call(&mut h.svc, ok()).await;
+    assert_eq!(threshold(&h), 0.15);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_forgets_the_baseline() {
+    let mut h = breaker(learned());
+    Load::new().run(&mut h, 60, 0.05).await;
+    assert_eq!(threshold(&h), 0.15);
+    h.handle.reset();
+    assert_eq!(threshold(&h), 0.5);
+    assert_eq!(h.handle.metrics().baseline_failure_rate(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_threshold_event_carries_the_learned_threshold() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let mut h = harness(
+        builder()
+            .sliding_window(Window::time(secs(10)))
+            .minimum_calls(50)
+            .learned_failure_threshold(learned())
+            .on_event(move |event: &Event| {
+                if let Event::FailureRateExceeded { threshold, .. } = event {
+                    log.lock().unwrap().push(*threshold);
+                }
+            }),
+    );
+    let mut load = Load::new();
+    load.run(&mut h, 120, 0.0).await;
+    load.run(&mut h, 10, 0.5).await;
+    assert_eq!(h.handle.state(), State::Open);
+    assert_eq!(*seen.lock().unwrap(), [0.15]);
+}
+
+#[test]
+fn each_setting_out_of_range_is_a_config_error_naming_it() {
+    let cases = [
+        (
+            LearnedThreshold::new().horizon(Duration::ZERO),
+            "learned_failure_threshold.horizon",
+        ),
+        (
+            LearnedThreshold::new().factor(-0.5),
+            "learned_failure_threshold.factor",
+        ),
+        (
+            LearnedThreshold::new().margin(2.0),
+            "learned_failure_threshold.margin",
+        ),
+        (
+            LearnedThreshold::new().bounds(0.5, 0.4),
+            "learned_failure_threshold.bounds",
+        ),
+    ];
+    for (learned, field) in cases {
+        let err = CircuitBreakerLayer::builder()
+            .learned_failure_threshold(learned)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), field, "{err}");
+    }
+}
+
+#[test]
+fn a_learned_threshold_turns_the_failure_rate_rule_on_beside_another_rule() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .learned_failure_threshold(LearnedThreshold::new())
+        .build()
+        .unwrap();
+    assert_eq!(layer.handle().metrics().failure_rate_threshold(), Some(0.5));
+}
