@@ -47,7 +47,9 @@ impl Breaker {
     /// that is later than its own deadline. The transition is announced as any other.
     pub(crate) fn open_until(&self, until: Instant) -> OpenUntil {
         let mut now = self.now();
-        let until = self.nanos_at(until);
+        // `u64::MAX` means "never" (no deadline): a deadline beyond the clock's range is the
+        // last one it holds, so that the breaker still probes by itself one day.
+        let until = self.nanos_at(until).min(u64::MAX - 1);
         loop {
             let mut core = self.lock();
             let word = self.load();
@@ -268,6 +270,55 @@ mod tests {
         assert_eq!(b.stored_state(), State::Closed);
         assert_eq!(b.metrics().calls(), 0);
         assert!(!b.close_from_fleet(), "closed already");
+    }
+
+    /// A fleet deadline past what the clock's nanoseconds hold (a deadline centuries ahead) must
+    /// not become `u64::MAX`, which means "never": the breaker would stay open with no deadline,
+    /// invisible to `observe`, and never probe again by itself.
+    #[tokio::test(start_paused = true)]
+    async fn open_until_a_deadline_beyond_the_clocks_range_still_has_a_deadline() {
+        let b = breaker(CircuitBreakerLayer::builder());
+        let centuries = Duration::from_secs(600 * 365 * 24 * 3600);
+        assert_eq!(b.open_until(Instant::now() + centuries), OpenUntil::Opened);
+        assert!(b.observe().open_until.is_some(), "an Open with a deadline");
+    }
+
+    /// The fleet closes while this instance's probe is in flight: the probe's late failure was
+    /// admitted under the half-open episode, so it is stale and must not reopen the circuit.
+    #[tokio::test(start_paused = true)]
+    async fn close_from_fleet_makes_a_probe_in_flight_stale() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .open_duration(Duration::from_secs(1))
+                .half_open_calls(1)
+                .consecutive_failures(1),
+        );
+        assert_eq!(
+            b.open_until(Instant::now() + Duration::from_secs(1)),
+            OpenUntil::Opened
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let Decision::Admit(probe) = b.admit(&mut b.now()) else {
+            panic!("a probe");
+        };
+        assert!(b.close_from_fleet());
+        b.complete(probe, Outcome::Failure, None, None, &mut b.now());
+        assert_eq!(b.state(&mut b.now()), State::Closed, "the probe is stale");
+        assert_eq!(b.observe().failed, 1, "yet the call is counted in the lifetime totals");
+    }
+
+    /// Counts the fleet reports inconsistently (more failures than calls) are clamped: a rate
+    /// above 1 never trips a breaker below its minimum, and no count trips on nothing.
+    #[test]
+    fn trips_on_clamps_inconsistent_fleet_counts() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .minimum_calls(10),
+        );
+        assert!(!b.trips_on(0, 100, 100));
+        assert!(!b.trips_on(9, u64::MAX, 0), "below the minimum");
+        assert!(b.trips_on(10, u64::MAX, 0));
     }
 
     #[test]
