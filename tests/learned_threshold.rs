@@ -257,3 +257,24 @@ fn a_learned_threshold_turns_the_failure_rate_rule_on_beside_another_rule() {
         .unwrap();
     assert_eq!(layer.handle().metrics().failure_rate_threshold(), Some(0.5));
 }
+
+/// A reconfiguration that changes the configured threshold or the minimum, and not the learning
+/// parameters, keeps the baseline; the threshold in force follows the new settings at once:
+/// before the minimum, the new configured threshold (within the bounds), past it the learned one.
+#[tokio::test(start_paused = true)]
+async fn a_reconfigured_threshold_or_minimum_applies_at_once_to_the_learned_threshold() {
+    let mut h = breaker(learned());
+    Load::new().run(&mut h, 1, 0.0).await; // 10 successes, below the minimum of 50
+    assert_eq!(threshold(&h), 0.5);
+    let handle = h.handle.clone();
+    handle
+        .reconfigure(handle.config().failure_rate_threshold(0.3))
+        .unwrap();
+    assert_eq!(threshold(&h), 0.3, "the new configured threshold");
+    handle
+        .reconfigure(handle.config().failure_rate_threshold(0.9))
+        .unwrap();
+    assert_eq!(threshold(&h), 0.6, "within the bounds");
+    handle.reconfigure(handle.config().minimum_calls(10)).unwrap();
+    assert_eq!(threshold(&h), 0.15, "past the minimum: learned (all successes: the floor)");
+}
