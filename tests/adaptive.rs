@@ -412,3 +412,41 @@ async fn in_the_readiness_mode_a_throttled_call_waits_a_bucket_and_draws_again()
     );
     assert!(svc.handle().metrics().rejection_probability().unwrap() > 0.5);
 }
+
+/// A `Buffer` in front of a throttling breaker in the readiness mode: the worker waits on the
+/// throttled `poll_ready` and is woken a bucket later, so every caller's request is eventually
+/// served (none wedged behind a throttled one), and a throttled poll does not spin.
+#[tokio::test(start_paused = true)]
+async fn a_buffer_in_front_of_a_throttled_readiness_mode_breaker_never_wedges() {
+    let layer = builder()
+        .adaptive_throttling(AdaptiveThrottle::new().window(secs(10)).seed(5))
+        .build()
+        .unwrap()
+        .pending_while_open();
+    let counts = Counts::default();
+    let counted = Counted {
+        inner: layer.layer(Inner::default()),
+        counts: counts.clone(),
+    };
+    let svc = tower::buffer::Buffer::new(counted, 8);
+    // Eight callers at once (joined on this task: the paused clock advances when all wait).
+    let callers = (0..8).map(|_| {
+        let mut svc = svc.clone();
+        async move {
+            for _ in 0..25 {
+                let result = tokio::time::timeout(secs(3600), call(&mut svc, fail()))
+                    .await
+                    .expect("never wedged behind a throttled call");
+                assert_admitted(&result);
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    futures::future::join_all(callers).await;
+    assert!(started.elapsed() >= secs(1), "some calls were throttled");
+    // At most a few polls per call: each throttled poll waits a bucket (a spin would be
+    // thousands).
+    let (ready, calls) = (counts.ready(), counts.calls());
+    assert_eq!(calls, 200);
+    assert!(ready < 10 * calls, "{ready} polls for {calls} calls");
+}
