@@ -450,3 +450,67 @@ async fn a_buffer_in_front_of_a_throttled_readiness_mode_breaker_never_wedges() 
     assert_eq!(calls, 200);
     assert!(ready < 10 * calls, "{ready} polls for {calls} calls");
 }
+
+/// User code that panics, and an event callback that reads and resets the breaker from inside a
+/// throttled rejection, while the throttle and a learned threshold both update: nothing is
+/// wedged or poisoned, every call returns (or unwinds) and the breaker keeps working.
+#[tokio::test(start_paused = true)]
+async fn panicking_user_hooks_while_throttling_and_learning_wedge_nothing() {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    use tower_circuit_breaker::{Handle, LearnedThreshold};
+
+    let cell: Arc<OnceLock<Handle>> = Arc::new(OnceLock::new());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (in_callback, counted) = (cell.clone(), seen.clone());
+    let layer = CircuitBreakerLayer::builder()
+        .classify(|result: Result<&&'static str, &TestError>| match result {
+            Err(TestError::Ignore) => panic!("a bug in the user's classifier"),
+            other => classify(other),
+        })
+        .minimum_calls(10)
+        .learned_failure_threshold(LearnedThreshold::new().bounds(0.2, 0.99))
+        .adaptive_throttling(AdaptiveThrottle::new().seed(9))
+        .on_event(move |event: &Event| {
+            if let Event::Rejected { state, .. } = event {
+                let handle = in_callback.get().expect("set");
+                let _ = (handle.state(), handle.metrics());
+                if *state == State::Closed && counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    handle.reset();
+                    panic!("a bug in the user's callback");
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Inner::default());
+    cell.set(svc.handle()).unwrap();
+    for i in 0..300 {
+        let req = match i % 7 {
+            0 => ignored(), // the classifier panics
+            1 | 2 => ok(),
+            _ => fail(),
+        };
+        let _ = tokio::time::timeout(
+            secs(60),
+            AssertUnwindSafe(call(&mut svc, req)).catch_unwind(),
+        )
+        .await
+        .expect("no call is wedged");
+        if i % 10 == 0 {
+            advance(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(seen.load(Ordering::SeqCst) > 0, "some calls were throttled");
+    let handle = svc.handle();
+    let metrics = handle.metrics();
+    let p = metrics.rejection_probability().unwrap();
+    assert!((0.0..=0.8).contains(&p), "{p}");
+    let threshold = metrics.failure_rate_threshold().unwrap();
+    assert!((0.2..=0.99).contains(&threshold), "{threshold}");
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().rejection_probability(), Some(0.0));
+    assert_admitted(&call(&mut svc, ok()).await);
+}
