@@ -69,6 +69,7 @@ impl Breaker {
                     // than this breaker's own; the store below makes it exact when shorter.
                     core.note_not_before(Some(until));
                     self.transition(&mut core, word, State::Open, at);
+                    core.correct_open_for(std::time::Duration::from_nanos(until - at));
                     OpenUntil::Opened
                 }
                 State::Open if until > self.words.open_until.load(Ordering::Relaxed) => {
@@ -305,6 +306,57 @@ mod tests {
         b.complete(probe, Outcome::Failure, None, None, &mut b.now());
         assert_eq!(b.state(&mut b.now()), State::Closed, "the probe is stale");
         assert_eq!(b.observe().failed, 1, "yet the call is counted in the lifetime totals");
+    }
+
+    /// Keeps the `retry_after` field of each "circuit opened" tracing event.
+    #[derive(Default)]
+    struct OpenedLogs(std::sync::Mutex<Vec<String>>);
+
+    struct RetryAfter<'a>(&'a mut Option<String>);
+
+    impl tracing::field::Visit for RetryAfter<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "retry_after" {
+                *self.0 = Some(format!("{value:?}"));
+            }
+        }
+    }
+
+    impl tracing::Subscriber for OpenedLogs {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut retry_after = None;
+            event.record(&mut RetryAfter(&mut retry_after));
+            if let Some(retry_after) = retry_after {
+                self.0.lock().unwrap().push(retry_after);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// The "circuit opened" log of an opening from the fleet says how long the breaker is open:
+    /// until the fleet's deadline, not for the interval this breaker would have chosen.
+    #[tokio::test(start_paused = true)]
+    async fn an_opening_from_the_fleet_logs_the_fleets_interval() {
+        let logs = Arc::new(OpenedLogs::default());
+        let _default = tracing::subscriber::set_default(logs.clone());
+        let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(30)));
+        b.open_until(Instant::now() + Duration::from_secs(5));
+        b.force(State::Closed);
+        let longer = Duration::from_secs(30 * 24 * 3600);
+        b.open_until(Instant::now() + longer);
+        assert_eq!(
+            *logs.0.lock().unwrap(),
+            [format!("{:?}", Duration::from_secs(5)), format!("{longer:?}")]
+        );
     }
 
     /// Counts the fleet reports inconsistently (more failures than calls) are clamped: a rate
