@@ -49,6 +49,7 @@ pub(super) enum What {
     },
 }
 
+#[cfg(feature = "redis")]
 impl Core {
     /// Replaces the open interval of the transition to Open queued last: an opening from the
     /// fleet stores the fleet's deadline over the one the transition chose, and its log must say
