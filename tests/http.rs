@@ -805,5 +805,9 @@ async fn a_throttled_call_answers_503_with_retry_after_one_bucket() {
     assert_eq!(response.headers()[RETRY_AFTER], "2");
     let rejected = response.extensions().get::<Rejected>().expect("marked");
     assert_eq!(rejected.state(), State::Closed);
-    assert_eq!(layer.handle().state(), State::Closed, "throttling never opens");
+    assert_eq!(
+        layer.handle().state(),
+        State::Closed,
+        "throttling never opens"
+    );
 }

@@ -275,8 +275,14 @@ async fn a_reconfigured_threshold_or_minimum_applies_at_once_to_the_learned_thre
         .reconfigure(handle.config().failure_rate_threshold(0.9))
         .unwrap();
     assert_eq!(threshold(&h), 0.6, "within the bounds");
-    handle.reconfigure(handle.config().minimum_calls(10)).unwrap();
-    assert_eq!(threshold(&h), 0.15, "past the minimum: learned (all successes: the floor)");
+    handle
+        .reconfigure(handle.config().minimum_calls(10))
+        .unwrap();
+    assert_eq!(
+        threshold(&h),
+        0.15,
+        "past the minimum: learned (all successes: the floor)"
+    );
 }
 
 /// Many tasks on a multi-thread runtime record outcomes while others read the metrics: no

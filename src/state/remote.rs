@@ -305,7 +305,11 @@ mod tests {
         assert!(b.close_from_fleet());
         b.complete(probe, Outcome::Failure, None, None, &mut b.now());
         assert_eq!(b.state(&mut b.now()), State::Closed, "the probe is stale");
-        assert_eq!(b.observe().failed, 1, "yet the call is counted in the lifetime totals");
+        assert_eq!(
+            b.observe().failed,
+            1,
+            "yet the call is counted in the lifetime totals"
+        );
     }
 
     /// Keeps the `retry_after` field of each "circuit opened" tracing event.
@@ -355,8 +359,56 @@ mod tests {
         b.open_until(Instant::now() + longer);
         assert_eq!(
             *logs.0.lock().unwrap(),
-            [format!("{:?}", Duration::from_secs(5)), format!("{longer:?}")]
+            [
+                format!("{:?}", Duration::from_secs(5)),
+                format!("{longer:?}")
+            ]
         );
+    }
+
+    /// The fleet's opening races with this instance's probes finishing, on several threads:
+    /// whichever comes first, the breaker ends Open until exactly the fleet's deadline (probes
+    /// that close it first are overruled; probes that finish after are stale).
+    #[test]
+    fn open_until_racing_with_probes_finishing_always_ends_open_until_the_deadline() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..100 {
+                let b = breaker(CircuitBreakerLayer::builder().half_open_calls(4));
+                let opened = Instant::now() + Duration::from_millis(1);
+                assert_eq!(b.open_until(opened), OpenUntil::Opened);
+                while b.state(&mut b.now()) != State::HalfOpen {
+                    assert!(opened.elapsed() < Duration::from_secs(5), "half-open");
+                    std::thread::yield_now();
+                }
+                let probes: Vec<_> = (0..4)
+                    .map(|_| match b.admit(&mut b.now()) {
+                        Decision::Admit(probe) => probe,
+                        Decision::Reject(r) => panic!("a probe: {r:?}"),
+                    })
+                    .collect();
+                let finishing: Vec<_> = probes
+                    .into_iter()
+                    .map(|probe| {
+                        let b = b.clone();
+                        tokio::spawn(async move {
+                            b.complete(probe, Outcome::Success, None, None, &mut b.now());
+                        })
+                    })
+                    .collect();
+                let until = Instant::now() + Duration::from_secs(60);
+                assert_eq!(b.open_until(until), OpenUntil::Opened);
+                for task in finishing {
+                    task.await.unwrap();
+                }
+                assert_eq!(b.stored_state(), State::Open);
+                assert_eq!(b.observe().open_until, Some(until));
+            }
+        });
     }
 
     /// Counts the fleet reports inconsistently (more failures than calls) are clamped: a rate
