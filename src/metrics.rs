@@ -296,11 +296,11 @@ impl Exported {
                 gauges.push((Reading::WindowSuccessful, successful));
                 let failed = gauge(window, with("outcome", "failed"));
                 gauges.push((Reading::WindowFailed, failed));
-                let threshold = || gauge("circuit_breaker_failure_rate_threshold", labels.clone());
-                match (config.learned, config.failure_rate_threshold) {
-                    (Some(_), _) => gauges.push((Reading::FailureRateThreshold, threshold())),
-                    (None, Some(configured)) => threshold().set(configured),
-                    (None, None) => {}
+                // Read at each collection, configured or learned: a reconfiguration can change
+                // either, and turn learning on.
+                if config.learned.is_some() || config.failure_rate_threshold.is_some() {
+                    let threshold = gauge("circuit_breaker_failure_rate_threshold", labels.clone());
+                    gauges.push((Reading::FailureRateThreshold, threshold));
                 }
                 if config.adaptive.is_some() {
                     let p = gauge("circuit_breaker_rejection_probability", labels.clone());

@@ -412,3 +412,105 @@ async fn in_the_readiness_mode_a_throttled_call_waits_a_bucket_and_draws_again()
     );
     assert!(svc.handle().metrics().rejection_probability().unwrap() > 0.5);
 }
+
+/// A `Buffer` in front of a throttling breaker in the readiness mode: the worker waits on the
+/// throttled `poll_ready` and is woken a bucket later, so every caller's request is eventually
+/// served (none wedged behind a throttled one), and a throttled poll does not spin.
+#[tokio::test(start_paused = true)]
+async fn a_buffer_in_front_of_a_throttled_readiness_mode_breaker_never_wedges() {
+    let layer = builder()
+        .adaptive_throttling(AdaptiveThrottle::new().window(secs(10)).seed(5))
+        .build()
+        .unwrap()
+        .pending_while_open();
+    let counts = Counts::default();
+    let counted = Counted {
+        inner: layer.layer(Inner::default()),
+        counts: counts.clone(),
+    };
+    let svc = tower::buffer::Buffer::new(counted, 8);
+    // Eight callers at once (joined on this task: the paused clock advances when all wait).
+    let callers = (0..8).map(|_| {
+        let mut svc = svc.clone();
+        async move {
+            for _ in 0..25 {
+                let result = tokio::time::timeout(secs(3600), call(&mut svc, fail()))
+                    .await
+                    .expect("never wedged behind a throttled call");
+                assert_admitted(&result);
+            }
+        }
+    });
+    let started = tokio::time::Instant::now();
+    futures::future::join_all(callers).await;
+    assert!(started.elapsed() >= secs(1), "some calls were throttled");
+    // At most a few polls per call: each throttled poll waits a bucket (a spin would be
+    // thousands).
+    let (ready, calls) = (counts.ready(), counts.calls());
+    assert_eq!(calls, 200);
+    assert!(ready < 10 * calls, "{ready} polls for {calls} calls");
+}
+
+/// User code that panics, and an event callback that reads and resets the breaker from inside a
+/// throttled rejection, while the throttle and a learned threshold both update: nothing is
+/// wedged or poisoned, every call returns (or unwinds) and the breaker keeps working.
+#[tokio::test(start_paused = true)]
+async fn panicking_user_hooks_while_throttling_and_learning_wedge_nothing() {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+    use tower_circuit_breaker::{Handle, LearnedThreshold};
+
+    let cell: Arc<OnceLock<Handle>> = Arc::new(OnceLock::new());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (in_callback, counted) = (cell.clone(), seen.clone());
+    let layer = CircuitBreakerLayer::builder()
+        .classify(|result: Result<&&'static str, &TestError>| match result {
+            Err(TestError::Ignore) => panic!("a bug in the user's classifier"),
+            other => classify(other),
+        })
+        .minimum_calls(10)
+        .learned_failure_threshold(LearnedThreshold::new().bounds(0.2, 0.99))
+        .adaptive_throttling(AdaptiveThrottle::new().seed(9))
+        .on_event(move |event: &Event| {
+            if let Event::Rejected { state, .. } = event {
+                let handle = in_callback.get().expect("set");
+                let _ = (handle.state(), handle.metrics());
+                if *state == State::Closed && counted.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    handle.reset();
+                    panic!("a bug in the user's callback");
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Inner::default());
+    cell.set(svc.handle()).unwrap();
+    for i in 0..300 {
+        let req = match i % 7 {
+            0 => ignored(), // the classifier panics
+            1 | 2 => ok(),
+            _ => fail(),
+        };
+        let _ = tokio::time::timeout(
+            secs(60),
+            AssertUnwindSafe(call(&mut svc, req)).catch_unwind(),
+        )
+        .await
+        .expect("no call is wedged");
+        if i % 10 == 0 {
+            advance(Duration::from_millis(300)).await;
+        }
+    }
+    assert!(seen.load(Ordering::SeqCst) > 0, "some calls were throttled");
+    let handle = svc.handle();
+    let metrics = handle.metrics();
+    let p = metrics.rejection_probability().unwrap();
+    assert!((0.0..=0.8).contains(&p), "{p}");
+    let threshold = metrics.failure_rate_threshold().unwrap();
+    assert!((0.2..=0.99).contains(&threshold), "{threshold}");
+    handle.reset();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.metrics().rejection_probability(), Some(0.0));
+    assert_admitted(&call(&mut svc, ok()).await);
+}

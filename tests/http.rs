@@ -775,3 +775,39 @@ async fn retry_breaker_and_timeout_over_a_hanging_server_stop_after_the_trip() {
     assert_eq!(layer.handle().state(), State::Open);
     assert_eq!(layer.handle().metrics().not_permitted(), 5);
 }
+
+/// A call the adaptive throttle rejects answers 503 as an open circuit's does, marked with state
+/// Closed, with a Retry-After of one bucket of the throttle's window in whole seconds.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_call_answers_503_with_retry_after_one_bucket() {
+    use tower_circuit_breaker::AdaptiveThrottle;
+    let layer = CircuitBreakerLayer::builder()
+        .classify(HttpClassify::new())
+        .adaptive_throttling(
+            AdaptiveThrottle::new()
+                .window(Duration::from_secs(120)) // buckets of 2 s
+                .max_rejection_probability(1.0)
+                .seed(3),
+        )
+        .build()
+        .unwrap()
+        .with_http_responses();
+    let svc = layer.layer(upstream());
+    let mut throttled = None;
+    for _ in 0..1_000 {
+        let response: Response<Full<Bytes>> = svc.clone().oneshot(500).await.unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            throttled = Some(response);
+            break;
+        }
+    }
+    let response = throttled.expect("failures get throttled");
+    assert_eq!(response.headers()[RETRY_AFTER], "2");
+    let rejected = response.extensions().get::<Rejected>().expect("marked");
+    assert_eq!(rejected.state(), State::Closed);
+    assert_eq!(
+        layer.handle().state(),
+        State::Closed,
+        "throttling never opens"
+    );
+}

@@ -257,3 +257,86 @@ fn a_learned_threshold_turns_the_failure_rate_rule_on_beside_another_rule() {
         .unwrap();
     assert_eq!(layer.handle().metrics().failure_rate_threshold(), Some(0.5));
 }
+
+/// A reconfiguration that changes the configured threshold or the minimum, and not the learning
+/// parameters, keeps the baseline; the threshold in force follows the new settings at once:
+/// before the minimum, the new configured threshold (within the bounds), past it the learned one.
+#[tokio::test(start_paused = true)]
+async fn a_reconfigured_threshold_or_minimum_applies_at_once_to_the_learned_threshold() {
+    let mut h = breaker(learned());
+    Load::new().run(&mut h, 1, 0.0).await; // 10 successes, below the minimum of 50
+    assert_eq!(threshold(&h), 0.5);
+    let handle = h.handle.clone();
+    handle
+        .reconfigure(handle.config().failure_rate_threshold(0.3))
+        .unwrap();
+    assert_eq!(threshold(&h), 0.3, "the new configured threshold");
+    handle
+        .reconfigure(handle.config().failure_rate_threshold(0.9))
+        .unwrap();
+    assert_eq!(threshold(&h), 0.6, "within the bounds");
+    handle
+        .reconfigure(handle.config().minimum_calls(10))
+        .unwrap();
+    assert_eq!(
+        threshold(&h),
+        0.15,
+        "past the minimum: learned (all successes: the floor)"
+    );
+}
+
+/// Many tasks on a multi-thread runtime record outcomes while others read the metrics: no
+/// outcome is lost from the lifetime counts, and every threshold and baseline read is a number
+/// within its range (never NaN, never outside the bounds), however the updates interleave.
+#[test]
+fn concurrent_outcomes_and_readers_see_the_learned_threshold_within_its_bounds() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let layer = builder()
+            .minimum_calls(20)
+            // Never opens (only a failure rate of 1 would), so that every call is recorded.
+            .learned_failure_threshold(learned().bounds(1.0, 1.0).factor(0.0))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let layer = layer.clone();
+                tokio::spawn(async move {
+                    use tower::{Layer, Service, ServiceExt};
+                    let mut svc = layer.layer(Inner::default());
+                    for i in 0..500u32 {
+                        let req = if (i + t) % 3 == 0 { fail() } else { ok() };
+                        let _ = svc.ready().await.unwrap().call(req).await;
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                for _ in 0..2_000 {
+                    let m = handle.metrics();
+                    assert_eq!(m.failure_rate_threshold(), Some(1.0));
+                    if let Some(b) = m.baseline_failure_rate() {
+                        assert!((0.0..=1.0).contains(&b), "{b}");
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        reader.await.unwrap();
+        let m = handle.metrics();
+        assert_eq!(m.state(), State::Closed);
+        assert_eq!(m.totals().successful() + m.totals().failed(), 4_000);
+        let baseline = m.baseline_failure_rate().unwrap();
+        assert!((baseline - 1.0 / 3.0).abs() < 0.01, "{baseline}");
+    });
+}

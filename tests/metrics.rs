@@ -491,3 +491,37 @@ async fn a_learned_threshold_and_the_rejection_probability_are_exported_as_they_
         &[DB]
     ));
 }
+
+/// A reconfiguration that turns a learned threshold on (or changes the configured one) shows in
+/// the exported threshold at the next collection, as the threshold in force moves.
+#[tokio::test(start_paused = true)]
+async fn the_exported_threshold_follows_a_reconfiguration() {
+    use tower_circuit_breaker::LearnedThreshold;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let mut h = exported(
+        &recorder,
+        builder()
+            .name("db")
+            .minimum_calls(10)
+            .failure_rate_threshold(0.5)
+            .export_metrics(Export::new()),
+    );
+    let threshold =
+        |samples: &[Sample]| value(samples, "circuit_breaker_failure_rate_threshold", &[DB]);
+    assert_eq!(threshold(&scrape(&recorder)), 0.5);
+    let handle = h.handle.clone();
+    handle
+        .reconfigure(handle.config().failure_rate_threshold(0.4))
+        .unwrap();
+    assert_eq!(threshold(&scrape(&recorder)), 0.4, "the new configured one");
+    handle
+        .reconfigure(
+            handle
+                .config()
+                .learned_failure_threshold(LearnedThreshold::new().bounds(0.2, 0.9)),
+        )
+        .unwrap();
+    run(&mut h.svc, 20, Reply::Ok).await;
+    assert_eq!(h.handle.metrics().failure_rate_threshold(), Some(0.2));
+    assert_eq!(threshold(&scrape(&recorder)), 0.2, "the learned one");
+}

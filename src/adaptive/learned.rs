@@ -215,6 +215,15 @@ impl Baseline {
         }
     }
 
+    /// Applies a reconfiguration that kept the learning parameters (so the baseline stays): the
+    /// threshold follows the new `configured` one before the new `minimum`, the learned one past it.
+    pub(crate) fn reconfigure(&mut self, configured: Option<f64>, minimum: u64) {
+        self.threshold = match (self.seen >= minimum, self.rate()) {
+            (true, Some(rate)) => self.learned.threshold_for(rate),
+            _ => self.learned.initial(configured),
+        };
+    }
+
     /// Starts recording again at `at` after a pause (open, half-open, forced): the pause does not
     /// age what was learned.
     pub(crate) fn resume(&mut self, at: u64) {

@@ -72,13 +72,21 @@ impl Buckets {
     /// Counts one request at `at`, and an accept with it if `accepted`.
     pub(crate) fn record(&self, at: u64, accepted: bool) {
         let number = self.number(at);
-        let stamp = number & STAMP_MASK;
-        let bucket = &self.buckets[(number % self.buckets.len() as u64) as usize];
+        let k = self.buckets.len() as u64;
+        let bucket = &self.buckets[(number % k) as usize];
         // Relaxed: the counts are statistics that no other memory depends on; the bucket's own
         // updates are ordered by its compare-and-swap.
         let mut word = bucket.load(Ordering::Relaxed);
         loop {
             let (current, mut tally) = unpack(word);
+            // A bucket up to one lap ahead of `at` was rolled by a caller whose clock read came
+            // later than ours: count into it, or resetting it to our older lap would erase its
+            // counts (with a one-bucket window, a clock read a nanosecond older suffices).
+            let ahead = current.wrapping_sub(number) & STAMP_MASK;
+            let stamp = match (1..=k).contains(&ahead) {
+                true => current,
+                false => number & STAMP_MASK,
+            };
             if current != stamp {
                 tally = Tally::default(); // this bucket starts a new lap: its old counts go
             }
@@ -193,6 +201,25 @@ mod tests {
             Tally {
                 requests: COUNT_MAX,
                 accepts: 7
+            }
+        );
+    }
+
+    /// A caller reads the clock, then another thread rolls the bucket to its next lap before the
+    /// first caller's compare-and-swap: the late, older record must not erase the newer lap. With
+    /// a one-bucket window (a 1 s throttling window) this needs the clock only a nanosecond apart.
+    #[test]
+    fn a_record_with_an_older_clock_read_never_erases_a_newer_lap() {
+        let w = Buckets::new(1, S);
+        for _ in 0..5 {
+            w.record(S, false); // the new lap
+        }
+        w.record(S - 1, true); // read just before the roll, recorded just after
+        assert_eq!(
+            w.tally(S),
+            Tally {
+                requests: 6,
+                accepts: 1
             }
         );
     }

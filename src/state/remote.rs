@@ -47,7 +47,9 @@ impl Breaker {
     /// that is later than its own deadline. The transition is announced as any other.
     pub(crate) fn open_until(&self, until: Instant) -> OpenUntil {
         let mut now = self.now();
-        let until = self.nanos_at(until);
+        // `u64::MAX` means "never" (no deadline): a deadline beyond the clock's range is the
+        // last one it holds, so that the breaker still probes by itself one day.
+        let until = self.nanos_at(until).min(u64::MAX - 1);
         loop {
             let mut core = self.lock();
             let word = self.load();
@@ -67,6 +69,7 @@ impl Breaker {
                     // than this breaker's own; the store below makes it exact when shorter.
                     core.note_not_before(Some(until));
                     self.transition(&mut core, word, State::Open, at);
+                    core.correct_open_for(std::time::Duration::from_nanos(until - at));
                     OpenUntil::Opened
                 }
                 State::Open if until > self.words.open_until.load(Ordering::Relaxed) => {
@@ -268,6 +271,158 @@ mod tests {
         assert_eq!(b.stored_state(), State::Closed);
         assert_eq!(b.metrics().calls(), 0);
         assert!(!b.close_from_fleet(), "closed already");
+    }
+
+    /// A fleet deadline past what the clock's nanoseconds hold (a deadline centuries ahead) must
+    /// not become `u64::MAX`, which means "never": the breaker would stay open with no deadline,
+    /// invisible to `observe`, and never probe again by itself.
+    #[tokio::test(start_paused = true)]
+    async fn open_until_a_deadline_beyond_the_clocks_range_still_has_a_deadline() {
+        let b = breaker(CircuitBreakerLayer::builder());
+        let centuries = Duration::from_secs(600 * 365 * 24 * 3600);
+        assert_eq!(b.open_until(Instant::now() + centuries), OpenUntil::Opened);
+        assert!(b.observe().open_until.is_some(), "an Open with a deadline");
+    }
+
+    /// The fleet closes while this instance's probe is in flight: the probe's late failure was
+    /// admitted under the half-open episode, so it is stale and must not reopen the circuit.
+    #[tokio::test(start_paused = true)]
+    async fn close_from_fleet_makes_a_probe_in_flight_stale() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .open_duration(Duration::from_secs(1))
+                .half_open_calls(1)
+                .consecutive_failures(1),
+        );
+        assert_eq!(
+            b.open_until(Instant::now() + Duration::from_secs(1)),
+            OpenUntil::Opened
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let Decision::Admit(probe) = b.admit(&mut b.now()) else {
+            panic!("a probe");
+        };
+        assert!(b.close_from_fleet());
+        b.complete(probe, Outcome::Failure, None, None, &mut b.now());
+        assert_eq!(b.state(&mut b.now()), State::Closed, "the probe is stale");
+        assert_eq!(
+            b.observe().failed,
+            1,
+            "yet the call is counted in the lifetime totals"
+        );
+    }
+
+    /// Keeps the `retry_after` field of each "circuit opened" tracing event.
+    #[derive(Default)]
+    struct OpenedLogs(std::sync::Mutex<Vec<String>>);
+
+    struct RetryAfter<'a>(&'a mut Option<String>);
+
+    impl tracing::field::Visit for RetryAfter<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "retry_after" {
+                *self.0 = Some(format!("{value:?}"));
+            }
+        }
+    }
+
+    impl tracing::Subscriber for OpenedLogs {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut retry_after = None;
+            event.record(&mut RetryAfter(&mut retry_after));
+            if let Some(retry_after) = retry_after {
+                self.0.lock().unwrap().push(retry_after);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// The "circuit opened" log of an opening from the fleet says how long the breaker is open:
+    /// until the fleet's deadline, not for the interval this breaker would have chosen.
+    #[tokio::test(start_paused = true)]
+    async fn an_opening_from_the_fleet_logs_the_fleets_interval() {
+        let logs = Arc::new(OpenedLogs::default());
+        let _default = tracing::subscriber::set_default(logs.clone());
+        let b = breaker(CircuitBreakerLayer::builder().open_duration(Duration::from_secs(30)));
+        b.open_until(Instant::now() + Duration::from_secs(5));
+        b.force(State::Closed);
+        let longer = Duration::from_secs(30 * 24 * 3600);
+        b.open_until(Instant::now() + longer);
+        assert_eq!(
+            *logs.0.lock().unwrap(),
+            [
+                format!("{:?}", Duration::from_secs(5)),
+                format!("{longer:?}")
+            ]
+        );
+    }
+
+    /// The fleet's opening races with this instance's probes finishing, on several threads:
+    /// whichever comes first, the breaker ends Open until exactly the fleet's deadline (probes
+    /// that close it first are overruled; probes that finish after are stale).
+    #[test]
+    fn open_until_racing_with_probes_finishing_always_ends_open_until_the_deadline() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            for _ in 0..100 {
+                let b = breaker(CircuitBreakerLayer::builder().half_open_calls(4));
+                let opened = Instant::now() + Duration::from_millis(1);
+                assert_eq!(b.open_until(opened), OpenUntil::Opened);
+                while b.state(&mut b.now()) != State::HalfOpen {
+                    assert!(opened.elapsed() < Duration::from_secs(5), "half-open");
+                    std::thread::yield_now();
+                }
+                let probes: Vec<_> = (0..4)
+                    .map(|_| match b.admit(&mut b.now()) {
+                        Decision::Admit(probe) => probe,
+                        Decision::Reject(r) => panic!("a probe: {r:?}"),
+                    })
+                    .collect();
+                let finishing: Vec<_> = probes
+                    .into_iter()
+                    .map(|probe| {
+                        let b = b.clone();
+                        tokio::spawn(async move {
+                            b.complete(probe, Outcome::Success, None, None, &mut b.now());
+                        })
+                    })
+                    .collect();
+                let until = Instant::now() + Duration::from_secs(60);
+                assert_eq!(b.open_until(until), OpenUntil::Opened);
+                for task in finishing {
+                    task.await.unwrap();
+                }
+                assert_eq!(b.stored_state(), State::Open);
+                assert_eq!(b.observe().open_until, Some(until));
+            }
+        });
+    }
+
+    /// Counts the fleet reports inconsistently (more failures than calls) are clamped: a rate
+    /// above 1 never trips a breaker below its minimum, and no count trips on nothing.
+    #[test]
+    fn trips_on_clamps_inconsistent_fleet_counts() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .minimum_calls(10),
+        );
+        assert!(!b.trips_on(0, 100, 100));
+        assert!(!b.trips_on(9, u64::MAX, 0), "below the minimum");
+        assert!(b.trips_on(10, u64::MAX, 0));
     }
 
     #[test]

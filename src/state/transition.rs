@@ -522,6 +522,10 @@ impl Breaker {
             if core.config.learned != config.learned {
                 // New learning parameters start a new baseline.
                 core.baseline = baseline_of(&config, self.now().get());
+            } else if let Some(baseline) = &mut core.baseline {
+                // The same baseline, but the threshold it starts from or the minimum it waits
+                // for may have changed.
+                baseline.reconfigure(config.failure_rate_threshold, config.minimum_calls);
             }
             core.config = config;
             core.update_threshold();
