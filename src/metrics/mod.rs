@@ -20,7 +20,7 @@
 //!
 //! A healthy closed call must stay cheap: it takes no lock and writes no memory that another core
 //! reads. A counter of the facade incremented on every call would be one shared atomic written by
-//! every core. So the breaker keeps its own lifetime counts, per thread ([`Totals`]), and
+//! every core. So the breaker keeps its own lifetime counts, per thread ([`Totals`](crate::Totals)), and
 //! [`collect`] copies them into the facade's counters (as absolute values, so a counter never goes
 //! back) and sets the gauges: call it where the exporter renders (the `/metrics` handler of
 //! `metrics-exporter-prometheus`'s `PrometheusHandle::render`), or on an interval. Transitions
@@ -42,7 +42,7 @@
 //! |---|---|---|---|
 //! | `circuit_breaker_calls_total` | counter | `outcome`: `successful`, `failed`, `ignored`, `rejected`, `fallback` | calls by outcome: dispatched calls by their classification; not permitted ones as `rejected`, or as `fallback` when a fallback service answered them (the outcomes partition every call) |
 //! | `circuit_breaker_slow_calls_total` | counter | | successful or failed calls slower than the slow-call duration |
-//! | `circuit_breaker_transitions_total` | counter | `from`, `to` (states as [`State::as_str`]: `closed`, `half-open`, ...) | transitions (`reset` in Closed counts as `closed` to `closed`); the four the breaker makes by itself are registered at zero, an operator's at its first occurrence |
+//! | `circuit_breaker_transitions_total` | counter | `from`, `to` (states as [`State::as_str`](crate::State::as_str): `closed`, `half-open`, ...) | transitions (`reset` in Closed counts as `closed` to `closed`); the four the breaker makes by itself are registered at zero, an operator's at its first occurrence |
 //! | `circuit_breaker_state` | gauge | `state`, one series per state | 1 for the current state, 0 for the others |
 //! | `circuit_breaker_failure_rate` | gauge | | failure rate of the window; `-1` below the minimum |
 //! | `circuit_breaker_slow_call_rate` | gauge | | slow-call rate of the window; `-1` below the minimum |
