@@ -13,12 +13,19 @@ use tokio::time::Instant;
 pub(crate) struct Now<'a> {
     /// Borrowed, not copied: most callers never read the clock.
     epoch: &'a Instant,
+    /// The clock reading, kept so that a caller comparing instants (a rejection's deadline) does
+    /// not pay for the conversion to nanoseconds, nor for a second read if it needs both.
+    instant: Option<Instant>,
     value: Option<u64>,
 }
 
 impl<'a> Now<'a> {
     pub(crate) fn new(epoch: &'a Instant) -> Self {
-        Now { epoch, value: None }
+        Now {
+            epoch,
+            instant: None,
+            value: None,
+        }
     }
 
     /// A time that is already known (loom models).
@@ -26,15 +33,23 @@ impl<'a> Now<'a> {
     pub(crate) fn fixed(epoch: &'a Instant, nanos: u64) -> Self {
         Now {
             epoch,
+            instant: instant_at(*epoch, nanos),
             value: Some(nanos),
         }
     }
 
+    /// The clock reading as an instant.
+    pub(crate) fn instant(&mut self) -> Instant {
+        *self.instant.get_or_insert_with(read)
+    }
+
     pub(crate) fn get(&mut self) -> u64 {
-        let epoch = *self.epoch;
-        *self
-            .value
-            .get_or_insert_with(|| saturating_nanos(read().saturating_duration_since(epoch)))
+        if let Some(value) = self.value {
+            return value;
+        }
+        let value = saturating_nanos(self.instant().saturating_duration_since(*self.epoch));
+        self.value = Some(value);
+        value
     }
 }
 

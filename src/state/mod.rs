@@ -480,16 +480,21 @@ impl Breaker {
                     return Decision::Admit(Ticket::new(generation, TicketKind::Unrecorded));
                 }
                 State::ForcedOpen => return reject(State::ForcedOpen, None),
-                State::Open if !self.is_due(word, now) => {
+                State::Open => {
+                    // Relaxed: published with the word, read with Acquire. Compared as an
+                    // instant, which is also the rejection's retry-after: one conversion.
                     let until = self.words.open_until.load(Ordering::Relaxed);
-                    return reject(State::Open, instant_at(self.epoch, until));
+                    match instant_at(self.epoch, until) {
+                        Some(at) if now.instant() >= at => word = self.settle(now),
+                        retry_at => return reject(State::Open, retry_at),
+                    }
                 }
                 State::HalfOpen if !self.is_due(word, now) => match self.take_probe(word, now) {
                     Ok(ticket) => return Decision::Admit(ticket),
                     Err(ProbeRefused::Full) => return reject(State::HalfOpen, None),
                     Err(ProbeRefused::Stale) => word = self.load(),
                 },
-                State::Open | State::HalfOpen => word = self.settle(now),
+                State::HalfOpen => word = self.settle(now),
             }
         }
     }

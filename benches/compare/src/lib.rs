@@ -870,46 +870,104 @@ pub fn failsafe() -> impl Row {
 
 /// recloser: a ring of 100 outcomes, trip at >= 50 % once full, open 30 s (no consecutive
 /// policy). futures API (`AsyncRecloser`) around the inner call.
-pub fn recloser() -> impl Row {
-    #[derive(Clone)]
-    struct Recl<S> {
-        inner: S,
-        cb: recloser::AsyncRecloser,
+pub fn recloser() -> impl Row<Output = Result<u64, recloser::Error<InnerErr>>> {
+    Recl {
+        inner: service_fn(inner_call),
+        cb: recloser::AsyncRecloser::from(
+            recloser::Recloser::custom()
+                .error_rate(0.5)
+                .closed_len(100)
+                .open_wait(OPEN)
+                .build(),
+        ),
     }
-    impl<S> Row for Recl<S>
+}
+
+#[derive(Clone)]
+struct Recl<S> {
+    inner: S,
+    cb: recloser::AsyncRecloser,
+}
+
+impl<S> Row for Recl<S>
+where
+    S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+{
+    type Output = Result<u64, recloser::Error<InnerErr>>;
+    #[inline]
+    fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
+        let Recl { inner, cb } = self;
+        // The inner service is driven inside the guarded future, so that an open breaker
+        // touches neither its `poll_ready` nor its `call`.
+        cb.call(async move { inner.ready().await?.call(fail).await })
+    }
+    #[inline]
+    fn res(output: Self::Output) -> Res {
+        match output {
+            Ok(_) => Res::Ok,
+            Err(recloser::Error::Rejected) => Res::Rejected,
+            Err(recloser::Error::Inner(_)) => Res::Failed,
+        }
+    }
+    fn state(&self) -> String {
+        // No public state getter (its Debug prints a pointer): checked by behaviour.
+        "n/a".into()
+    }
+}
+
+/// recloser's rejection as a boxed error (`recloser_boxed`): the state and the time left, as
+/// the error of a Tower middleware carries them.
+#[derive(Debug)]
+pub struct RecloserRejected {
+    pub state: &'static str,
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for RecloserRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit {}", self.state)
+    }
+}
+
+impl std::error::Error for RecloserRejected {}
+
+/// recloser as above with its errors turned into a `BoxError`, as the error of a Tower
+/// middleware is (a rejection boxed, an inner error boxed): recloser at the allocations of our
+/// error mode, to compare rejections (scenario C) at equal allocations.
+pub fn recloser_boxed() -> impl Row {
+    #[derive(Clone)]
+    struct Boxed<R>(R);
+    impl<R> Row for Boxed<R>
     where
-        S: Service<bool, Response = u64, Error = InnerErr> + Clone + Send + 'static,
+        R: Row<Output = Result<u64, recloser::Error<InnerErr>>>,
     {
-        type Output = Result<u64, recloser::Error<InnerErr>>;
+        type Output = Result<u64, tower::BoxError>;
         #[inline]
         fn future(&mut self, fail: bool) -> impl Future<Output = Self::Output> {
-            let Recl { inner, cb } = self;
-            // The inner service is driven inside the guarded future, so that an open breaker
-            // touches neither its `poll_ready` nor its `call`.
-            cb.call(async move { inner.ready().await?.call(fail).await })
+            let future = self.0.future(fail);
+            async move {
+                future.await.map_err(|e| match e {
+                    recloser::Error::Inner(e) => tower::BoxError::from(e),
+                    recloser::Error::Rejected => tower::BoxError::from(RecloserRejected {
+                        state: "open",
+                        retry_after: None,
+                    }),
+                })
+            }
         }
-        #[inline]
+        #[inline(always)]
         fn res(output: Self::Output) -> Res {
             match output {
                 Ok(_) => Res::Ok,
-                Err(recloser::Error::Rejected) => Res::Rejected,
-                Err(recloser::Error::Inner(_)) => Res::Failed,
+                Err(e) if e.is::<RecloserRejected>() => Res::Rejected,
+                Err(_) => Res::Failed,
             }
         }
         fn state(&self) -> String {
-            // No public state getter (its Debug prints a pointer): checked by behaviour.
-            "n/a".into()
+            self.0.state()
         }
     }
-    let cb = recloser::Recloser::custom()
-        .error_rate(0.5)
-        .closed_len(100)
-        .open_wait(OPEN)
-        .build();
-    Recl {
-        inner: service_fn(inner_call),
-        cb: recloser::AsyncRecloser::from(cb),
-    }
+    Boxed(recloser())
 }
 
 // ===== tower-resilience-circuitbreaker 0.14 =====
@@ -1138,6 +1196,11 @@ pub const ROWS: &[RowSpec] = &[
         scenarios: EVERY,
     },
     RowSpec {
+        name: "recloser-boxed",
+        label: "recloser 1.4, its errors boxed (`BoxError`, as a Tower middleware's)",
+        scenarios: EVERY,
+    },
+    RowSpec {
         name: "tower-resilience",
         label: "tower-resilience-circuitbreaker 0.14",
         scenarios: EVERY,
@@ -1239,6 +1302,10 @@ macro_rules! with_make {
             }
             "recloser" => {
                 let $make = $crate::recloser;
+                $body
+            }
+            "recloser-boxed" => {
+                let $make = $crate::recloser_boxed;
                 $body
             }
             "tower-resilience" => {
