@@ -139,7 +139,7 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
     }
 
     /// `poll_ready` of a call that will be rejected: the fallback's readiness decides.
-    #[inline(never)]
+    #[inline]
     fn poll_fallback<Req, Res, E>(
         &mut self,
         rejection: Rejection,
