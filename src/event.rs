@@ -22,8 +22,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use std::collections::VecDeque;
@@ -328,10 +328,11 @@ struct Channel {
     rejection_readers: AtomicUsize,
 }
 
-/// The subscribers of one breaker.
+/// The subscribers of one breaker. The channel is made by the first subscription: most
+/// breakers (a keyed layer's) never have one, and need not carry its room.
 #[derive(Debug, Default)]
 pub(crate) struct Subscribers {
-    channel: Arc<Channel>,
+    channel: OnceLock<Arc<Channel>>,
 }
 
 /// Subscribers' tasks to wake: woken after the transition lock is released.
@@ -346,7 +347,8 @@ impl Wakers {
 
 impl Subscribers {
     pub(crate) fn subscribe(&self) -> EventStream {
-        let mut readers = lock(&self.channel.readers);
+        let channel = self.channel.get_or_init(Arc::default);
+        let mut readers = lock(&channel.readers);
         let reader = Reader {
             queue: VecDeque::new(),
             missed: 0,
@@ -363,9 +365,9 @@ impl Subscribers {
                 readers.slots.len() - 1
             }
         };
-        self.channel.readers_count.fetch_add(1, Ordering::Relaxed);
+        channel.readers_count.fetch_add(1, Ordering::Relaxed);
         EventStream {
-            channel: self.channel.clone(),
+            channel: channel.clone(),
             id,
         }
     }
@@ -373,13 +375,13 @@ impl Subscribers {
     /// Whether anybody subscribed (Relaxed: see `Channel`).
     #[inline]
     pub(crate) fn any(&self) -> bool {
-        self.channel.readers_count.load(Ordering::Relaxed) > 0
+        (self.channel.get()).is_some_and(|c| c.readers_count.load(Ordering::Relaxed) > 0)
     }
 
     /// Whether a subscriber asked for rejections (Relaxed: see `Channel`).
     #[inline]
     pub(crate) fn wants_rejections(&self) -> bool {
-        self.channel.rejection_readers.load(Ordering::Relaxed) > 0
+        (self.channel.get()).is_some_and(|c| c.rejection_readers.load(Ordering::Relaxed) > 0)
     }
 
     /// Puts an event into every subscriber's buffer and returns the tasks to wake. Runs no user
@@ -394,7 +396,10 @@ impl Subscribers {
     }
 
     fn deliver(&self, event: &Event, rejection: bool) -> Wakers {
-        let mut readers = lock(&self.channel.readers);
+        let Some(channel) = self.channel.get() else {
+            return Wakers::default();
+        };
+        let mut readers = lock(&channel.readers);
         Wakers(
             readers
                 .slots
@@ -413,8 +418,11 @@ impl Subscribers {
 impl Drop for Subscribers {
     /// The breaker is gone: every stream ends once it has read what it holds.
     fn drop(&mut self) {
+        let Some(channel) = self.channel.get() else {
+            return;
+        };
         let wakers = {
-            let mut readers = lock(&self.channel.readers);
+            let mut readers = lock(&channel.readers);
             readers.closed = true;
             readers
                 .slots

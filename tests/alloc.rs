@@ -378,3 +378,21 @@ fn the_response_future_of_a_ready_service_is_at_most_184_bytes() {
     let size = std::mem::size_of::<ResponseFuture<Ready24, DefaultClassify, Ready24>>();
     assert!(size <= 184, "{size} bytes");
 }
+
+/// A regression guard for the heap of one breaker with a time window of 60 buckets (a minute in
+/// seconds), the target being 2 KiB: the breaker with its window (32-bit counts per bucket, no
+/// slow counts unless slow calls are tracked), its configuration, the layer's lanes, and the
+/// lane of the one thread that called. A change that must grow it updates this figure.
+#[test]
+fn a_breaker_with_a_60_bucket_time_window_costs_at_most_1976_bytes() {
+    let before = support::alloc::live_bytes();
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(Window::time(Duration::from_secs(60)).buckets(60))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(echo());
+    call_once(&mut service, 1).unwrap();
+    let bytes = support::alloc::live_bytes() - before;
+    assert!(bytes <= 1976, "{bytes} B");
+    drop((service, layer));
+}

@@ -131,8 +131,8 @@ impl Breaker {
         }: Announcement,
         panic: &mut Option<Panic>,
     ) {
-        let name = self.name.as_deref().unwrap_or("");
-        let key = self.key.as_deref().unwrap_or("");
+        let name = self.words.name.as_deref().unwrap_or("");
+        let key = self.words.key.as_deref().unwrap_or("");
         match what {
             What::Transition {
                 from,
@@ -215,8 +215,8 @@ impl Breaker {
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("a panic");
             tracing::error!(
-                breaker = self.name.as_deref().unwrap_or(""),
-                key = self.key.as_deref().unwrap_or(""),
+                breaker = self.words.name.as_deref().unwrap_or(""),
+                key = self.words.key.as_deref().unwrap_or(""),
                 panic = message,
                 "circuit breaker event callback panicked"
             );
@@ -233,8 +233,8 @@ impl Breaker {
             state: rejection.state,
             retry_at: rejection.retry_at,
             fallback,
-            name: self.name.clone(),
-            key: self.key.clone(),
+            name: self.words.name.clone(),
+            key: self.words.key.clone(),
         };
         self.subscribers.send_rejection(&event).wake();
         self.call_back(&event);

@@ -215,9 +215,6 @@ fn slot(lane: usize) -> usize {
 #[repr(align(128))]
 pub(crate) struct Counters {
     lines: [Line; LANES],
-    /// The rejections counted when the breaker last closed (`Metrics::not_permitted` counts from
-    /// there). Written under the transition lock.
-    rejected_at_close: StatU64,
 }
 
 #[derive(Debug, Default)]
@@ -242,18 +239,5 @@ impl Counters {
         self.lines.iter().fold(0u64, |sum, line| {
             sum.wrapping_add(line.0[count as usize].load(Ordering::Relaxed))
         })
-    }
-
-    /// Rejections since the last transition to Closed (a rejection racing with the transition
-    /// lands on either side of it).
-    pub(crate) fn rejected_since_close(&self) -> u64 {
-        let base = self.rejected_at_close.load(Ordering::Relaxed);
-        self.sum(Count::Rejected).saturating_sub(base)
-    }
-
-    /// Starts `rejected_since_close` again from zero.
-    pub(crate) fn closed(&self) {
-        let now = self.sum(Count::Rejected);
-        self.rejected_at_close.store(now, Ordering::Relaxed);
     }
 }

@@ -94,6 +94,9 @@ pub(super) struct Core {
     pub(super) failure_threshold: Option<f64>,
     /// The configuration in force: replaced whole by a reconfiguration, under this lock.
     pub(super) config: Arc<Config>,
+    /// The lifetime rejections counted when the breaker last closed: `Metrics::not_permitted`
+    /// counts from there.
+    pub(super) rejected_at_close: u64,
 }
 
 impl Core {
@@ -117,6 +120,7 @@ impl Core {
             baseline: baseline_of(&config, 0),
             failure_threshold: None,
             config,
+            rejected_at_close: 0,
         }
         .with_threshold()
     }
@@ -324,7 +328,10 @@ mod tests {
     #[test]
     fn the_jitter_generator_spreads_its_draws_evenly_over_0_to_1() {
         let config = Arc::new(crate::CircuitBreakerLayer::builder().validate_for_tests());
-        let mut core = Core::new(Window::new(crate::config::WindowKind::Count(1)), config);
+        let mut core = Core::new(
+            Window::new(crate::config::WindowKind::Count(1), false),
+            config,
+        );
         for seed in [0, 42, u64::MAX] {
             core.rng = seed;
             let mut deciles = [0u32; 10];

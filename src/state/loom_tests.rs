@@ -24,7 +24,7 @@ fn breaker(builder: Builder) -> Arc<Breaker> {
 }
 
 fn now(b: &Breaker, at: u64) -> Now<'_> {
-    Now::fixed(&b.epoch, at)
+    Now::fixed(&b.words.epoch, at)
 }
 
 fn admit(b: &Breaker, at: u64) -> Ticket {

@@ -185,7 +185,9 @@ pub(crate) enum Decision {
     Reject(Rejection),
 }
 
-/// The atomics admission reads, on lines of their own (calls only read them, except probes).
+/// What every call reads, on lines of their own: the atomics of admission and of the healthy
+/// completion, which calls only read (except probes) and transitions write, and the breaker's
+/// fixed identity, never written (which fills the line rather than lines of its own).
 #[derive(Debug)]
 struct Words {
     state: AtomicU64,
@@ -215,14 +217,19 @@ struct Words {
     /// (its closed calls take a draw). Fixed when it is built, on the line admission reads
     /// anyway, so that throttling costs a breaker without it nothing on that path.
     fast_admit: u8,
+    /// Whether a plain success would change nothing: a count window full of plain successes and
+    /// no consecutive failure. Written under the lock when it changes.
+    clean: Clean,
+    epoch: Instant,
+    /// The breaker's name (from its configuration; a reconfiguration keeps it).
+    name: Option<StdArc<str>>,
+    /// The key of a keyed breaker, as a string.
+    key: Option<StdArc<str>>,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
 pub(crate) struct Breaker {
     words: CachePadded<Words>,
-    /// Whether a plain success would change nothing: a count window full of plain successes and
-    /// no consecutive failure. Written under the lock after every change of the window.
-    clean: CachePadded<Clean>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
     /// Whether a thread is running the queued announcements (see `announce.rs`).
@@ -235,10 +242,6 @@ pub(crate) struct Breaker {
     /// The panic group this breaker is in (`readiness.rs`): after every transition, and when
     /// this breaker goes, it wakes its members' waiting tasks, with no lock held.
     group: std::sync::OnceLock<crate::readiness::PanicGroup>,
-    /// The breaker's name (from its configuration; a reconfiguration keeps it).
-    name: Option<StdArc<str>>,
-    /// The key of a keyed breaker, as a string.
-    key: Option<StdArc<str>>,
     /// What every call reads on its path, fixed when the breaker is built (see `reconfigure`).
     fixed: Fixed,
     /// The event callback (`Builder::on_event`), fixed when the breaker is built.
@@ -250,7 +253,6 @@ pub(crate) struct Breaker {
     /// Adaptive throttling (`Builder::adaptive_throttling`), fixed when the breaker is built.
     /// Boxed: a breaker without it (most keyed breakers) pays one word.
     throttle: Option<Box<Throttle>>,
-    epoch: Instant,
 }
 
 /// Whether a plain success would change nothing (`Breaker::clean`).
@@ -282,8 +284,8 @@ pub(crate) struct LiveConfig {
 impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
-            .field("name", &self.name)
-            .field("key", &self.key)
+            .field("name", &self.words.name)
+            .field("key", &self.words.key)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
     }
@@ -321,26 +323,29 @@ impl Breaker {
                 time_window: AtomicBool::new(config.window.is_time() || config.learned.is_some()),
                 throttles: config.adaptive.is_some(),
                 fast_admit: fast_admit(config.adaptive.is_some()),
-            }),
-            clean: CachePadded(Clean {
-                absorbed: AtomicBool::new(false),
-                settled: AtomicBool::new(false),
+                clean: Clean {
+                    absorbed: AtomicBool::new(false),
+                    settled: AtomicBool::new(false),
+                },
+                epoch: Instant::now(),
+                name: config.name.clone(),
+                key,
             }),
             announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
             group: std::sync::OnceLock::new(),
-            name: config.name.clone(),
-            key,
             fixed: Fixed {
                 tracks_duration: config.slow_call_duration.is_some(),
                 call_timeout: config.call_timeout,
             },
             on_event: config.on_event.clone(),
             throttle: config.adaptive.map(|t| Box::new(Throttle::new(t))),
-            core: Mutex::new(Core::new(Window::new(config.window), config)),
-            epoch: Instant::now(),
+            core: Mutex::new(Core::new(
+                Window::new(config.window, config.slow_call_duration.is_some()),
+                config,
+            )),
         }
     }
 
@@ -369,12 +374,12 @@ impl Breaker {
     }
 
     pub(crate) fn name(&self) -> Option<&StdArc<str>> {
-        self.name.as_ref()
+        self.words.name.as_ref()
     }
 
     /// The key of a keyed breaker.
     pub(crate) fn key(&self) -> Option<&StdArc<str>> {
-        self.key.as_ref()
+        self.words.key.as_ref()
     }
 
     /// Whether recording needs the time a call took (slow calls, or an exported histogram of
@@ -396,7 +401,7 @@ impl Breaker {
     /// A lazy reading of the breaker's clock.
     #[inline]
     pub(crate) fn now(&self) -> Now<'_> {
-        Now::new(&self.epoch)
+        Now::new(&self.words.epoch)
     }
 
     #[inline]
@@ -439,7 +444,7 @@ impl Breaker {
         }
         Decision::Reject(Rejection {
             state: State::Closed,
-            retry_at: instant_at(self.epoch, at.saturating_add(throttle.retry_in())),
+            retry_at: instant_at(self.words.epoch, at.saturating_add(throttle.retry_in())),
             generation,
         })
     }
@@ -484,7 +489,7 @@ impl Breaker {
                     // Relaxed: published with the word, read with Acquire. Compared as an
                     // instant, which is also the rejection's retry-after: one conversion.
                     let until = self.words.open_until.load(Ordering::Relaxed);
-                    match instant_at(self.epoch, until) {
+                    match instant_at(self.words.epoch, until) {
                         Some(at) if now.instant() >= at => word = self.settle(now),
                         retry_at => return reject(State::Open, retry_at),
                     }

@@ -66,6 +66,7 @@ impl Breaker {
         let consecutive_failures = core.consecutive();
         let transitions = core.transitions();
         let minimum_calls = core.config().minimum_calls;
+        let rejected_at_close = core.rejected_at_close;
         let failure_rate_threshold = core.failure_threshold();
         let baseline_failure_rate = core.baseline_rate();
         drop(core);
@@ -77,7 +78,10 @@ impl Breaker {
             calls: totals.calls,
             failed: totals.failed,
             slow: totals.slow,
-            not_permitted: self.counters.rejected_since_close(),
+            not_permitted: self
+                .counters
+                .sum(Count::Rejected)
+                .saturating_sub(rejected_at_close),
             consecutive_failures,
             minimum_calls,
             totals: self.lifetime(transitions),
@@ -105,7 +109,10 @@ impl Breaker {
         if word.state() != State::Open || self.is_due(word, now) {
             return None;
         }
-        instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed))
+        instant_at(
+            self.words.epoch,
+            self.words.open_until.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether forgetting this breaker loses nothing but its window (a keyed layer's eviction):

@@ -86,7 +86,7 @@ impl Breaker {
 
     /// `instant` in nanoseconds since the breaker's creation.
     pub(crate) fn nanos_at(&self, instant: Instant) -> u64 {
-        clock::saturating_nanos(instant.saturating_duration_since(self.epoch))
+        clock::saturating_nanos(instant.saturating_duration_since(self.words.epoch))
     }
 
     /// Whether a plain success of `ticket` would change nothing: the healthy closed path, which
@@ -98,7 +98,7 @@ impl Breaker {
         // A stale ticket changes nothing either way.
         ticket.kind() == TicketKind::Recorded
             && outcome == Outcome::Success
-            && self.clean.absorbed.load(Ordering::Relaxed)
+            && self.words.clean.absorbed.load(Ordering::Relaxed)
     }
 
     /// `is_absorbed`, for a call that went through `complete` (which has counted it in the
@@ -108,7 +108,7 @@ impl Breaker {
         // Relaxed: as for `is_absorbed`.
         ticket.kind() == TicketKind::Recorded
             && outcome == Outcome::Success
-            && self.clean.settled.load(Ordering::Relaxed)
+            && self.words.clean.settled.load(Ordering::Relaxed)
     }
 
     /// Publishes whether a plain success would change nothing (`Core::is_clean`), under the lock.
@@ -116,8 +116,13 @@ impl Breaker {
         // Relaxed: see `is_absorbed`. A throttling breaker never absorbs a success without
         // `complete`: the throttle counts every completed call.
         let absorbed = clean && !self.words.throttles;
-        self.clean.absorbed.store(absorbed, Ordering::Relaxed);
-        self.clean.settled.store(clean, Ordering::Relaxed);
+        let flags = &self.words.clean;
+        // Stored only when it changes: every call reads this line, and a store, even of the same
+        // value, would take it from the other cores' caches on every recorded outcome.
+        if flags.settled.load(Ordering::Relaxed) != clean {
+            flags.absorbed.store(absorbed, Ordering::Relaxed);
+            flags.settled.store(clean, Ordering::Relaxed);
+        }
     }
 
     /// Gives back what a call that will never complete holds: its probe permit, if any.

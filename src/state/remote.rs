@@ -122,7 +122,10 @@ impl Breaker {
         let c = &self.counters;
         let failed = c.sum(Count::Failed);
         let open_until = match word.state() {
-            State::Open => instant_at(self.epoch, self.words.open_until.load(Ordering::Relaxed)),
+            State::Open => instant_at(
+                self.words.epoch,
+                self.words.open_until.load(Ordering::Relaxed),
+            ),
             _ => None,
         };
         Observed {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::announce::What;
+use super::lane::Count;
 use super::locked::{Core, Rates, baseline_of};
 use super::window::{Totals, Window};
 use super::word::{Generation, Probes, StateWord};
@@ -77,7 +78,9 @@ impl Breaker {
                 core.exceeded = (false, false);
                 if to == State::Closed {
                     core.attempt = 0;
-                    self.counters.closed();
+                    // `Metrics::not_permitted` counts from here (a rejection racing with
+                    // the transition lands on either side of it).
+                    core.rejected_at_close = self.counters.sum(Count::Rejected);
                 }
             }
             State::ForcedOpen | State::Disabled => {}
@@ -109,8 +112,8 @@ impl Breaker {
         self.queue(core, what, || Event::StateTransition {
             from: from.state(),
             to,
-            name: self.name.clone(),
-            key: self.key.clone(),
+            name: self.words.name.clone(),
+            key: self.words.key.clone(),
         });
     }
 
@@ -138,7 +141,7 @@ impl Breaker {
                     threshold,
                     calls,
                     name: config.name.clone(),
-                    key: self.key.clone(),
+                    key: self.words.key.clone(),
                 },
             );
         }
@@ -155,7 +158,7 @@ impl Breaker {
                     threshold,
                     calls,
                     name: config.name.clone(),
-                    key: self.key.clone(),
+                    key: self.words.key.clone(),
                 },
             );
         }
@@ -274,7 +277,9 @@ impl Breaker {
         loop {
             let current = self.current_config();
             // A new window is made outside the lock: it can be large.
-            let fresh = (current.window != config.window).then(|| Window::new(config.window));
+            // Whether calls can be slow is fixed when the breaker is built.
+            let slow = config.slow_call_duration.is_some();
+            let fresh = (current.window != config.window).then(|| Window::new(config.window, slow));
             let mut core = self.lock();
             if !Arc::ptr_eq(&core.config, &current) {
                 continue; // another reconfiguration came first: decide again against it
@@ -304,10 +309,10 @@ impl Breaker {
             words.time_window.store(needs_time, Ordering::Relaxed);
             self.set_clean(core.is_clean());
             drop(core);
-            let name = self.name.as_deref().unwrap_or("");
+            let name = self.words.name.as_deref().unwrap_or("");
             tracing::info!(
                 breaker = name,
-                key = self.key.as_deref(),
+                key = self.words.key.as_deref(),
                 "circuit reconfigured"
             );
             return;

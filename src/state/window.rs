@@ -11,9 +11,10 @@
 //!
 //! **Time window** of duration `d` in `k` buckets of `d / k`, numbered from the breaker's
 //! creation. An outcome recorded in bucket `i` counts until the current bucket is `i + k`, so it
-//! stays in the window for more than `d - d / k` and at most `d`. Buckets carry their full 64-bit
-//! number and 64-bit counts: nothing wraps. Running totals are kept, and moving to a later bucket
-//! subtracts the buckets that leave.
+//! stays in the window for more than `d - d / k` and at most `d`. Running totals (64 bits) are
+//! kept, and moving to a later bucket subtracts the buckets that leave. A bucket counts in 32 bits
+//! and holds at most `u32::MAX` outcomes: a busier bucket keeps a sample of that many, and the
+//! totals stay the exact sum of the buckets, so nothing wraps.
 
 use crate::config::WindowKind;
 
@@ -47,13 +48,15 @@ pub(crate) enum Window {
 }
 
 impl Window {
-    pub(crate) fn new(kind: WindowKind) -> Self {
+    /// A window of `kind`; `tracks_slow`: whether outcomes can be slow (a time window keeps no
+    /// slow counts otherwise).
+    pub(crate) fn new(kind: WindowKind, tracks_slow: bool) -> Self {
         match kind {
             WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
             WindowKind::Time { duration, buckets } => {
                 let k = buckets.unwrap_or(1).max(1);
                 let bucket_nanos = super::clock::saturating_nanos(duration / k).max(1);
-                Window::Time(TimeWindow::new(bucket_nanos, k))
+                Window::Time(TimeWindow::new(bucket_nanos, k, tracks_slow))
             }
         }
     }
@@ -152,29 +155,26 @@ impl CountWindow {
 
 // ===== TimeWindow =====
 
-/// A bucket number that no bucket has (a slot never written).
+/// A bucket number that no bucket has (the window has not moved yet).
 const NONE: u64 = u64::MAX;
 
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    number: u64,
-    totals: Totals,
+/// One bucket's calls and failures. 32 bits each: a bucket holds at most `u32::MAX` outcomes
+/// (see `TimeWindow::record`); the running totals are 64 bits.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    calls: u32,
+    failed: u32,
 }
-
-const EMPTY: Bucket = Bucket {
-    number: NONE,
-    totals: Totals {
-        calls: 0,
-        failed: 0,
-        slow: 0,
-    },
-};
 
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     bucket_nanos: u64,
-    /// Bucket `i` lives in slot `i % k`.
-    buckets: Box<[Bucket]>,
+    /// Bucket `i` lives in slot `i % k`. A slot is emptied when its bucket enters the window, so
+    /// each slot holds the one bucket of the window that maps to it: no bucket number is stored.
+    buckets: Box<[Counts]>,
+    /// The slow calls of each slot; empty when the breaker does not track slow calls (none is
+    /// ever slow), so that such a window does not carry a column of zeros.
+    slow: Box<[u32]>,
     /// The latest bucket the window moved to (`NONE`: not yet).
     current: u64,
     /// The sum of the buckets `current - k + 1 ..= current`.
@@ -182,10 +182,12 @@ pub(crate) struct TimeWindow {
 }
 
 impl TimeWindow {
-    fn new(bucket_nanos: u64, k: u32) -> Self {
+    fn new(bucket_nanos: u64, k: u32, tracks_slow: bool) -> Self {
+        let k = k as usize;
         TimeWindow {
             bucket_nanos,
-            buckets: vec![EMPTY; k as usize].into_boxed_slice(),
+            buckets: vec![Counts::default(); k].into_boxed_slice(),
+            slow: vec![0; if tracks_slow { k } else { 0 }].into_boxed_slice(),
             current: NONE,
             totals: Totals::default(),
         }
@@ -201,30 +203,28 @@ impl TimeWindow {
 
     /// Whether bucket `number` is inside the window.
     fn counts(&self, number: u64) -> bool {
-        number != NONE && number <= self.current && self.current - number < self.k()
+        self.current != NONE && number <= self.current && self.current - number < self.k()
     }
 
     /// Moves the window to bucket `number`, if that is later: the buckets that leave are
-    /// subtracted from the totals.
+    /// subtracted from the totals, and their slots emptied for the buckets that enter.
     fn advance(&mut self, number: u64) {
         if self.current != NONE && number <= self.current {
             return;
         }
         let k = self.k();
         if self.current == NONE || number - self.current >= k {
-            self.buckets.fill(EMPTY);
-            self.totals = Totals::default();
+            self.empty();
         } else {
             for n in self.current + 1..=number {
                 let slot = (n % k) as usize;
-                let left = self.buckets[slot];
-                // A slot holds only a bucket inside the window (`n - k`, the oldest): it leaves.
-                if left.number != NONE {
-                    self.totals.calls -= left.totals.calls;
-                    self.totals.failed -= left.totals.failed;
-                    self.totals.slow -= left.totals.slow;
+                // The slot holds bucket `n - k`, the oldest: it leaves.
+                let left = std::mem::take(&mut self.buckets[slot]);
+                self.totals.calls -= u64::from(left.calls);
+                self.totals.failed -= u64::from(left.failed);
+                if let Some(slow) = self.slow.get_mut(slot) {
+                    self.totals.slow -= u64::from(std::mem::take(slow));
                 }
-                self.buckets[slot] = EMPTY;
             }
         }
         self.current = number;
@@ -238,23 +238,35 @@ impl TimeWindow {
         if !self.counts(number) {
             return;
         }
-        let k = self.k();
-        let bucket = &mut self.buckets[(number % k) as usize];
-        if bucket.number != number {
-            // The slot still holds a bucket that left (or none).
-            *bucket = Bucket {
-                number,
-                totals: Totals::default(),
-            };
+        let slot = (number % self.k()) as usize;
+        let bucket = &mut self.buckets[slot];
+        // A full bucket keeps the outcomes it holds, a sample of its time, and ignores the rest:
+        // the totals stay the sum of the buckets, so nothing wraps or underflows. (Failures and
+        // slow calls are at most the calls, so they cannot overflow first.)
+        if bucket.calls == u32::MAX {
+            return;
         }
-        bucket.totals.add(sample);
-        self.totals.add(sample);
+        bucket.calls += 1;
+        bucket.failed += u32::from(sample.failed);
+        self.totals.calls += 1;
+        self.totals.failed += u64::from(sample.failed);
+        if sample.slow
+            && let Some(slow) = self.slow.get_mut(slot)
+        {
+            *slow += 1;
+            self.totals.slow += 1;
+        }
+    }
+
+    fn empty(&mut self) {
+        self.buckets.fill(Counts::default());
+        self.slow.fill(0);
+        self.totals = Totals::default();
     }
 
     fn clear(&mut self) {
-        self.buckets.fill(EMPTY);
+        self.empty();
         self.current = NONE;
-        self.totals = Totals::default();
     }
 }
 
@@ -273,12 +285,12 @@ mod tests {
             failed: false,
             slow: false,
         };
-        let mut old = Window::new(WindowKind::Count(4));
+        let mut old = Window::new(WindowKind::Count(4), false);
         // Wrapped: the ring holds, oldest first, ok ok fail fail.
         for sample in [fail, fail, ok, ok, fail, fail] {
             old.record(sample, 0);
         }
-        let mut smaller = Window::new(WindowKind::Count(3));
+        let mut smaller = Window::new(WindowKind::Count(3), false);
         smaller.carry_over(&old);
         let totals = smaller.totals(0);
         assert_eq!((totals.calls, totals.failed), (3, 2));
@@ -288,15 +300,18 @@ mod tests {
         smaller.record(ok, 0);
         assert_eq!(smaller.totals(0).failed, 1);
 
-        let mut larger = Window::new(WindowKind::Count(10));
+        let mut larger = Window::new(WindowKind::Count(10), false);
         larger.carry_over(&old);
         assert_eq!(larger.totals(0).calls, 4);
         assert!(!larger.is_full_of_successes());
 
-        let mut time = Window::new(WindowKind::Time {
-            duration: Duration::from_secs(10),
-            buckets: Some(10),
-        });
+        let mut time = Window::new(
+            WindowKind::Time {
+                duration: Duration::from_secs(10),
+                buckets: Some(10),
+            },
+            true,
+        );
         time.carry_over(&old);
         assert_eq!(
             time.totals(0).calls,
@@ -327,12 +342,12 @@ mod tests {
     }
 
     fn time(bucket_nanos: u64, k: u32) -> Window {
-        Window::Time(TimeWindow::new(bucket_nanos, k))
+        Window::Time(TimeWindow::new(bucket_nanos, k, true))
     }
 
     #[test]
     fn count_window_keeps_only_the_last_n_outcomes() {
-        let mut w = Window::new(WindowKind::Count(3));
+        let mut w = Window::new(WindowKind::Count(3), false);
         w.record(FAIL, 0);
         w.record(FAIL, 0);
         assert_eq!(w.totals(0), totals(2, 2, 0));
@@ -345,7 +360,7 @@ mod tests {
 
     #[test]
     fn count_window_is_full_of_successes_only_when_full_and_clean() {
-        let mut w = Window::new(WindowKind::Count(2));
+        let mut w = Window::new(WindowKind::Count(2), false);
         assert!(!w.is_full_of_successes(), "an empty window must count");
         w.record(OK, 0);
         assert!(!w.is_full_of_successes());
@@ -401,35 +416,64 @@ mod tests {
     }
 
     #[test]
-    fn time_window_counts_past_2_pow_32_buckets_and_2_pow_32_outcomes_a_bucket() {
+    fn time_window_counts_past_2_pow_32_buckets() {
         // 1 ns buckets: bucket numbers beyond 32 bits.
         let mut w = time(1, 2);
         let late = (1u64 << 33) + 7;
         w.record(FAIL, late);
-        w.record(FAIL, late + 1);
-        assert_eq!(w.totals(late + 1), totals(2, 2, 0));
-        // A bucket's count is 64 bits: set one just below 2^32 and add to it.
+        w.record(SLOW_FAIL, late + 1);
+        assert_eq!(w.totals(late + 1), totals(2, 2, 1));
+        assert_eq!(w.totals(late + 2), totals(1, 1, 1), "the older bucket left");
+    }
+
+    #[test]
+    fn a_full_time_window_bucket_keeps_its_outcomes_and_the_totals_stay_their_sum() {
+        let mut w = time(10, 2);
+        w.record(OK, 0);
+        // Fill bucket 0 to the brim: u32::MAX calls, of which 3 failed and 2 slow.
         let Window::Time(inner) = &mut w else {
             unreachable!()
         };
-        let slot = ((late + 1) % 2) as usize;
-        inner.buckets[slot].totals.calls = u64::from(u32::MAX);
-        inner.totals.calls += u64::from(u32::MAX) - 1;
-        w.record(OK, late + 1);
-        assert_eq!(w.totals(late + 1).calls, u64::from(u32::MAX) + 2);
-        assert_eq!(
-            w.totals(late + 2).calls,
-            u64::from(u32::MAX) + 1,
-            "the bucket leaves whole"
-        );
+        inner.buckets[0] = Counts {
+            calls: u32::MAX,
+            failed: 3,
+        };
+        inner.slow[0] = 2;
+        inner.totals = totals(u64::from(u32::MAX), 3, 2);
+        // Full: ignored, rather than wrapping to 0 calls and 4 failures.
+        w.record(SLOW_FAIL, 1);
+        assert_eq!(w.totals(1), totals(u64::from(u32::MAX), 3, 2));
+        // The next bucket counts, into totals beyond 32 bits.
+        w.record(SLOW_FAIL, 10);
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 1, 4, 3));
+        // The full bucket leaves whole: the totals are exactly what remains.
+        assert_eq!(w.totals(20), totals(1, 1, 1));
+    }
+
+    #[test]
+    fn a_time_window_without_slow_calls_keeps_no_slow_counts() {
+        let kind = WindowKind::Time {
+            duration: Duration::from_secs(60),
+            buckets: Some(60),
+        };
+        let (Window::Time(plain), Window::Time(slow)) =
+            (Window::new(kind, false), Window::new(kind, true))
+        else {
+            unreachable!()
+        };
+        assert_eq!((plain.buckets.len(), plain.slow.len()), (60, 0));
+        assert_eq!((slow.buckets.len(), slow.slow.len()), (60, 60));
     }
 
     #[test]
     fn default_buckets_of_a_time_window_come_from_the_builder() {
-        let w = Window::new(WindowKind::Time {
-            duration: Duration::from_secs(2),
-            buckets: Some(4),
-        });
+        let w = Window::new(
+            WindowKind::Time {
+                duration: Duration::from_secs(2),
+                buckets: Some(4),
+            },
+            false,
+        );
         let Window::Time(w) = w else { unreachable!() };
         assert_eq!((w.bucket_nanos, w.k()), (500_000_000, 4));
     }
