@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod plain;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod traced;
 
 use std::fmt;
 use std::future::Future;
