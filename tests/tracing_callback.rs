@@ -37,7 +37,7 @@ fn transition_of(event: &tracing::Event<'_>) -> Option<((State, State), String)>
 
 /// A state as the tracing events write it (its `Display`).
 fn parse(shown: &str) -> State {
-    ALL_STATES
+    State::ALL
         .into_iter()
         .find(|state| state.to_string() == shown)
         .unwrap_or_else(|| panic!("unknown state {shown:?}"))
