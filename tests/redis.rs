@@ -409,38 +409,35 @@ fn share_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(fleet.share(&handle).unwrap_err().field(), "runtime");
 }
 
-/// The second process of `two_processes_share_one_breaker` (does nothing when run otherwise).
-#[test]
-#[ignore = "the second process of two_processes_share_one_breaker, which starts it"]
-fn second_process() {
-    let (Ok(url), Ok(ns)) = (
-        std::env::var("TCB_SECOND_PROCESS_URL"),
-        std::env::var("TCB_SECOND_PROCESS_NS"),
-    ) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let dependency = Dependency::default();
-        let b = Instance::new(&url, &ns, builder(), &dependency).await;
-        let mut events = b.handle.subscribe();
-        println!("second-process: ready");
-        let followed = transition_to(&mut events, State::Open, Duration::from_secs(10)).await;
-        match followed {
-            Some(_) => println!("second-process: open"),
-            None => println!("second-process: never opened"),
-        }
-        assert_eq!(dependency.calls(), 0);
-    });
+/// The second process of `two_processes_share_one_breaker`: an instance that prints when it is
+/// ready and when it follows the first process's opening.
+async fn second_process(url: &str, ns: &str) {
+    let dependency = Dependency::default();
+    let b = Instance::new(url, ns, builder(), &dependency).await;
+    let mut events = b.handle.subscribe();
+    println!("second-process: ready");
+    let followed = transition_to(&mut events, State::Open, Duration::from_secs(10)).await;
+    match followed {
+        Some(_) => println!("second-process: open"),
+        None => println!("second-process: never opened"),
+    }
+    assert_eq!(dependency.calls(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_breaker() {
     use std::io::{BufRead, BufReader};
+    // This test runs itself again, alone, in a second process, which plays the second instance.
+    if let (Ok(url), Ok(ns)) = (
+        std::env::var("TCB_SECOND_PROCESS_URL"),
+        std::env::var("TCB_SECOND_PROCESS_NS"),
+    ) {
+        return second_process(&url, &ns).await;
+    }
     let (url, _server) = shared_server();
     let ns = namespace("processes");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "second_process", "--ignored", "--nocapture"])
+        .args(["--exact", "two_processes_share_one_breaker", "--nocapture"])
         .env("TCB_SECOND_PROCESS_URL", &url)
         .env("TCB_SECOND_PROCESS_NS", &ns)
         .stdout(std::process::Stdio::piped())
