@@ -409,38 +409,35 @@ fn share_outside_a_runtime_is_an_error_not_a_panic() {
     assert_eq!(fleet.share(&handle).unwrap_err().field(), "runtime");
 }
 
-/// The second process of `two_processes_share_one_breaker` (does nothing when run otherwise).
-#[test]
-#[ignore = "the second process of two_processes_share_one_breaker, which starts it"]
-fn second_process() {
-    let (Ok(url), Ok(ns)) = (
-        std::env::var("TCB_SECOND_PROCESS_URL"),
-        std::env::var("TCB_SECOND_PROCESS_NS"),
-    ) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let dependency = Dependency::default();
-        let b = Instance::new(&url, &ns, builder(), &dependency).await;
-        let mut events = b.handle.subscribe();
-        println!("second-process: ready");
-        let followed = transition_to(&mut events, State::Open, Duration::from_secs(10)).await;
-        match followed {
-            Some(_) => println!("second-process: open"),
-            None => println!("second-process: never opened"),
-        }
-        assert_eq!(dependency.calls(), 0);
-    });
+/// The second process of `two_processes_share_one_breaker`: an instance that prints when it is
+/// ready and when it follows the first process's opening.
+async fn second_process(url: &str, ns: &str) {
+    let dependency = Dependency::default();
+    let b = Instance::new(url, ns, builder(), &dependency).await;
+    let mut events = b.handle.subscribe();
+    println!("second-process: ready");
+    let followed = transition_to(&mut events, State::Open, Duration::from_secs(10)).await;
+    match followed {
+        Some(_) => println!("second-process: open"),
+        None => println!("second-process: never opened"),
+    }
+    assert_eq!(dependency.calls(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_breaker() {
     use std::io::{BufRead, BufReader};
+    // This test runs itself again, alone, in a second process, which plays the second instance.
+    if let (Ok(url), Ok(ns)) = (
+        std::env::var("TCB_SECOND_PROCESS_URL"),
+        std::env::var("TCB_SECOND_PROCESS_NS"),
+    ) {
+        return second_process(&url, &ns).await;
+    }
     let (url, _server) = shared_server();
     let ns = namespace("processes");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "second_process", "--ignored", "--nocapture"])
+        .args(["--exact", "two_processes_share_one_breaker", "--nocapture"])
         .env("TCB_SECOND_PROCESS_URL", &url)
         .env("TCB_SECOND_PROCESS_NS", &ns)
         .stdout(std::process::Stdio::piped())
@@ -484,12 +481,14 @@ async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> 
         .flatten()
 }
 
-/// The figures of BENCHMARKS.md ("Fleet-wide state"), printed; ignored by default (real time,
-/// several seconds):
-/// `cargo test --features redis --test redis fleet_figures -- --ignored --nocapture`.
+/// One script per tick, whatever the traffic: an instance at 10,000 calls per second sends
+/// about 20 Redis commands a second (a tick every 50 ms), never one per call. It also prints
+/// the figures of BENCHMARKS.md ("Fleet-wide state"); `TCB_FIGURE_SECONDS` and
+/// `TCB_FIGURE_TRIALS` lengthen the run for them (1 s and 5 trials by default):
+/// `TCB_FIGURE_SECONDS=3 TCB_FIGURE_TRIALS=30 cargo test --features redis --test redis
+/// commands_per_instance -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "prints the figures of BENCHMARKS.md; run on demand"]
-async fn fleet_figures() {
+async fn commands_per_instance_stay_at_one_per_tick_at_10_000_calls_per_second() {
     let (url, _server) = shared_server();
     // Redis commands per second of one instance at 10 000 calls per second, default settings.
     let dependency = Dependency::default();
@@ -497,7 +496,7 @@ async fn fleet_figures() {
     let (sent, calls) = (a.shared.commands_sent(), dependency.calls());
     let start = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_millis(1));
-    while start.elapsed() < Duration::from_secs(3) {
+    while start.elapsed() < Duration::from_secs(figure("TCB_FIGURE_SECONDS", 1)) {
         ticks.tick().await;
         for _ in 0..10 {
             a.call().await.unwrap();
@@ -507,9 +506,16 @@ async fn fleet_figures() {
     let rate = (dependency.calls() - calls) as f64 / elapsed;
     let commands = (a.shared.commands_sent() - sent) as f64 / elapsed;
     println!("figures: {rate:.0} calls/s, {commands:.1} Redis commands/s for the instance");
-    // Time for a second instance to open after the first, default settings, 30 trials.
+    // A tick that runs late sends fewer, never more; the first may come early.
+    assert!(
+        commands <= 22.0,
+        "{commands:.1} commands/s at {rate:.0} calls/s"
+    );
+    assert!(rate > 1_000.0, "the calls did not run: {rate:.0}/s");
+    // Time for a second instance to open after the first, default settings.
+    let trials = figure("TCB_FIGURE_TRIALS", 5) as usize;
     let mut follows = Vec::new();
-    for _ in 0..30 {
+    for _ in 0..trials {
         let ns = namespace("latency");
         let dependency = Dependency::default();
         let a = Instance::new(&url, &ns, builder(), &dependency).await;
@@ -528,8 +534,21 @@ async fn fleet_figures() {
         follows.push(followed);
     }
     follows.sort();
+    let at = |q: usize| follows[(trials - 1) * q / 100];
     println!(
-        "figures: second instance opened after min {:?}, median {:?}, p90 {:?}, max {:?} (30 trials)",
-        follows[0], follows[15], follows[27], follows[29]
+        "figures: second instance opened after min {:?}, median {:?}, p90 {:?}, max {:?} ({trials} trials)",
+        at(0),
+        at(50),
+        at(90),
+        at(100)
     );
+    assert!(at(100) < FOLLOW, "{follows:?}");
+}
+
+/// A figure's setting from the environment, or `default`.
+fn figure(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

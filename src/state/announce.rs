@@ -49,26 +49,6 @@ pub(super) enum What {
     },
 }
 
-#[cfg(feature = "redis")]
-impl Core {
-    /// Replaces the open interval of the transition to Open queued last: an opening from the
-    /// fleet stores the fleet's deadline over the one the transition chose, and its log must say
-    /// the interval in force.
-    pub(super) fn correct_open_for(&mut self, open_for: Duration) {
-        if let Some(Announcement {
-            what:
-                What::Transition {
-                    open_for: queued @ Some(_),
-                    ..
-                },
-            ..
-        }) = self.unannounced.back_mut()
-        {
-            *queued = Some(open_for);
-        }
-    }
-}
-
 impl Breaker {
     /// Queues an announcement: its event goes into the subscribers' buffers now (in order, under
     /// the lock), and is kept for the callback. The event is made only if somebody listens.

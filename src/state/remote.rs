@@ -65,22 +65,19 @@ impl Breaker {
             }
             let opened = match word.state() {
                 State::Closed | State::HalfOpen => {
-                    // `not_before` makes the announced interval the fleet's when it is longer
-                    // than this breaker's own; the store below makes it exact when shorter.
-                    core.note_not_before(Some(until));
-                    self.transition(&mut core, word, State::Open, at);
-                    core.correct_open_for(std::time::Duration::from_nanos(until - at));
+                    self.transition_until(&mut core, word, State::Open, at, Some(until));
                     OpenUntil::Opened
                 }
                 State::Open if until > self.words.open_until.load(Ordering::Relaxed) => {
+                    // Relaxed, under the lock: a caller that reads the earlier deadline without
+                    // the lock rejects (the deadline is in the future either way) or, once it is
+                    // due, settles under the lock, which reads this one. Nothing else depends on
+                    // it.
+                    self.words.open_until.store(until, Ordering::Relaxed);
                     OpenUntil::Extended
                 }
                 _ => return OpenUntil::Unchanged,
             };
-            // Relaxed, under the lock: a caller that reads the earlier deadline without the lock
-            // rejects (the deadline is in the future either way) or, once it is due, settles
-            // under the lock, which reads this one. Nothing else depends on it.
-            self.words.open_until.store(until, Ordering::Relaxed);
             self.unlock(core);
             return opened;
         }

@@ -27,6 +27,19 @@ impl Breaker {
     /// creation: when the transition happens, which for a transition due by time is its
     /// deadline). Called with the lock held; queues the announcement.
     pub(super) fn transition(&self, core: &mut Core, from: StateWord, to: State, at: u64) {
+        self.transition_until(core, from, to, at, None);
+    }
+
+    /// `transition`, to Open until `open_until` when it is given (a deadline the fleet chose)
+    /// rather than for the interval the backoff chooses.
+    pub(super) fn transition_until(
+        &self,
+        core: &mut Core,
+        from: StateWord,
+        to: State,
+        at: u64,
+        open_until: Option<u64>,
+    ) {
         let words = &self.words;
         let rates = match from.state().records() {
             true => {
@@ -43,14 +56,16 @@ impl Breaker {
                     State::HalfOpen => core.attempt.saturating_add(1),
                     _ => 1,
                 };
-                let uniform = core.next_uniform();
-                let interval = core.config.open_interval(core.attempt, uniform);
-                let mut until = at.saturating_add(saturating_nanos(interval));
-                // An upstream's "not before" lengthens the interval, up to the configured cap.
-                if let Some(not_before) = core.not_before.take() {
+                let not_before = core.not_before.take();
+                let until = open_until.unwrap_or_else(|| {
+                    let uniform = core.next_uniform();
+                    let interval = core.config.open_interval(core.attempt, uniform);
+                    let until = at.saturating_add(saturating_nanos(interval));
+                    // An upstream's "not before" lengthens the interval, up to the configured
+                    // cap.
                     let cap = at.saturating_add(saturating_nanos(core.config.max_retry_after));
-                    until = until.max(not_before.min(cap));
-                }
+                    not_before.map_or(until, |not_before| until.max(not_before.min(cap)))
+                });
                 open_for = Some(Duration::from_nanos(until.saturating_sub(at)));
                 words.open_until.store(until, Ordering::Relaxed);
             }
