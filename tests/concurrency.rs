@@ -464,3 +464,41 @@ fn two_successes_reaching_the_minimum_together_trip_as_in_sequence() {
     );
     assert_eq!(closed, 0, "trials that ended Closed, of {TRIALS}");
 }
+
+/// A time window's successes, counted lock-free in each thread's lane while the window is at a
+/// bucket where they cannot trip the breaker, and its failures, recorded under the lock (which
+/// folds those counts in), on more threads than the breaker has lanes: the window holds every
+/// outcome exactly once. No runtime: the clock is read outside one, and nothing waits on it; a
+/// minute's window outlasts the test.
+#[test]
+fn time_window_outcomes_on_many_threads_are_each_counted_once() {
+    const THREADS: usize = 6;
+    const CALLS: usize = 5_000;
+    const EVERY_NTH_FAILS: usize = 50;
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .minimum_calls(10)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let mut svc = layer.layer(service_fn(|fail: bool| {
+                ready(if fail { Err("down") } else { Ok(()) })
+            }));
+            scope.spawn(move || {
+                for i in 0..CALLS {
+                    let fail = i % EVERY_NTH_FAILS == 0;
+                    let answer =
+                        futures::executor::block_on(async { svc.ready().await?.call(fail).await });
+                    assert_eq!(answer.is_err(), fail);
+                }
+            });
+        }
+    });
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(metrics.calls(), (THREADS * CALLS) as u64);
+    assert_eq!(metrics.failed(), (THREADS * CALLS / EVERY_NTH_FAILS) as u64);
+}

@@ -112,7 +112,7 @@ impl Breaker {
         panic: &mut Option<Panic>,
     ) {
         let name = self.words.name.as_deref().unwrap_or("");
-        let key = self.words.key.as_deref().unwrap_or("");
+        let key = self.key.as_deref().unwrap_or("");
         match what {
             What::Transition {
                 from,
@@ -196,7 +196,7 @@ impl Breaker {
                 .unwrap_or("a panic");
             tracing::error!(
                 breaker = self.words.name.as_deref().unwrap_or(""),
-                key = self.words.key.as_deref().unwrap_or(""),
+                key = self.key.as_deref().unwrap_or(""),
                 panic = message,
                 "circuit breaker event callback panicked"
             );
@@ -214,7 +214,7 @@ impl Breaker {
             retry_at: rejection.retry_at,
             fallback,
             name: self.words.name.clone(),
-            key: self.words.key.clone(),
+            key: self.key.clone(),
         };
         self.subscribers.send_rejection(&event).wake();
         self.call_back(&event);

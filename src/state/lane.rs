@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::Breaker;
 use super::word::Ticket;
 use crate::classify::Outcome;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 // The lifetime counters are statistics that no other memory depends on: std's atomics even in the
 // loom models, which they would only make larger.
 use std::sync::atomic::AtomicU64 as StatU64;
@@ -217,9 +217,23 @@ pub(crate) struct Counters {
     lines: [Line; LANES],
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
-struct Line([StatU64; COUNTS]);
+struct Line {
+    counts: [StatU64; COUNTS],
+    /// The lane's batch of plain successes (`batch.rs`): in the room the counts leave on the line
+    /// that only this lane's thread writes.
+    batch: AtomicU64,
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Line {
+            counts: Default::default(),
+            batch: AtomicU64::new(0),
+        }
+    }
+}
 
 impl Counters {
     /// Counts one in the line of lane `lane`.
@@ -232,12 +246,23 @@ impl Counters {
     #[inline]
     pub(crate) fn add_to(&self, slot: usize, count: Count) {
         // Relaxed: a statistic, read as a sum that no other memory depends on.
-        self.lines[slot % LANES].0[count as usize].fetch_add(1, Ordering::Relaxed);
+        self.lines[slot % LANES].counts[count as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn sum(&self, count: Count) -> u64 {
         self.lines.iter().fold(0u64, |sum, line| {
-            sum.wrapping_add(line.0[count as usize].load(Ordering::Relaxed))
+            sum.wrapping_add(line.counts[count as usize].load(Ordering::Relaxed))
         })
+    }
+
+    /// The batch word of lane `lane`'s line.
+    #[inline]
+    pub(crate) fn batch(&self, lane: usize) -> &AtomicU64 {
+        &self.lines[slot(lane)].batch
+    }
+
+    /// Every line's batch word, in line order.
+    pub(crate) fn batches(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.lines.iter().map(|line| &line.batch)
     }
 }

@@ -209,6 +209,15 @@ impl Core {
         self.consecutive
     }
 
+    /// Whether plain successes may batch (`batch.rs`), with `totals` in the window: a time window
+    /// whose rates are defined, no failure in a row, and no baseline learning from every outcome.
+    pub(super) fn batches_successes(&self, totals: Totals) -> bool {
+        self.window_is_time()
+            && self.consecutive == 0
+            && self.baseline.is_none()
+            && totals.calls >= self.config.minimum_calls
+    }
+
     /// Whether a plain success would change nothing (see `Breaker::clean`).
     pub(super) fn is_clean(&self) -> bool {
         // A baseline learns from every outcome, successes included.

@@ -457,3 +457,63 @@ fn racing_transitions_are_announced_once_each_in_order() {
         assert!(b.lock().is_announced(), "nothing left unannounced");
     });
 }
+
+// ===== (e) a time window's batched successes =====
+
+/// A time window of 10 one-second buckets whose rates are defined from the first outcome, and
+/// which never trips on them: successes batch once an outcome was recorded.
+fn batching() -> Arc<Breaker> {
+    breaker(
+        Builder::default()
+            .sliding_window(crate::Window::time(Duration::from_secs(10)).buckets(10))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0),
+    )
+}
+
+/// The window's totals now (calls, failed), read under the lock (which folds the batch).
+fn window_at(b: &Breaker, at: u64) -> (u64, u64) {
+    let totals = b.lock().totals(at);
+    (totals.calls, totals.failed)
+}
+
+/// Two successes batched on their lanes race a failure recorded under the lock, which folds the
+/// batch: the window counts all three, whatever the order.
+#[test]
+fn batched_successes_racing_a_fold_are_each_counted_once() {
+    loom::model(|| {
+        let b = batching();
+        complete(&b, admit(&b, T0), Outcome::Success, T0); // opens the batch
+        assert_ne!(b.words.batch_epoch.load(Ordering::Relaxed) & (1 << 63), 0);
+        let (s1, s2, f) = (admit(&b, T0), admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || {
+            complete(&b2, s1, Outcome::Success, T0 + 1);
+            complete(&b2, s2, Outcome::Success, T0 + 2);
+        });
+        complete(&b, f, Outcome::Failure, T0 + 3);
+        t.join().unwrap();
+        assert_eq!(window_at(&b, T0 + 4), (4, 1));
+    });
+}
+
+/// A success admitted before a transition races the transition (to Open, back to Closed, and an
+/// outcome of the new generation that opens a new batch): it is counted in the old window, or
+/// dropped as stale, never in the new generation's window.
+#[test]
+fn a_batched_success_never_lands_in_a_later_generation() {
+    loom::model(|| {
+        let b = batching();
+        complete(&b, admit(&b, T0), Outcome::Success, T0); // opens the batch
+        let old = admit(&b, T0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, old, Outcome::Success, T0 + 1));
+        b.force(State::ForcedOpen);
+        b.force(State::Closed);
+        complete(&b, admit(&b, T0 + 2), Outcome::Success, T0 + 2); // a new batch
+        t.join().unwrap();
+        assert_eq!(window_at(&b, T0 + 3), (1, 0), "only the new generation's success");
+    });
+}

@@ -47,6 +47,7 @@
 //! rejections and reads; `word.rs`, `window.rs`, `lane.rs` and `clock.rs` are the pieces.
 
 mod announce;
+mod batch;
 pub(crate) mod clock;
 pub(crate) mod lane;
 mod locked;
@@ -223,13 +224,19 @@ struct Words {
     epoch: Instant,
     /// The breaker's name (from its configuration; a reconfiguration keeps it).
     name: Option<StdArc<str>>,
-    /// The key of a keyed breaker, as a string.
-    key: Option<StdArc<str>>,
+    /// The current batch of plain successes (`batch.rs`): its epoch, with `batch::OPEN` while
+    /// successes may join it, and the bounds of its bucket, in nanoseconds. Written under the
+    /// lock.
+    batch_epoch: AtomicU64,
+    batch_start: AtomicU64,
+    batch_end: AtomicU64,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
 pub(crate) struct Breaker {
     words: CachePadded<Words>,
+    /// The key of a keyed breaker, as a string.
+    key: Option<StdArc<str>>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
     /// Whether a thread is running the queued announcements (see `announce.rs`).
@@ -285,7 +292,7 @@ impl fmt::Debug for Breaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Breaker")
             .field("name", &self.words.name)
-            .field("key", &self.words.key)
+            .field("key", &self.key)
             .field("state", &self.stored_state())
             .finish_non_exhaustive()
     }
@@ -329,8 +336,11 @@ impl Breaker {
                 },
                 epoch: Instant::now(),
                 name: config.name.clone(),
-                key,
+                batch_epoch: AtomicU64::new(0),
+                batch_start: AtomicU64::new(0),
+                batch_end: AtomicU64::new(0),
             }),
+            key,
             announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
@@ -379,7 +389,7 @@ impl Breaker {
 
     /// The key of a keyed breaker.
     pub(crate) fn key(&self) -> Option<&StdArc<str>> {
-        self.words.key.as_ref()
+        self.key.as_ref()
     }
 
     /// Whether recording needs the time a call took (slow calls, or an exported histogram of

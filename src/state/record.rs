@@ -66,8 +66,16 @@ impl Breaker {
             // here: `Lane::absorbs` never takes them (`set_clean`).
             self.throttle_record(outcome == Outcome::Success, now);
         }
-        // A timely success that changes nothing takes no lock, timed or not.
+        // A timely success that changes nothing takes no lock, timed or not; nor does one that
+        // joins a time window's batch.
         if !slow && self.is_settled(ticket, outcome) {
+            return;
+        }
+        if !slow
+            && outcome == Outcome::Success
+            && ticket.kind() == TicketKind::Recorded
+            && self.batched(ticket.generation(), lane, now)
+        {
             return;
         }
         match ticket.kind() {
@@ -167,6 +175,7 @@ impl Breaker {
                 let opened_at = self.now().get();
                 self.transition(&mut core, word, State::Open, opened_at);
             }
+            State::Closed => self.open_batch(&core, totals),
             State::MetricsOnly => self.watch_rates(&mut core, totals),
             _ => {}
         }

@@ -20,7 +20,10 @@ use crate::sync::{MutexGuard, Ordering, lock};
 
 impl Breaker {
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
-        lock(&self.core)
+        let mut core = lock(&self.core);
+        // Whatever the lock is taken for sees the batched successes (`batch.rs`).
+        self.fold(&mut core);
+        core
     }
 
     /// Moves from `from` (the current word) to `to`, at `at` (nanoseconds since the breaker's
@@ -128,7 +131,7 @@ impl Breaker {
             from: from.state(),
             to,
             name: self.words.name.clone(),
-            key: self.words.key.clone(),
+            key: self.key.clone(),
         });
     }
 
@@ -156,7 +159,7 @@ impl Breaker {
                     threshold,
                     calls,
                     name: config.name.clone(),
-                    key: self.words.key.clone(),
+                    key: self.key.clone(),
                 },
             );
         }
@@ -173,7 +176,7 @@ impl Breaker {
                     threshold,
                     calls,
                     name: config.name.clone(),
-                    key: self.words.key.clone(),
+                    key: self.key.clone(),
                 },
             );
         }
@@ -327,7 +330,7 @@ impl Breaker {
             let name = self.words.name.as_deref().unwrap_or("");
             tracing::info!(
                 breaker = name,
-                key = self.words.key.as_deref(),
+                key = self.key.as_deref(),
                 "circuit reconfigured"
             );
             return;

@@ -81,6 +81,33 @@ impl Window {
         }
     }
 
+    /// The bounds `[start, end)` in nanoseconds of the bucket a time window is at (`None`: a count
+    /// window, or one that has not moved yet): plain successes read in it can only lower the
+    /// rates, since no bucket leaves the window before `end`.
+    pub(crate) fn current_bucket(&self) -> Option<(u64, u64)> {
+        match self {
+            Window::Time(w) if w.current != NONE => {
+                let start = w.current.saturating_mul(w.bucket_nanos);
+                Some((start, start.saturating_add(w.bucket_nanos)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Records `n` plain successes read at `now` (a batch: see `batch.rs`).
+    pub(crate) fn record_successes(&mut self, n: u64, now: u64) {
+        match self {
+            Window::Count(w) => {
+                let ok = Sample {
+                    failed: false,
+                    slow: false,
+                };
+                (0..n).for_each(|_| w.record(ok));
+            }
+            Window::Time(w) => w.record_successes(n, now),
+        }
+    }
+
     /// Whether another plain success would leave the window as it is: a full count window of
     /// plain successes. Always false for a time window, which counts every outcome.
     pub(crate) fn is_full_of_successes(&self) -> bool {
@@ -256,6 +283,20 @@ impl TimeWindow {
             *slow += 1;
             self.totals.slow += 1;
         }
+    }
+
+    /// `record` of `n` plain successes at once.
+    fn record_successes(&mut self, n: u64, now: u64) {
+        let number = self.number(now);
+        self.advance(number);
+        if !self.counts(number) {
+            return;
+        }
+        let bucket = &mut self.buckets[(number % self.k()) as usize];
+        // As in `record`: a full bucket takes no more.
+        let taken = n.min(u64::from(u32::MAX - bucket.calls));
+        bucket.calls += taken as u32;
+        self.totals.calls += taken;
     }
 
     fn empty(&mut self) {
