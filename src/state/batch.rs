@@ -109,12 +109,17 @@ impl Breaker {
 
     /// Under the lock, first thing: moves the open batch's successes into the window and closes
     /// it.
+    #[inline]
     pub(super) fn fold(&self, core: &mut Core) {
         // Relaxed: written only under the lock, which we hold.
         let epoch = self.words.batch_epoch.load(Ordering::Relaxed);
-        if epoch & OPEN == 0 {
-            return;
+        if epoch & OPEN != 0 {
+            self.fold_open(epoch, core);
         }
+    }
+
+    #[inline(never)]
+    fn fold_open(&self, epoch: u64, core: &mut Core) {
         let next = (epoch & !OPEN) + 1;
         let taken = self.swap_lines(next, Some(line_of(epoch)));
         // Release: as every store of the epoch (a success that reads it reads the lines after).
@@ -128,10 +133,15 @@ impl Breaker {
     /// Under the lock, after an outcome was recorded and evaluated in Closed without tripping
     /// (`totals` after it): opens a batch for the window's bucket if plain successes there cannot
     /// trip the breaker (see the module's doc).
+    #[inline]
     pub(super) fn open_batch(&self, core: &Core, totals: Totals) {
-        if !core.batches_successes(totals) {
-            return;
+        if core.batches_successes(totals) {
+            self.open_batch_now(core);
         }
+    }
+
+    #[inline(never)]
+    fn open_batch_now(&self, core: &Core) {
         let Some((start, end)) = core.window.current_bucket() else {
             return;
         };

@@ -211,6 +211,7 @@ impl Core {
 
     /// Whether plain successes may batch (`batch.rs`), with `totals` in the window: a time window
     /// whose rates are defined, no failure in a row, and no baseline learning from every outcome.
+    #[inline]
     pub(super) fn batches_successes(&self, totals: Totals) -> bool {
         self.window_is_time()
             && self.consecutive == 0
