@@ -78,12 +78,12 @@ impl Breaker {
             // A transition queued after the running thread's last look (under the lock) is seen
             // either by that look, or by this swap: the look follows the store below, so a
             // queue written after the look comes after that store, and this swap reads it.
-            if self.announcing.swap(true, Ordering::AcqRel) {
+            if self.words.announcing.swap(true, Ordering::AcqRel) {
                 break;
             }
             // If user code (a tracing subscriber, a waker) panics, the flag goes down with it:
             // the next release of the lock announces the rest.
-            let guard = Announcing(&self.announcing);
+            let guard = Announcing(&self.words.announcing);
             loop {
                 // The lock is held only to take the next one, never while it runs.
                 let next = self.lock().unannounced.pop_front();

@@ -99,8 +99,7 @@ impl Breaker {
                 return false;
             }
             // Relaxed: the count is all a success publishes; the swap that folds it reads it.
-            match line.compare_exchange_weak(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match line.compare_exchange_weak(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(now_seen) => seen = now_seen,
             }

@@ -514,6 +514,10 @@ fn a_batched_success_never_lands_in_a_later_generation() {
         b.force(State::Closed);
         complete(&b, admit(&b, T0 + 2), Outcome::Success, T0 + 2); // a new batch
         t.join().unwrap();
-        assert_eq!(window_at(&b, T0 + 3), (1, 0), "only the new generation's success");
+        assert_eq!(
+            window_at(&b, T0 + 3),
+            (1, 0),
+            "only the new generation's success"
+        );
     });
 }

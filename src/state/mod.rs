@@ -230,6 +230,12 @@ struct Words {
     batch_epoch: AtomicU64,
     batch_start: AtomicU64,
     batch_end: AtomicU64,
+    /// Whether calls are timed (slow calls), fixed for the breaker's life: part of `Fixed`, kept
+    /// here, where it fits, so that the breaker's other fields fit in fewer lines.
+    tracks_duration: bool,
+    /// Whether a thread is running the queued announcements (see `announce.rs`): written once per
+    /// announced transition, which writes the state word on this line anyway.
+    announcing: AtomicBool,
 }
 
 /// One circuit breaker: shared, behind an `Arc`, by its layer, services, futures and handles.
@@ -239,8 +245,6 @@ pub(crate) struct Breaker {
     key: Option<StdArc<str>>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
-    /// Whether a thread is running the queued announcements (see `announce.rs`).
-    announcing: AtomicBool,
     /// Lifetime counts of outcomes and rejections, per lane.
     counters: lane::Counters,
     subscribers: Subscribers,
@@ -273,10 +277,9 @@ struct Clean {
 }
 
 /// The part of the configuration a call's path reads without the lock, fixed for the breaker's
-/// life: whether calls are timed (slow calls) and the call timeout.
+/// life: the call timeout (and `Words::tracks_duration`).
 #[derive(Clone, Copy, Debug)]
 struct Fixed {
-    tracks_duration: bool,
     call_timeout: Option<Duration>,
 }
 
@@ -339,15 +342,15 @@ impl Breaker {
                 batch_epoch: AtomicU64::new(0),
                 batch_start: AtomicU64::new(0),
                 batch_end: AtomicU64::new(0),
+                tracks_duration: config.slow_call_duration.is_some(),
+                announcing: AtomicBool::new(false),
             }),
             key,
-            announcing: AtomicBool::new(false),
             counters: lane::Counters::default(),
             subscribers: Subscribers::default(),
             waiters: Waiters::default(),
             group: std::sync::OnceLock::new(),
             fixed: Fixed {
-                tracks_duration: config.slow_call_duration.is_some(),
                 call_timeout: config.call_timeout,
             },
             on_event: config.on_event.clone(),
@@ -396,7 +399,7 @@ impl Breaker {
     /// call durations).
     #[inline]
     pub(crate) fn tracks_duration(&self) -> bool {
-        self.fixed.tracks_duration || self.exports_durations()
+        self.words.tracks_duration || self.exports_durations()
     }
 
     #[inline]
