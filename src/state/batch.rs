@@ -168,3 +168,41 @@ impl Breaker {
             .sum()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::classify::Outcome;
+    use crate::state::clock::counts::during;
+    use crate::state::{Breaker, Decision};
+    use crate::{CircuitBreakerLayer, Window};
+
+    fn succeed(b: &Breaker) {
+        let mut now = b.now();
+        let Decision::Admit(ticket) = b.admit(&mut now) else {
+            panic!("closed: admitted");
+        };
+        b.complete(ticket, Outcome::Success, None, None, &mut now);
+    }
+
+    /// What lets callers on several cores scale on a time window: once an outcome opened the
+    /// batch, successes in the same bucket take no lock, and each is still counted.
+    #[test]
+    fn a_time_windows_successes_take_no_lock_within_a_bucket() {
+        // One bucket of a minute: the loop below stays in it.
+        let config = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(1))
+            .minimum_calls(1)
+            .validate_for_tests();
+        let b = Breaker::new(Arc::new(config), None);
+        succeed(&b); // recorded under the lock, which opens the batch
+        let (_, locks) = during(|| (0..1_000).for_each(|_| succeed(&b)));
+        assert_eq!(locks, 0);
+        assert_eq!(b.metrics().calls(), 1_001, "each counted, once");
+        // The lock folded them and closed the batch: the next success opens it again.
+        let (_, locks) = during(|| (0..2).for_each(|_| succeed(&b)));
+        assert_eq!(locks, 1);
+    }
+}
