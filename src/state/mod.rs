@@ -26,7 +26,10 @@
 //! * `open_until` and `half_open_until` are deadlines (nanoseconds since the breaker's creation)
 //!   that a rejection compares with the clock;
 //! * `clean` says that a plain success would change nothing (a count window full of plain
-//!   successes): a healthy closed call records by reading it.
+//!   successes): a healthy closed call records by reading it;
+//! * a time window's plain success, while it cannot trip the breaker, is counted in its lane's
+//!   batch with one compare-and-swap, and folded into the window by the lock's next holder
+//!   (`batch.rs`).
 //!
 //! Everything else takes the transition lock (`core`): an outcome that changes the window, and
 //! every transition. Under it the window is plain data, so a snapshot is always one that a
@@ -41,7 +44,8 @@
 //!
 //! # Where things are
 //!
-//! `mod.rs` admits calls; `record.rs` records their outcomes; `locked.rs` holds what the
+//! `mod.rs` admits calls; `record.rs` records their outcomes, `batch.rs` a time window's
+//! successes without the lock; `locked.rs` holds what the
 //! transition lock guards (`Core`) and the trip decision; `transition.rs` makes every change of
 //! state; `announce.rs` announces them; `probe.rs` runs the half-open probes; `observe.rs` answers
 //! rejections and reads; `word.rs`, `window.rs`, `lane.rs` and `clock.rs` are the pieces.

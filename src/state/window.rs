@@ -5,7 +5,8 @@
 //! is always one that a sequential order of the same outcomes gives. (A lock-free ring cannot
 //! give that: a total that moves after its slot lets a racing outcome see the window half
 //! written, and trip early or not at all.) The healthy closed path does not come here: see
-//! `Breaker::clean`.
+//! `Breaker::clean`; nor does a time window's success that cannot trip the breaker, which is
+//! batched and folded in when the lock is next taken (`batch.rs`).
 //!
 //! **Count window.** A ring of the last `n` outcomes and running totals of failed and slow ones.
 //!
