@@ -45,10 +45,10 @@
 //! # Where things are
 //!
 //! `mod.rs` admits calls; `record.rs` records their outcomes, `batch.rs` a time window's
-//! successes without the lock; `locked.rs` holds what the
-//! transition lock guards (`Core`) and the trip decision; `transition.rs` makes every change of
-//! state; `announce.rs` announces them; `probe.rs` runs the half-open probes; `observe.rs` answers
-//! rejections and reads; `word.rs`, `window.rs`, `lane.rs` and `clock.rs` are the pieces.
+//! successes without the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
+//! trip decision; `transition.rs` makes every change of state; `announce.rs` announces them;
+//! `probe.rs` runs the half-open probes; `observe.rs` answers rejections and reads; `word.rs`,
+//! `window.rs`, `lane.rs` and `clock.rs` are the pieces.
 
 mod announce;
 mod batch;
