@@ -502,3 +502,70 @@ fn time_window_outcomes_on_many_threads_are_each_counted_once() {
     assert_eq!(metrics.calls(), (THREADS * CALLS) as u64);
     assert_eq!(metrics.failed(), (THREADS * CALLS / EVERY_NTH_FAILS) as u64);
 }
+
+/// Successes admitted before a reset complete on several threads, racing new calls whose
+/// successes batch in the new generation's time window: none of the old ones counts in it (a call
+/// admitted before a transition is stale), and each new one counts once. The old calls are
+/// admitted first and their response futures polled only after the reset; no runtime (see
+/// `time_window_outcomes_on_many_threads_are_each_counted_once`).
+#[test]
+fn time_window_successes_admitted_before_a_reset_never_count_after_it() {
+    const THREADS: usize = 4;
+    const CALLS: usize = 2_000;
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .minimum_calls(1)
+        .failure_rate_threshold(1.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let ok = || service_fn(|()| ready(Ok::<(), BoxError>(())));
+    let (admitted, reset) = (
+        std::sync::Barrier::new(THREADS + 1),
+        std::sync::Barrier::new(2 * THREADS + 1),
+    );
+    let (admitted, reset) = (&admitted, &reset);
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let mut old = layer.layer(ok());
+            scope.spawn(move || {
+                let futures: Vec<_> = (0..CALLS)
+                    .map(|_| {
+                        futures::executor::block_on(async { old.ready().await.unwrap().call(()) })
+                    })
+                    .collect();
+                admitted.wait();
+                reset.wait();
+                for future in futures {
+                    futures::executor::block_on(future).unwrap();
+                }
+            });
+            let mut new = layer.layer(ok());
+            scope.spawn(move || {
+                reset.wait();
+                for _ in 0..CALLS {
+                    futures::executor::block_on(async { new.ready().await?.call(()).await })
+                        .unwrap();
+                }
+            });
+        }
+        admitted.wait();
+        handle.reset();
+        // The new generation's first success, recorded under the lock, opens its batch.
+        let mut first = layer.layer(ok());
+        futures::executor::block_on(async { first.ready().await?.call(()).await }).unwrap();
+        reset.wait();
+    });
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        metrics.calls(),
+        (THREADS * CALLS + 1) as u64,
+        "the new calls only"
+    );
+    assert_eq!(
+        metrics.totals().successful(),
+        (2 * THREADS * CALLS + 1) as u64,
+        "every call happened"
+    );
+}
