@@ -492,6 +492,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_time_window_bucket_takes_batched_successes_only_up_to_its_brim() {
+        let mut w = time(10, 2);
+        w.record(FAIL, 0);
+        let Window::Time(inner) = &mut w else {
+            unreachable!()
+        };
+        inner.buckets[0].calls = u32::MAX - 2;
+        inner.totals = totals(u64::from(u32::MAX) - 2, 1, 0);
+        // Five batched successes, room for two: the bucket fills, the totals stay its sum.
+        w.record_successes(5, 3);
+        assert_eq!(w.totals(3), totals(u64::from(u32::MAX), 1, 0));
+        w.record_successes(1, 4);
+        assert_eq!(w.totals(4), totals(u64::from(u32::MAX), 1, 0));
+        // The next bucket takes them; the full one leaves whole.
+        w.record_successes(3, 10);
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 3, 1, 0));
+        assert_eq!(w.totals(20), totals(3, 0, 0));
+    }
+
+    #[test]
     fn a_time_window_without_slow_calls_keeps_no_slow_counts() {
         let kind = WindowKind::Time {
             duration: Duration::from_secs(60),
