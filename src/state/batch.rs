@@ -168,3 +168,74 @@ impl Breaker {
             .sum()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::classify::Outcome;
+    use crate::state::Decision;
+    use crate::state::lane::thread_lane;
+
+    /// A time window whose rates are defined from the first outcome and never trip on
+    /// successes: plain successes batch once an outcome was recorded under the lock.
+    fn batching() -> Arc<Breaker> {
+        let builder = crate::CircuitBreakerLayer::builder()
+            .sliding_window(crate::Window::time(Duration::from_secs(60)).buckets(60))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0);
+        Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
+    }
+
+    fn succeed(b: &Breaker) {
+        let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+            panic!("rejected");
+        };
+        b.complete(ticket, Outcome::Success, None, None, &mut b.now());
+    }
+
+    fn is_open(b: &Breaker) -> bool {
+        b.words.batch_epoch.load(Ordering::Relaxed) & OPEN != 0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_lane_batch_sends_successes_to_the_lock_and_every_one_counts() {
+        let b = batching();
+        succeed(&b); // under the lock: opens the batch
+        assert!(is_open(&b));
+        // This lane's batch one short of full, as if that many successes had joined it.
+        let line = b.counters.batch(thread_lane());
+        line.fetch_add(COUNT_MASK - 1, Ordering::Relaxed);
+        succeed(&b); // joins: the count is now full
+        assert_eq!(line.load(Ordering::Relaxed) & COUNT_MASK, COUNT_MASK);
+        succeed(&b); // a full count: under the lock, which folds the batch and opens another
+        assert_eq!(line.load(Ordering::Relaxed) & COUNT_MASK, 0);
+        assert!(is_open(&b));
+        succeed(&b); // joins the new batch
+        assert_eq!(b.metrics().calls(), 1 + COUNT_MASK + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_count_exactly_across_the_wrap_of_the_lines_epoch_bits() {
+        let b = batching();
+        // Closed, a few batches before the lines' epoch wraps to zero.
+        b.words.batch_epoch.store(EPOCH_MASK - 3, Ordering::Relaxed);
+        for line in b.counters.batches() {
+            line.store(line_of(EPOCH_MASK - 3), Ordering::Relaxed);
+        }
+        let mut counted = 0;
+        for round in 0..4 {
+            succeed(&b); // under the lock (the batch is closed): opens one
+            assert!(is_open(&b), "round {round}");
+            succeed(&b);
+            succeed(&b);
+            let line = b.counters.batch(thread_lane()).load(Ordering::Relaxed);
+            assert_eq!(line & COUNT_MASK, 2, "round {round}: both batched");
+            counted += 3;
+            assert_eq!(b.metrics().calls(), counted, "round {round}"); // folds
+        }
+        assert!(b.words.batch_epoch.load(Ordering::Relaxed) > EPOCH_MASK);
+    }
+}
