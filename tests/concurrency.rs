@@ -569,3 +569,83 @@ fn time_window_successes_admitted_before_a_reset_never_count_after_it() {
         "every call happened"
     );
 }
+
+/// Calls that misbehave on many tasks of a multi-thread runtime while a time window batches the
+/// others' successes: a response future dropped while the inner call is pending, and a classifier
+/// that panics, record nothing; every completed success counts once, in the window and in the
+/// lifetime totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_and_panicking_calls_record_nothing_while_time_window_successes_batch() {
+    use futures::FutureExt;
+    use tower_circuit_breaker::{Classify, Outcome};
+
+    const CALLERS: usize = 16;
+    const ROUNDS: usize = 300;
+    /// The response its classifier panics on.
+    const PANIC: u8 = 2;
+
+    #[derive(Clone)]
+    struct PanicsOnTwo;
+    impl Classify<u8, BoxError> for PanicsOnTwo {
+        fn classify(&self, result: Result<&u8, &BoxError>) -> Outcome {
+            match result {
+                Ok(&PANIC) => panic!("a classifier that panics"),
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            }
+        }
+    }
+
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .minimum_calls(1)
+        .failure_rate_threshold(1.0)
+        .classify(PanicsOnTwo)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // Quiet: this test's panics are expected; any other goes to the default hook.
+    let hook = Arc::new(std::panic::take_hook());
+    let others = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"a classifier that panics") {
+            others(info);
+        }
+    }));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let mut svc = layer.layer(service_fn(|n: u8| async move {
+                // Pending once: a caller can drop the call while it is in flight.
+                tokio::task::yield_now().await;
+                Ok::<u8, BoxError>(n)
+            }));
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+                    let mut dropped = Box::pin(svc.ready().await.unwrap().call(1));
+                    assert!(futures::poll!(dropped.as_mut()).is_pending());
+                    drop(dropped);
+                    let panicking = svc.ready().await.unwrap().call(PANIC);
+                    assert!(
+                        std::panic::AssertUnwindSafe(panicking)
+                            .catch_unwind()
+                            .await
+                            .is_err()
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        metrics.calls(),
+        (CALLERS * ROUNDS) as u64,
+        "the completed successes"
+    );
+    assert_eq!(metrics.failed(), 0);
+    assert_eq!(metrics.totals().successful(), (CALLERS * ROUNDS) as u64);
+}
