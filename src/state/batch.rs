@@ -238,4 +238,42 @@ mod tests {
         }
         assert!(b.words.batch_epoch.load(Ordering::Relaxed) > EPOCH_MASK);
     }
+
+    /// DESIGN §3: every recorded outcome goes into the window and the thresholds are evaluated
+    /// after each one. A bucket that has counted `u32::MAX` outcomes (an hour-long bucket at 1.2
+    /// million calls a second, a day-long one at 50 000) must still count the failures that come
+    /// after: a failure storm then raises the failure rate and trips, as it would in any other
+    /// bucket. (The successes are filled in through the lanes' batches, 2^26 at a fold.)
+    #[tokio::test(start_paused = true)]
+    async fn failures_recorded_after_a_bucket_counted_u32_max_outcomes_still_count_and_trip() {
+        let builder = crate::CircuitBreakerLayer::builder()
+            .sliding_window(crate::Window::time(Duration::from_secs(3600)).buckets(1))
+            .minimum_calls(1)
+            // Five failures among 2^32 calls reach it.
+            .failure_rate_threshold(1e-9);
+        let b = Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None));
+        while b.metrics().calls() < u64::from(u32::MAX) {
+            succeed(&b); // under the lock: opens a batch
+            assert!(is_open(&b));
+            for line in b.counters.batches() {
+                let count = line.load(Ordering::Relaxed) & COUNT_MASK;
+                line.fetch_add(COUNT_MASK - count, Ordering::Relaxed); // as if that many joined
+            }
+            // `metrics` folds them into the bucket.
+        }
+        assert_eq!(b.metrics().calls(), u64::from(u32::MAX));
+        for _ in 0..10 {
+            let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+                break; // open: what this test wants
+            };
+            b.complete(ticket, Outcome::Failure, None, None, &mut b.now());
+        }
+        assert_eq!(
+            b.stored_state(),
+            crate::State::Open,
+            "failed {} of {} calls",
+            b.metrics().failed(),
+            b.metrics().calls()
+        );
+    }
 }
