@@ -91,7 +91,8 @@ pub(super) struct Core {
     pub(super) baseline: Option<Box<Baseline>>,
     /// The failure-rate threshold in force: the configured one, or the learned one. A copy,
     /// kept with what it comes from, so that recording reads one field.
-    pub(super) failure_threshold: Option<f64>,
+    /// NaN: none (one word, where an `Option<f64>` takes two: the breaker fits its lines).
+    pub(super) failure_threshold: f64,
     /// The configuration in force: replaced whole by a reconfiguration, under this lock.
     pub(super) config: Arc<Config>,
     /// The lifetime rejections counted when the breaker last closed: `Metrics::not_permitted`
@@ -118,7 +119,7 @@ impl Core {
             transitions: None,
             exceeded: (false, false),
             baseline: baseline_of(&config, 0),
-            failure_threshold: None,
+            failure_threshold: f64::NAN,
             config,
             rejected_at_close: 0,
         }
@@ -133,15 +134,15 @@ impl Core {
 
     pub(super) fn update_threshold(&mut self) {
         self.failure_threshold = match &self.baseline {
-            Some(baseline) => Some(baseline.threshold()),
-            None => self.config.failure_rate_threshold,
+            Some(baseline) => baseline.threshold(),
+            None => self.config.failure_rate_threshold.unwrap_or(f64::NAN),
         };
     }
 
     /// The failure-rate threshold in force: the learned one, or the configured one.
     #[inline]
     pub(super) fn failure_threshold(&self) -> Option<f64> {
-        self.failure_threshold
+        Some(self.failure_threshold).filter(|threshold| !threshold.is_nan())
     }
 
     /// The learned baseline failure rate, if any was learned.

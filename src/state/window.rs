@@ -13,8 +13,9 @@
 //! creation. An outcome recorded in bucket `i` counts until the current bucket is `i + k`, so it
 //! stays in the window for more than `d - d / k` and at most `d`. Running totals (64 bits) are
 //! kept, and moving to a later bucket subtracts the buckets that leave. A bucket counts in 32 bits
-//! and holds at most `u32::MAX` outcomes: a busier bucket keeps a sample of that many, and the
-//! totals stay the exact sum of the buckets, so nothing wraps.
+//! until one would pass `u32::MAX` outcomes (a long bucket under heavy load): the window then
+//! counts every bucket in 64 bits until it is next emptied, so that every outcome still counts
+//! (a failure storm in a full bucket must still trip) and nothing wraps.
 
 use crate::config::WindowKind;
 
@@ -202,6 +203,11 @@ pub(crate) struct TimeWindow {
     /// The slow calls of each slot; empty when the breaker does not track slow calls (none is
     /// ever slow), so that such a window does not carry a column of zeros.
     slow: Box<[u32]>,
+    /// Every slot's counts in 64 bits, made when a bucket would pass `u32::MAX` outcomes: from
+    /// then on the window counts here (and `buckets` and `slow` hold zeros), until it is emptied.
+    /// Boxed twice: one word in the window, which most breakers never use.
+    #[allow(clippy::box_collection)]
+    wide: Option<Box<Box<[Totals]>>>,
     /// The latest bucket the window moved to (`NONE`: not yet).
     current: u64,
     /// The sum of the buckets `current - k + 1 ..= current`.
@@ -215,6 +221,7 @@ impl TimeWindow {
             bucket_nanos,
             buckets: vec![Counts::default(); k].into_boxed_slice(),
             slow: vec![0; if tracks_slow { k } else { 0 }].into_boxed_slice(),
+            wide: None,
             current: NONE,
             totals: Totals::default(),
         }
@@ -246,6 +253,13 @@ impl TimeWindow {
             for n in self.current + 1..=number {
                 let slot = (n % k) as usize;
                 // The slot holds bucket `n - k`, the oldest: it leaves.
+                if let Some(wide) = &mut self.wide {
+                    let left = std::mem::take(&mut wide[slot]);
+                    self.totals.calls -= left.calls;
+                    self.totals.failed -= left.failed;
+                    self.totals.slow -= left.slow;
+                    continue;
+                }
                 let left = std::mem::take(&mut self.buckets[slot]);
                 self.totals.calls -= u64::from(left.calls);
                 self.totals.failed -= u64::from(left.failed);
@@ -266,13 +280,16 @@ impl TimeWindow {
             return;
         }
         let slot = (number % self.k()) as usize;
-        let bucket = &mut self.buckets[slot];
-        // A full bucket keeps the outcomes it holds, a sample of its time, and ignores the rest:
-        // the totals stay the sum of the buckets, so nothing wraps or underflows. (Failures and
-        // slow calls are at most the calls, so they cannot overflow first.)
-        if bucket.calls == u32::MAX {
+        // Failures and slow calls are at most the calls: only the calls can overflow first.
+        if self.wide.is_none() && self.buckets[slot].calls == u32::MAX {
+            self.widen();
+        }
+        if let Some(wide) = &mut self.wide {
+            wide[slot].add(sample);
+            self.totals.add(sample);
             return;
         }
+        let bucket = &mut self.buckets[slot];
         bucket.calls += 1;
         bucket.failed += u32::from(sample.failed);
         self.totals.calls += 1;
@@ -292,16 +309,38 @@ impl TimeWindow {
         if !self.counts(number) {
             return;
         }
-        let bucket = &mut self.buckets[(number % self.k()) as usize];
-        // As in `record`: a full bucket takes no more.
-        let taken = n.min(u64::from(u32::MAX - bucket.calls));
-        bucket.calls += taken as u32;
-        self.totals.calls += taken;
+        let slot = (number % self.k()) as usize;
+        if self.wide.is_none() && u64::from(self.buckets[slot].calls) + n > u64::from(u32::MAX) {
+            self.widen();
+        }
+        self.totals.calls += n;
+        match &mut self.wide {
+            Some(wide) => wide[slot].calls += n,
+            // Fits: checked above.
+            None => self.buckets[slot].calls += n as u32,
+        }
+    }
+
+    /// Moves every slot's counts to 64 bits (`wide`): cold, once per emptying at most. It
+    /// allocates under the lock, which only a bucket of more than `u32::MAX` outcomes pays.
+    #[cold]
+    fn widen(&mut self) {
+        let wide: Box<[Totals]> = (0..self.buckets.len())
+            .map(|slot| Totals {
+                calls: u64::from(self.buckets[slot].calls),
+                failed: u64::from(self.buckets[slot].failed),
+                slow: self.slow.get(slot).map_or(0, |&slow| u64::from(slow)),
+            })
+            .collect();
+        self.wide = Some(Box::new(wide));
+        self.buckets.fill(Counts::default());
+        self.slow.fill(0);
     }
 
     fn empty(&mut self) {
         self.buckets.fill(Counts::default());
         self.slow.fill(0);
+        self.wide = None;
         self.totals = Totals::default();
     }
 
@@ -468,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_time_window_bucket_keeps_its_outcomes_and_the_totals_stay_their_sum() {
+    fn a_time_window_bucket_counts_past_u32_max_outcomes_and_leaves_whole() {
         let mut w = time(10, 2);
         w.record(OK, 0);
         // Fill bucket 0 to the brim: u32::MAX calls, of which 3 failed and 2 slow.
@@ -481,18 +520,24 @@ mod tests {
         };
         inner.slow[0] = 2;
         inner.totals = totals(u64::from(u32::MAX), 3, 2);
-        // Full: ignored, rather than wrapping to 0 calls and 4 failures.
+        // Counted, in 64 bits, rather than wrapping to 0 calls and 4 failures, or ignored.
         w.record(SLOW_FAIL, 1);
-        assert_eq!(w.totals(1), totals(u64::from(u32::MAX), 3, 2));
-        // The next bucket counts, into totals beyond 32 bits.
+        assert_eq!(w.totals(1), totals(u64::from(u32::MAX) + 1, 4, 3));
+        // The next bucket counts too.
         w.record(SLOW_FAIL, 10);
-        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 1, 4, 3));
-        // The full bucket leaves whole: the totals are exactly what remains.
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 2, 5, 4));
+        // The big bucket leaves whole: the totals are exactly what remains.
         assert_eq!(w.totals(20), totals(1, 1, 1));
+        // Emptied by a silence: back to 32 bits.
+        assert_eq!(w.totals(1000), Totals::default());
+        let Window::Time(inner) = &w else {
+            unreachable!()
+        };
+        assert!(inner.wide.is_none());
     }
 
     #[test]
-    fn a_full_time_window_bucket_takes_batched_successes_only_up_to_its_brim() {
+    fn batched_successes_past_a_buckets_u32_max_outcomes_all_count() {
         let mut w = time(10, 2);
         w.record(FAIL, 0);
         let Window::Time(inner) = &mut w else {
@@ -500,14 +545,12 @@ mod tests {
         };
         inner.buckets[0].calls = u32::MAX - 2;
         inner.totals = totals(u64::from(u32::MAX) - 2, 1, 0);
-        // Five batched successes, room for two: the bucket fills, the totals stay its sum.
+        // Five batched successes, room for two in 32 bits: all five count.
         w.record_successes(5, 3);
-        assert_eq!(w.totals(3), totals(u64::from(u32::MAX), 1, 0));
-        w.record_successes(1, 4);
-        assert_eq!(w.totals(4), totals(u64::from(u32::MAX), 1, 0));
-        // The next bucket takes them; the full one leaves whole.
+        assert_eq!(w.totals(3), totals(u64::from(u32::MAX) + 3, 1, 0));
         w.record_successes(3, 10);
-        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 3, 1, 0));
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 6, 1, 0));
+        // The big bucket leaves whole.
         assert_eq!(w.totals(20), totals(3, 0, 0));
     }
 
@@ -538,4 +581,15 @@ mod tests {
         let Window::Time(w) = w else { unreachable!() };
         assert_eq!((w.bucket_nanos, w.k()), (500_000_000, 4));
     }
+}
+#[cfg(test)]
+#[test]
+fn zz_sizes() {
+    eprintln!(
+        "SIZES tw={} w={} core={} breaker={}",
+        std::mem::size_of::<TimeWindow>(),
+        std::mem::size_of::<Window>(),
+        std::mem::size_of::<super::locked::Core>(),
+        std::mem::size_of::<super::Breaker>()
+    );
 }
