@@ -530,9 +530,7 @@ fn time_window_successes_admitted_before_a_reset_never_count_after_it() {
             let mut old = layer.layer(ok());
             scope.spawn(move || {
                 let futures: Vec<_> = (0..CALLS)
-                    .map(|_| {
-                        futures::executor::block_on(async { old.ready().await.unwrap().call(()) })
-                    })
+                    .map(|_| futures::executor::block_on(old.ready()).unwrap().call(()))
                     .collect();
                 admitted.wait();
                 reset.wait();

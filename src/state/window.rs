@@ -206,7 +206,6 @@ pub(crate) struct TimeWindow {
     /// Every slot's counts in 64 bits, made when a bucket would pass `u32::MAX` outcomes: from
     /// then on the window counts here (and `buckets` and `slow` hold zeros), until it is emptied.
     /// Boxed twice: one word in the window, which most breakers never use.
-    #[allow(clippy::box_collection)]
     wide: Option<Box<Box<[Totals]>>>,
     /// The latest bucket the window moved to (`NONE`: not yet).
     current: u64,
