@@ -186,8 +186,8 @@ impl CountWindow {
 /// A bucket number that no bucket has (the window has not moved yet).
 const NONE: u64 = u64::MAX;
 
-/// One bucket's calls and failures. 32 bits each: a bucket holds at most `u32::MAX` outcomes
-/// (see `TimeWindow::record`); the running totals are 64 bits.
+/// One bucket's calls and failures. 32 bits each: a bucket that would pass `u32::MAX` outcomes
+/// moves the window to `TimeWindow::wide`; the running totals are 64 bits.
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     calls: u32,
