@@ -91,8 +91,7 @@ pub(super) struct Core {
     pub(super) baseline: Option<Box<Baseline>>,
     /// The failure-rate threshold in force: the configured one, or the learned one. A copy,
     /// kept with what it comes from, so that recording reads one field.
-    /// NaN: none (one word, where an `Option<f64>` takes two: the breaker fits its lines).
-    pub(super) failure_threshold: f64,
+    pub(super) failure_threshold: Option<f64>,
     /// The configuration in force: replaced whole by a reconfiguration, under this lock.
     pub(super) config: Arc<Config>,
     /// The lifetime rejections counted when the breaker last closed: `Metrics::not_permitted`
@@ -119,7 +118,7 @@ impl Core {
             transitions: None,
             exceeded: (false, false),
             baseline: baseline_of(&config, 0),
-            failure_threshold: f64::NAN,
+            failure_threshold: None,
             config,
             rejected_at_close: 0,
         }
@@ -134,15 +133,15 @@ impl Core {
 
     pub(super) fn update_threshold(&mut self) {
         self.failure_threshold = match &self.baseline {
-            Some(baseline) => baseline.threshold(),
-            None => self.config.failure_rate_threshold.unwrap_or(f64::NAN),
+            Some(baseline) => Some(baseline.threshold()),
+            None => self.config.failure_rate_threshold,
         };
     }
 
     /// The failure-rate threshold in force: the learned one, or the configured one.
     #[inline]
     pub(super) fn failure_threshold(&self) -> Option<f64> {
-        Some(self.failure_threshold).filter(|threshold| !threshold.is_nan())
+        self.failure_threshold
     }
 
     /// The learned baseline failure rate, if any was learned.
