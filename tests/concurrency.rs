@@ -502,3 +502,148 @@ fn time_window_outcomes_on_many_threads_are_each_counted_once() {
     assert_eq!(metrics.calls(), (THREADS * CALLS) as u64);
     assert_eq!(metrics.failed(), (THREADS * CALLS / EVERY_NTH_FAILS) as u64);
 }
+
+/// Successes admitted before a reset complete on several threads, racing new calls whose
+/// successes batch in the new generation's time window: none of the old ones counts in it (a call
+/// admitted before a transition is stale), and each new one counts once. The old calls are
+/// admitted first and their response futures polled only after the reset; no runtime (see
+/// `time_window_outcomes_on_many_threads_are_each_counted_once`).
+#[test]
+fn time_window_successes_admitted_before_a_reset_never_count_after_it() {
+    const THREADS: usize = 4;
+    const CALLS: usize = 2_000;
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .minimum_calls(1)
+        .failure_rate_threshold(1.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let ok = || service_fn(|()| ready(Ok::<(), BoxError>(())));
+    let (admitted, reset) = (
+        std::sync::Barrier::new(THREADS + 1),
+        std::sync::Barrier::new(2 * THREADS + 1),
+    );
+    let (admitted, reset) = (&admitted, &reset);
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let mut old = layer.layer(ok());
+            scope.spawn(move || {
+                let futures: Vec<_> = (0..CALLS)
+                    .map(|_| futures::executor::block_on(old.ready()).unwrap().call(()))
+                    .collect();
+                admitted.wait();
+                reset.wait();
+                for future in futures {
+                    futures::executor::block_on(future).unwrap();
+                }
+            });
+            let mut new = layer.layer(ok());
+            scope.spawn(move || {
+                reset.wait();
+                for _ in 0..CALLS {
+                    futures::executor::block_on(async { new.ready().await?.call(()).await })
+                        .unwrap();
+                }
+            });
+        }
+        admitted.wait();
+        handle.reset();
+        // The new generation's first success, recorded under the lock, opens its batch.
+        let mut first = layer.layer(ok());
+        futures::executor::block_on(async { first.ready().await?.call(()).await }).unwrap();
+        reset.wait();
+    });
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        metrics.calls(),
+        (THREADS * CALLS + 1) as u64,
+        "the new calls only"
+    );
+    assert_eq!(
+        metrics.totals().successful(),
+        (2 * THREADS * CALLS + 1) as u64,
+        "every call happened"
+    );
+}
+
+/// Calls that misbehave on many tasks of a multi-thread runtime while a time window batches the
+/// others' successes: a response future dropped while the inner call is pending, and a classifier
+/// that panics, record nothing; every completed success counts once, in the window and in the
+/// lifetime totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_and_panicking_calls_record_nothing_while_time_window_successes_batch() {
+    use futures::FutureExt;
+    use tower_circuit_breaker::{Classify, Outcome};
+
+    const CALLERS: usize = 16;
+    const ROUNDS: usize = 300;
+    /// The response its classifier panics on.
+    const PANIC: u8 = 2;
+
+    #[derive(Clone)]
+    struct PanicsOnTwo;
+    impl Classify<u8, BoxError> for PanicsOnTwo {
+        fn classify(&self, result: Result<&u8, &BoxError>) -> Outcome {
+            match result {
+                Ok(&PANIC) => panic!("a classifier that panics"),
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            }
+        }
+    }
+
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .minimum_calls(1)
+        .failure_rate_threshold(1.0)
+        .classify(PanicsOnTwo)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    // Quiet: this test's panics are expected; any other goes to the default hook.
+    let hook = Arc::new(std::panic::take_hook());
+    let others = hook.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&"a classifier that panics") {
+            others(info);
+        }
+    }));
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let mut svc = layer.layer(service_fn(|n: u8| async move {
+                // Pending once: a caller can drop the call while it is in flight.
+                tokio::task::yield_now().await;
+                Ok::<u8, BoxError>(n)
+            }));
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+                    let mut dropped = Box::pin(svc.ready().await.unwrap().call(1));
+                    assert!(futures::poll!(dropped.as_mut()).is_pending());
+                    drop(dropped);
+                    let panicking = svc.ready().await.unwrap().call(PANIC);
+                    assert!(
+                        std::panic::AssertUnwindSafe(panicking)
+                            .catch_unwind()
+                            .await
+                            .is_err()
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        metrics.calls(),
+        (CALLERS * ROUNDS) as u64,
+        "the completed successes"
+    );
+    assert_eq!(metrics.failed(), 0);
+    assert_eq!(metrics.totals().successful(), (CALLERS * ROUNDS) as u64);
+}

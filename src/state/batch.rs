@@ -174,17 +174,108 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use super::*;
     use crate::classify::Outcome;
+    use crate::state::Decision;
     use crate::state::clock::counts::during;
-    use crate::state::{Breaker, Decision};
+    use crate::state::lane::thread_lane;
     use crate::{CircuitBreakerLayer, Window};
 
+    /// A time window whose rates are defined from the first outcome and never trip on
+    /// successes: plain successes batch once an outcome was recorded under the lock.
+    fn batching() -> Arc<Breaker> {
+        let builder = crate::CircuitBreakerLayer::builder()
+            .sliding_window(crate::Window::time(Duration::from_secs(60)).buckets(60))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0);
+        Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
+    }
+
     fn succeed(b: &Breaker) {
-        let mut now = b.now();
-        let Decision::Admit(ticket) = b.admit(&mut now) else {
-            panic!("closed: admitted");
+        let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+            panic!("rejected");
         };
-        b.complete(ticket, Outcome::Success, None, None, &mut now);
+        b.complete(ticket, Outcome::Success, None, None, &mut b.now());
+    }
+
+    fn is_open(b: &Breaker) -> bool {
+        b.words.batch_epoch.load(Ordering::Relaxed) & OPEN != 0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_lane_batch_sends_successes_to_the_lock_and_every_one_counts() {
+        let b = batching();
+        succeed(&b); // under the lock: opens the batch
+        assert!(is_open(&b));
+        // This lane's batch one short of full, as if that many successes had joined it.
+        let line = b.counters.batch(thread_lane());
+        line.fetch_add(COUNT_MASK - 1, Ordering::Relaxed);
+        succeed(&b); // joins: the count is now full
+        assert_eq!(line.load(Ordering::Relaxed) & COUNT_MASK, COUNT_MASK);
+        succeed(&b); // a full count: under the lock, which folds the batch and opens another
+        assert_eq!(line.load(Ordering::Relaxed) & COUNT_MASK, 0);
+        assert!(is_open(&b));
+        succeed(&b); // joins the new batch
+        assert_eq!(b.metrics().calls(), 1 + COUNT_MASK + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_count_exactly_across_the_wrap_of_the_lines_epoch_bits() {
+        let b = batching();
+        // Closed, a few batches before the lines' epoch wraps to zero.
+        b.words.batch_epoch.store(EPOCH_MASK - 3, Ordering::Relaxed);
+        for line in b.counters.batches() {
+            line.store(line_of(EPOCH_MASK - 3), Ordering::Relaxed);
+        }
+        let mut counted = 0;
+        for round in 0..4 {
+            succeed(&b); // under the lock (the batch is closed): opens one
+            assert!(is_open(&b), "round {round}");
+            succeed(&b);
+            succeed(&b);
+            let line = b.counters.batch(thread_lane()).load(Ordering::Relaxed);
+            assert_eq!(line & COUNT_MASK, 2, "round {round}: both batched");
+            counted += 3;
+            assert_eq!(b.metrics().calls(), counted, "round {round}"); // folds
+        }
+        assert!(b.words.batch_epoch.load(Ordering::Relaxed) > EPOCH_MASK);
+    }
+
+    /// DESIGN §3: every recorded outcome goes into the window and the thresholds are evaluated
+    /// after each one. A bucket that has counted `u32::MAX` outcomes (an hour-long bucket at 1.2
+    /// million calls a second, a day-long one at 50 000) must still count the failures that come
+    /// after: a failure storm then raises the failure rate and trips, as it would in any other
+    /// bucket. (The successes are filled in through the lanes' batches, 2^26 at a fold.)
+    #[tokio::test(start_paused = true)]
+    async fn failures_recorded_after_a_bucket_counted_u32_max_outcomes_still_count_and_trip() {
+        let builder = crate::CircuitBreakerLayer::builder()
+            .sliding_window(crate::Window::time(Duration::from_secs(3600)).buckets(1))
+            .minimum_calls(1)
+            // Five failures among 2^32 calls reach it.
+            .failure_rate_threshold(1e-9);
+        let b = Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None));
+        while b.metrics().calls() < u64::from(u32::MAX) {
+            succeed(&b); // under the lock: opens a batch
+            assert!(is_open(&b));
+            for line in b.counters.batches() {
+                let count = line.load(Ordering::Relaxed) & COUNT_MASK;
+                line.fetch_add(COUNT_MASK - count, Ordering::Relaxed); // as if that many joined
+            }
+            // `metrics` folds them into the bucket.
+        }
+        for _ in 0..10 {
+            let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+                break; // open: what this test wants
+            };
+            b.complete(ticket, Outcome::Failure, None, None, &mut b.now());
+        }
+        assert_eq!(
+            b.stored_state(),
+            crate::State::Open,
+            "failed {} of {} calls",
+            b.metrics().failed(),
+            b.metrics().calls()
+        );
     }
 
     /// What lets callers on several cores scale on a time window: once an outcome opened the

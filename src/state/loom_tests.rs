@@ -521,3 +521,30 @@ fn a_batched_success_never_lands_in_a_later_generation() {
         );
     });
 }
+
+/// A success whose clock reading is in the batch's bucket races an outcome of the next bucket,
+/// which folds the batch and opens a new one there: the success may have read the old epoch and
+/// bounds, and it counts in its own bucket (batched in the old batch, or under the lock), never
+/// in the new batch's.
+#[test]
+fn a_success_racing_the_next_buckets_batch_counts_in_its_own_bucket() {
+    loom::model(|| {
+        let b = batching();
+        const SECOND: u64 = 1_000_000_000;
+        let start = T0 / SECOND * SECOND;
+        complete(&b, admit(&b, start), Outcome::Success, start); // opens the batch there
+        let (late, next) = (admit(&b, start), admit(&b, start));
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, late, Outcome::Success, start + 1));
+        // The next bucket: under the lock (outside the batch's bounds), then a new batch there.
+        complete(&b, next, Outcome::Success, start + SECOND);
+        t.join().unwrap();
+        assert_eq!(window_at(&b, start + SECOND).0, 3);
+        assert_eq!(
+            window_at(&b, start + 10 * SECOND).0,
+            1,
+            "the first bucket left with both its successes"
+        );
+    });
+}

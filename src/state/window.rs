@@ -14,8 +14,11 @@
 //! creation. An outcome recorded in bucket `i` counts until the current bucket is `i + k`, so it
 //! stays in the window for more than `d - d / k` and at most `d`. Running totals (64 bits) are
 //! kept, and moving to a later bucket subtracts the buckets that leave. A bucket counts in 32 bits
-//! and holds at most `u32::MAX` outcomes: a busier bucket keeps a sample of that many, and the
-//! totals stay the exact sum of the buckets, so nothing wraps.
+//! until one would pass `u32::MAX` outcomes (a long bucket under heavy load): the window then
+//! counts every bucket in 64 bits for the rest of its life, so that every outcome still counts
+//! (a failure storm in a full bucket must still trip) and nothing wraps.
+
+use std::num::NonZeroU64;
 
 use crate::config::WindowKind;
 
@@ -56,7 +59,8 @@ impl Window {
             WindowKind::Count(n) => Window::Count(CountWindow::new(n)),
             WindowKind::Time { duration, buckets } => {
                 let k = buckets.unwrap_or(1).max(1);
-                let bucket_nanos = super::clock::saturating_nanos(duration / k).max(1);
+                let bucket_nanos = super::clock::saturating_nanos(duration / k);
+                let bucket_nanos = NonZeroU64::new(bucket_nanos).unwrap_or(NonZeroU64::MIN);
                 Window::Time(TimeWindow::new(bucket_nanos, k, tracks_slow))
             }
         }
@@ -88,8 +92,8 @@ impl Window {
     pub(crate) fn current_bucket(&self) -> Option<(u64, u64)> {
         match self {
             Window::Time(w) if w.current != NONE => {
-                let start = w.current.saturating_mul(w.bucket_nanos);
-                Some((start, start.saturating_add(w.bucket_nanos)))
+                let start = w.current.saturating_mul(w.bucket_nanos.get());
+                Some((start, start.saturating_add(w.bucket_nanos.get())))
             }
             _ => None,
         }
@@ -186,23 +190,106 @@ impl CountWindow {
 /// A bucket number that no bucket has (the window has not moved yet).
 const NONE: u64 = u64::MAX;
 
-/// One bucket's calls and failures. 32 bits each: a bucket holds at most `u32::MAX` outcomes
-/// (see `TimeWindow::record`); the running totals are 64 bits.
+/// One bucket's calls and failures in 32 bits (`Slots::Narrow`).
 #[derive(Clone, Copy, Debug, Default)]
 struct Counts {
     calls: u32,
     failed: u32,
 }
 
+/// The buckets' counts, bucket `i` in slot `i % k`. A slot is emptied when its bucket enters the
+/// window, so each slot holds the one bucket of the window that maps to it: no bucket number is
+/// stored.
+#[derive(Debug)]
+enum Slots {
+    /// 32-bit counts, and the slow calls in a column of their own, empty when the breaker does
+    /// not track slow calls (none is ever slow), so that such a window carries no zeros.
+    Narrow {
+        counts: Box<[Counts]>,
+        slow: Box<[u32]>,
+    },
+    /// 64-bit counts: from when a bucket would pass `u32::MAX` outcomes (a long bucket under
+    /// heavy load), for the rest of the window's life, so that every outcome counts (a failure
+    /// storm in a full bucket still trips) and nothing wraps.
+    Wide(Box<[Totals]>),
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        match self {
+            Slots::Narrow { counts, .. } => counts.len(),
+            Slots::Wide(totals) => totals.len(),
+        }
+    }
+
+    /// Empties `slot`, returning what it held.
+    fn take(&mut self, slot: usize) -> Totals {
+        match self {
+            Slots::Narrow { counts, slow } => {
+                let Counts { calls, failed } = std::mem::take(&mut counts[slot]);
+                let slow = slow.get_mut(slot).map_or(0, std::mem::take);
+                Totals {
+                    calls: calls.into(),
+                    failed: failed.into(),
+                    slow: slow.into(),
+                }
+            }
+            Slots::Wide(totals) => std::mem::take(&mut totals[slot]),
+        }
+    }
+
+    /// Adds `added` to `slot`; returns what it added (no slow calls where they are not
+    /// tracked).
+    fn add(&mut self, slot: usize, added: Totals) -> Totals {
+        if let Slots::Narrow { counts, .. } = self {
+            // Failures and slow calls are at most the calls: only the calls can overflow first.
+            if u64::from(counts[slot].calls) + added.calls > u64::from(u32::MAX) {
+                self.widen();
+            }
+        }
+        match self {
+            Slots::Narrow { counts, slow } => {
+                // Each fits: checked above.
+                counts[slot].calls += added.calls as u32;
+                counts[slot].failed += added.failed as u32;
+                match slow.get_mut(slot) {
+                    Some(slow) => *slow += added.slow as u32,
+                    None => return Totals { slow: 0, ..added },
+                }
+            }
+            Slots::Wide(totals) => {
+                totals[slot].calls += added.calls;
+                totals[slot].failed += added.failed;
+                totals[slot].slow += added.slow;
+            }
+        }
+        added
+    }
+
+    /// Moves every slot to 64-bit counts. Cold: it allocates, under the lock, once in the life
+    /// of a window that had a bucket of more than `u32::MAX` outcomes.
+    #[cold]
+    fn widen(&mut self) {
+        let wide = (0..self.len()).map(|slot| self.take(slot)).collect();
+        *self = Slots::Wide(wide);
+    }
+
+    fn empty(&mut self) {
+        match self {
+            Slots::Narrow { counts, slow } => {
+                counts.fill(Counts::default());
+                slow.fill(0);
+            }
+            Slots::Wide(totals) => totals.fill(Totals::default()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
-    bucket_nanos: u64,
-    /// Bucket `i` lives in slot `i % k`. A slot is emptied when its bucket enters the window, so
-    /// each slot holds the one bucket of the window that maps to it: no bucket number is stored.
-    buckets: Box<[Counts]>,
-    /// The slow calls of each slot; empty when the breaker does not track slow calls (none is
-    /// ever slow), so that such a window does not carry a column of zeros.
-    slow: Box<[u32]>,
+    /// Non-zero: the time divides by it, and its niche holds `Window`'s variant.
+    bucket_nanos: NonZeroU64,
+    slots: Slots,
     /// The latest bucket the window moved to (`NONE`: not yet).
     current: u64,
     /// The sum of the buckets `current - k + 1 ..= current`.
@@ -210,19 +297,21 @@ pub(crate) struct TimeWindow {
 }
 
 impl TimeWindow {
-    fn new(bucket_nanos: u64, k: u32, tracks_slow: bool) -> Self {
+    fn new(bucket_nanos: NonZeroU64, k: u32, tracks_slow: bool) -> Self {
         let k = k as usize;
         TimeWindow {
             bucket_nanos,
-            buckets: vec![Counts::default(); k].into_boxed_slice(),
-            slow: vec![0; if tracks_slow { k } else { 0 }].into_boxed_slice(),
+            slots: Slots::Narrow {
+                counts: vec![Counts::default(); k].into_boxed_slice(),
+                slow: vec![0; if tracks_slow { k } else { 0 }].into_boxed_slice(),
+            },
             current: NONE,
             totals: Totals::default(),
         }
     }
 
     fn k(&self) -> u64 {
-        self.buckets.len() as u64
+        self.slots.len() as u64
     }
 
     fn number(&self, now: u64) -> u64 {
@@ -245,20 +334,37 @@ impl TimeWindow {
             self.empty();
         } else {
             for n in self.current + 1..=number {
-                let slot = (n % k) as usize;
                 // The slot holds bucket `n - k`, the oldest: it leaves.
-                let left = std::mem::take(&mut self.buckets[slot]);
-                self.totals.calls -= u64::from(left.calls);
-                self.totals.failed -= u64::from(left.failed);
-                if let Some(slow) = self.slow.get_mut(slot) {
-                    self.totals.slow -= u64::from(std::mem::take(slow));
-                }
+                let left = self.slots.take((n % k) as usize);
+                self.totals.calls -= left.calls;
+                self.totals.failed -= left.failed;
+                self.totals.slow -= left.slow;
             }
         }
         self.current = number;
     }
 
     fn record(&mut self, sample: Sample, now: u64) {
+        let added = Totals {
+            calls: 1,
+            failed: sample.failed.into(),
+            slow: sample.slow.into(),
+        };
+        self.add(added, now);
+    }
+
+    /// `record` of `n` plain successes at once.
+    fn record_successes(&mut self, n: u64, now: u64) {
+        let added = Totals {
+            calls: n,
+            failed: 0,
+            slow: 0,
+        };
+        self.add(added, now);
+    }
+
+    /// Adds `added` in the bucket of `now`.
+    fn add(&mut self, added: Totals, now: u64) {
         let number = self.number(now);
         self.advance(number);
         // A clock read just before a later one's may arrive after it: it counts in its own
@@ -266,43 +372,14 @@ impl TimeWindow {
         if !self.counts(number) {
             return;
         }
-        let slot = (number % self.k()) as usize;
-        let bucket = &mut self.buckets[slot];
-        // A full bucket keeps the outcomes it holds, a sample of its time, and ignores the rest:
-        // the totals stay the sum of the buckets, so nothing wraps or underflows. (Failures and
-        // slow calls are at most the calls, so they cannot overflow first.)
-        if bucket.calls == u32::MAX {
-            return;
-        }
-        bucket.calls += 1;
-        bucket.failed += u32::from(sample.failed);
-        self.totals.calls += 1;
-        self.totals.failed += u64::from(sample.failed);
-        if sample.slow
-            && let Some(slow) = self.slow.get_mut(slot)
-        {
-            *slow += 1;
-            self.totals.slow += 1;
-        }
-    }
-
-    /// `record` of `n` plain successes at once.
-    fn record_successes(&mut self, n: u64, now: u64) {
-        let number = self.number(now);
-        self.advance(number);
-        if !self.counts(number) {
-            return;
-        }
-        let bucket = &mut self.buckets[(number % self.k()) as usize];
-        // As in `record`: a full bucket takes no more.
-        let taken = n.min(u64::from(u32::MAX - bucket.calls));
-        bucket.calls += taken as u32;
-        self.totals.calls += taken;
+        let added = self.slots.add((number % self.k()) as usize, added);
+        self.totals.calls += added.calls;
+        self.totals.failed += added.failed;
+        self.totals.slow += added.slow;
     }
 
     fn empty(&mut self) {
-        self.buckets.fill(Counts::default());
-        self.slow.fill(0);
+        self.slots.empty();
         self.totals = Totals::default();
     }
 
@@ -384,7 +461,28 @@ mod tests {
     }
 
     fn time(bucket_nanos: u64, k: u32) -> Window {
+        let bucket_nanos = NonZeroU64::new(bucket_nanos).unwrap();
         Window::Time(TimeWindow::new(bucket_nanos, k, true))
+    }
+
+    /// Moves a new narrow window `w` to bucket `number` and sets that bucket's counts and the
+    /// totals.
+    fn fill(w: &mut Window, number: u64, calls: u32, failed: u32, slow: u32) {
+        w.record(OK, number); // moves the window to bucket `number`
+        let Window::Time(inner) = w else {
+            unreachable!()
+        };
+        let Slots::Narrow {
+            counts,
+            slow: slows,
+        } = &mut inner.slots
+        else {
+            unreachable!()
+        };
+        let slot = (number % counts.len() as u64) as usize;
+        counts[slot] = Counts { calls, failed };
+        slows[slot] = slow;
+        inner.totals = totals(calls.into(), failed.into(), slow.into());
     }
 
     #[test]
@@ -469,27 +567,39 @@ mod tests {
     }
 
     #[test]
-    fn a_full_time_window_bucket_keeps_its_outcomes_and_the_totals_stay_their_sum() {
+    fn a_time_window_bucket_counts_past_u32_max_outcomes_and_leaves_whole() {
         let mut w = time(10, 2);
-        w.record(OK, 0);
         // Fill bucket 0 to the brim: u32::MAX calls, of which 3 failed and 2 slow.
-        let Window::Time(inner) = &mut w else {
+        fill(&mut w, 0, u32::MAX, 3, 2);
+        // Counted, in 64 bits, rather than wrapping to 0 calls and 4 failures, or ignored.
+        w.record(SLOW_FAIL, 1);
+        assert_eq!(w.totals(1), totals(u64::from(u32::MAX) + 1, 4, 3));
+        // The next bucket counts too.
+        w.record(SLOW_FAIL, 10);
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 2, 5, 4));
+        // The big bucket leaves whole: the totals are exactly what remains.
+        assert_eq!(w.totals(20), totals(1, 1, 1));
+        // Emptied by a silence, the window keeps counting in 64 bits.
+        assert_eq!(w.totals(1000), Totals::default());
+        w.record(SLOW_FAIL, 1000);
+        assert_eq!(w.totals(1000), totals(1, 1, 1));
+        let Window::Time(inner) = &w else {
             unreachable!()
         };
-        inner.buckets[0] = Counts {
-            calls: u32::MAX,
-            failed: 3,
-        };
-        inner.slow[0] = 2;
-        inner.totals = totals(u64::from(u32::MAX), 3, 2);
-        // Full: ignored, rather than wrapping to 0 calls and 4 failures.
-        w.record(SLOW_FAIL, 1);
-        assert_eq!(w.totals(1), totals(u64::from(u32::MAX), 3, 2));
-        // The next bucket counts, into totals beyond 32 bits.
-        w.record(SLOW_FAIL, 10);
-        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 1, 4, 3));
-        // The full bucket leaves whole: the totals are exactly what remains.
-        assert_eq!(w.totals(20), totals(1, 1, 1));
+        assert!(matches!(inner.slots, Slots::Wide(_)));
+    }
+
+    #[test]
+    fn batched_successes_past_a_buckets_u32_max_outcomes_all_count() {
+        let mut w = time(10, 2);
+        fill(&mut w, 0, u32::MAX - 2, 1, 0);
+        // Five batched successes, room for two in 32 bits: all five count.
+        w.record_successes(5, 3);
+        assert_eq!(w.totals(3), totals(u64::from(u32::MAX) + 3, 1, 0));
+        w.record_successes(3, 10);
+        assert_eq!(w.totals(10), totals(u64::from(u32::MAX) + 6, 1, 0));
+        // The big bucket leaves whole.
+        assert_eq!(w.totals(20), totals(3, 0, 0));
     }
 
     #[test]
@@ -503,8 +613,12 @@ mod tests {
         else {
             unreachable!()
         };
-        assert_eq!((plain.buckets.len(), plain.slow.len()), (60, 0));
-        assert_eq!((slow.buckets.len(), slow.slow.len()), (60, 60));
+        let columns = |w: &TimeWindow| match &w.slots {
+            Slots::Narrow { counts, slow } => (counts.len(), slow.len()),
+            Slots::Wide(_) => unreachable!(),
+        };
+        assert_eq!(columns(&plain), (60, 0));
+        assert_eq!(columns(&slow), (60, 60));
     }
 
     #[test]
@@ -517,6 +631,6 @@ mod tests {
             false,
         );
         let Window::Time(w) = w else { unreachable!() };
-        assert_eq!((w.bucket_nanos, w.k()), (500_000_000, 4));
+        assert_eq!((w.bucket_nanos.get(), w.k()), (500_000_000, 4));
     }
 }
