@@ -4,9 +4,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
+use support::traced::{OnEvent, fields};
 use support::*;
 use tower::timeout::error::Elapsed;
 use tower::{Layer, ServiceExt};
@@ -355,7 +355,7 @@ async fn metrics_only_admits_calls_while_the_circuit_was_open() {
 
 #[tokio::test(start_paused = true)]
 async fn reset_returns_to_closed_with_empty_metrics() {
-    for from in ALL_STATES {
+    for from in State::ALL {
         let mut h = harness(
             builder()
                 .sliding_window(Window::count(10))
@@ -525,7 +525,8 @@ impl Recorder {
     fn install() {
         static INSTALLED: std::sync::Once = std::sync::Once::new();
         INSTALLED.call_once(|| {
-            tracing::subscriber::set_global_default(Recorder).expect("no other global subscriber");
+            tracing::subscriber::set_global_default(OnEvent(keep))
+                .expect("no other global subscriber");
         });
         RECORDING.set(true);
         Recorder::take();
@@ -537,50 +538,19 @@ impl Recorder {
     }
 }
 
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
+/// What the recorder does with an event: keeps this crate's, on a thread that records.
+fn keep(event: &tracing::Event<'_>) {
+    if !RECORDING.get()
+        || !event
+            .metadata()
+            .target()
+            .starts_with("tower_circuit_breaker")
+    {
+        return;
     }
-
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl tracing::Subscriber for Recorder {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        if !RECORDING.get()
-            || !event
-                .metadata()
-                .target()
-                .starts_with("tower_circuit_breaker")
-        {
-            return;
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let level = *event.metadata().level();
-        TRACED.with(|traced| traced.borrow_mut().push(Traced { level, fields }));
-    }
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
+    let level = *event.metadata().level();
+    let fields = fields(event);
+    TRACED.with(|traced| traced.borrow_mut().push(Traced { level, fields }));
 }
 
 #[tokio::test(start_paused = true)]

@@ -247,13 +247,13 @@ fn a_subscribers_buffer_holds_exactly_event_buffer_events() {
     let late: Vec<_> = drain(&mut late);
     assert_eq!(late.len(), EVENT_BUFFER, "{late:?}");
     assert_eq!(
-        transitions_in(&late),
+        transitions_of(&late),
         rest,
         "a full buffer keeps every event"
     );
 
     // One more than fits: the buffer keeps EVENT_BUFFER transitions (the newest), not 65.
-    let early = transitions_in(&drain(&mut early));
+    let early = transitions_of(&drain(&mut early));
     assert_eq!(
         early.len(),
         EVENT_BUFFER,
@@ -261,17 +261,6 @@ fn a_subscribers_buffer_holds_exactly_event_buffer_events() {
     );
     assert_ne!(early.first(), Some(&first), "the oldest is the one dropped");
     assert_eq!(early, rest, "the newest EVENT_BUFFER transitions are kept");
-}
-
-/// The transitions among `events` (a lag marker, if any, left out).
-fn transitions_in(events: &[Event]) -> Vec<(State, State)> {
-    events
-        .iter()
-        .filter_map(|event| match event {
-            Event::StateTransition { from, to, .. } => Some((*from, *to)),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]
@@ -336,8 +325,8 @@ fn reset_on_a_closed_breaker_emits_closed_to_closed() {
 /// The events of a subscriber that lagged: the lag marker's count, then the transitions.
 fn lagged(events: &[Event]) -> (Option<u64>, Vec<(State, State)>) {
     match events.split_first() {
-        Some((Event::Lagged { missed, .. }, rest)) => (Some(*missed), transitions_in(rest)),
-        _ => (None, transitions_in(events)),
+        Some((Event::Lagged { missed, .. }, rest)) => (Some(*missed), transitions_of(rest)),
+        _ => (None, transitions_of(events)),
     }
 }
 

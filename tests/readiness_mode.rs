@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::time::Duration;
 
+use support::traced::OnEvent;
 use support::{Counted, Counts};
 use tokio_test::task::spawn;
 use tokio_test::{assert_pending, assert_ready_ok};
@@ -320,35 +321,6 @@ fn a_member_that_goes_away_wakes_the_tasks_its_departure_lets_through() {
     assert_eq!(counts.wakes(), 1, "the waiting task is woken to go through");
 }
 
-/// A tracing subscriber that runs `hook` once, at the first `info` event of the readiness module
-/// (the panic group's "recovered"): user code in the middle of `poll_ready`.
-struct HookOnRecovery {
-    hook: Box<dyn Fn() + Send + Sync>,
-    fired: std::sync::atomic::AtomicBool,
-}
-
-impl tracing::Subscriber for HookOnRecovery {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let metadata = event.metadata();
-        if metadata.target().ends_with("readiness")
-            && *metadata.level() == tracing::Level::INFO
-            && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            (self.hook)();
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn a_member_opening_while_the_group_is_read_wakes_the_task_that_read_it() {
     let group = PanicGroup::new(0.5).unwrap();
@@ -361,10 +333,18 @@ fn a_member_opening_while_the_group_is_read_wakes_the_task_that_read_it() {
     b.handle().reset();
     // The next read finds the group recovered; while it says so, `b` opens again.
     let other = b.handle();
-    let subscriber = HookOnRecovery {
-        hook: Box::new(move || other.force_open()),
-        fired: Default::default(),
-    };
+    // At the first `info` event of the readiness module (the panic group's "recovered"), once:
+    // user code in the middle of `poll_ready`.
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    let subscriber = OnEvent(move |event: &tracing::Event<'_>| {
+        let metadata = event.metadata();
+        if metadata.target().ends_with("readiness")
+            && *metadata.level() == tracing::Level::INFO
+            && !fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            other.force_open();
+        }
+    });
     let (waker, counts) = support::CountsWakes::waker();
     let polled = tracing::subscriber::with_default(subscriber, || {
         // tracing caches each callsite's interest globally (see tests/events.rs).
@@ -402,32 +382,6 @@ async fn every_layer_of_a_breaker_in_a_group_lets_calls_through_while_it_panics(
 
 // ===== panic groups: wake-ups =====
 
-/// A tracing subscriber that runs `hook` at the first event it sees: user code that runs in the
-/// middle of a `poll_ready`, as a preemption could, made to happen at a known place.
-struct AtFirstEvent<F> {
-    hook: std::sync::Mutex<Option<F>>,
-}
-
-impl<F: FnOnce() + Send + 'static> tracing::Subscriber for AtFirstEvent<F> {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, _: &tracing::Event<'_>) {
-        // Taken out of the lock before it runs: it logs too.
-        let hook = self.hook.lock().unwrap().take();
-        if let Some(hook) = hook {
-            hook();
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn a_member_that_opens_while_another_looks_at_the_group_wakes_the_one_that_looked() {
     // `a` is forced open: its own breaker never wakes it, only the group can. `a`'s poll looks at
@@ -446,9 +400,14 @@ fn a_member_that_opens_while_another_looks_at_the_group_wakes_the_one_that_looke
     let mut svc = a.layer(inner_a);
     let (waker, wakes) = support::CountsWakes::waker();
     let b_handle = b.handle();
-    let subscriber = AtFirstEvent {
-        hook: std::sync::Mutex::new(Some(move || b_handle.force_open())),
-    };
+    // At the first event: user code that runs in the middle of a `poll_ready`, as a preemption
+    // could, made to happen at a known place. Once: it logs too.
+    let fired = std::sync::atomic::AtomicBool::new(false);
+    let subscriber = OnEvent(move |_: &tracing::Event<'_>| {
+        if !fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            b_handle.force_open();
+        }
+    });
     let polled = tracing::subscriber::with_default(subscriber, || {
         // tracing caches each callsite's interest globally (see tests/events.rs).
         tracing::callsite::rebuild_interest_cache();

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use support::redis::{RedisServer, namespace};
+use support::traced::{OnEvent, fields};
 use tokio::time::Instant;
 use tower_circuit_breaker::CircuitBreakerLayer;
 use tower_circuit_breaker::redis::{Fleet, Shared};
@@ -31,47 +32,25 @@ struct FleetLogs {
     reachable_again: AtomicUsize,
 }
 
-impl tracing::Subscriber for FleetLogs {
-    fn register_callsite(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        struct Message(String);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
-        if message.0.starts_with("fleet state unreachable") {
+impl FleetLogs {
+    fn count(&self, event: &tracing::Event<'_>) {
+        let message = fields(event).remove("message").unwrap_or_default();
+        if message.starts_with("fleet state unreachable") {
             self.unreachable.fetch_add(1, Ordering::SeqCst);
-        } else if message.0.starts_with("fleet state reachable again") {
+        } else if message.starts_with("fleet state reachable again") {
             self.reachable_again.fetch_add(1, Ordering::SeqCst);
         }
     }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 /// On a current-thread runtime, so that the fleet's task runs under the test's subscriber.
 #[test]
 fn an_outage_is_logged_once_and_the_return_once() {
     let logs = Arc::new(FleetLogs::default());
-    let _default = tracing::subscriber::set_default(logs.clone());
+    let counted = logs.clone();
+    let _default = tracing::subscriber::set_default(OnEvent(move |event: &tracing::Event<'_>| {
+        counted.count(event)
+    }));
     // See tests/observability.rs: another test's thread may have cached a callsite as "never".
     tracing::callsite::rebuild_interest_cache();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -5,96 +5,42 @@
 
 mod support;
 
-use std::fmt;
 use std::future::ready;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::executor::block_on;
+use support::traced::{OnEvent, fields};
 use support::*;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_circuit_breaker::{CircuitBreakerLayer, Handle, State};
-use tracing::field::{Field, Visit};
-use tracing::span;
+use tower_circuit_breaker::{CircuitBreakerLayer, State};
 
 /// How long the test may take before it counts as deadlocked.
 const DEADLOCK: Duration = Duration::from_secs(5);
 
 // ===== a tracing subscriber that calls back =====
 
-/// The transition a tracing event reports: `from`/`to`, or `state` for a reset to the same state.
-#[derive(Default)]
-struct Fields {
-    message: String,
-    from: Option<String>,
-    to: Option<String>,
-    state: Option<String>,
-}
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let value = format!("{value:?}");
-        match field.name() {
-            "message" => self.message = value,
-            "from" => self.from = Some(value),
-            "to" => self.to = Some(value),
-            "state" => self.state = Some(value),
-            _ => {}
-        }
-    }
+/// The transition a tracing event reports (`from`/`to`, or `state` for a reset to the same
+/// state), and its message.
+fn transition_of(event: &tracing::Event<'_>) -> Option<((State, State), String)> {
+    let mut fields = fields(event);
+    let message = fields.remove("message").unwrap_or_default();
+    let get = |name| fields.get(name).map(|shown: &String| parse(shown));
+    let transition = match (get("from"), get("to"), get("state")) {
+        (Some(from), Some(to), _) => (from, to),
+        (None, None, Some(state)) if message != "call rejected" => (state, state),
+        _ => return None,
+    };
+    Some((transition, message))
 }
 
 /// A state as the tracing events write it (its `Display`).
 fn parse(shown: &str) -> State {
-    ALL_STATES
+    State::ALL
         .into_iter()
         .find(|state| state.to_string() == shown)
         .unwrap_or_else(|| panic!("unknown state {shown:?}"))
-}
-
-/// Records the transitions of every tracing event it sees, and calls `on_opened` with the handle
-/// the first time it sees "circuit opened", from inside its `event` callback.
-struct CallsBackWhenOpened {
-    handle: Handle,
-    on_opened: fn(&Handle),
-    acted: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(State, State)>>>,
-}
-
-impl tracing::Subscriber for CallsBackWhenOpened {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(1)
-    }
-
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let transition = match (&fields.from, &fields.to, &fields.state) {
-            (Some(from), Some(to), _) => (parse(from), parse(to)),
-            (None, None, Some(state)) if fields.message != "call rejected" => {
-                (parse(state), parse(state))
-            }
-            _ => return,
-        };
-        // Our own lock is released before calling back.
-        self.seen.lock().unwrap().push(transition);
-        if fields.message == "circuit opened" && !self.acted.swap(true, Ordering::SeqCst) {
-            (self.on_opened)(&self.handle);
-        }
-    }
-
-    fn enter(&self, _: &span::Id) {}
-
-    fn exit(&self, _: &span::Id) {}
 }
 
 /// Asserts that `part` is `whole` with some items left out: in order, each at most once.
@@ -122,16 +68,23 @@ fn a_tracing_subscriber_may_call_the_handle_when_the_circuit_opens() {
         let mut events = handle.subscribe();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let acted = Arc::new(AtomicBool::new(false));
-        let subscriber = CallsBackWhenOpened {
-            handle: handle.clone(),
-            on_opened: |handle| {
-                let _ = handle.state();
-                let _ = handle.metrics();
-                handle.force_open();
-            },
-            acted: acted.clone(),
-            seen: seen.clone(),
-        };
+        // Records the transition of every event, and calls the handle the first time it sees
+        // "circuit opened", from inside its callback.
+        let subscriber = OnEvent({
+            let (handle, acted, seen) = (handle.clone(), acted.clone(), seen.clone());
+            move |event: &tracing::Event<'_>| {
+                let Some((transition, message)) = transition_of(event) else {
+                    return;
+                };
+                // Our own lock is released before calling back.
+                seen.lock().unwrap().push(transition);
+                if message == "circuit opened" && !acted.swap(true, Ordering::SeqCst) {
+                    let _ = handle.state();
+                    let _ = handle.metrics();
+                    handle.force_open();
+                }
+            }
+        });
         tracing::subscriber::with_default(subscriber, || {
             // tracing caches each callsite's interest globally: one another test's thread
             // registered with no subscriber could be cached as "never" here.

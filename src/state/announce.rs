@@ -13,7 +13,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
-use super::transition::{Core, Rates};
+use super::locked::{Core, Rates};
 use super::{Breaker, Rejection, State};
 use crate::event::{Event, Wakers};
 use crate::sync::{AtomicBool, Ordering, Panic, caught, raise};

@@ -6,6 +6,7 @@
 //! the counters, and no probe permit leaks.
 
 use super::*;
+use crate::classify::Outcome;
 use crate::config::Builder;
 use futures::{FutureExt, StreamExt};
 use loom::sync::Arc;

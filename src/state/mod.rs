@@ -33,17 +33,26 @@
 //! sequential order of the outcomes gives, a stale outcome (its generation is no longer current)
 //! can never land in a window that a transition cleared, and each transition happens once. No
 //! user code runs under it: a transition queues its announcement (tracing, events, wake-ups),
-//! and the announcements run after the lock is released, in transition order (`transition.rs`).
+//! and the announcements run after the lock is released, in transition order (`announce.rs`).
 //!
 //! Every admitted call carries a [`Ticket`] with the generation that admitted it. A result whose
 //! generation is no longer current is stale and dropped: it cannot move the state, and it cannot
 //! take a probe's place.
+//!
+//! # Where things are
+//!
+//! `mod.rs` admits calls; `record.rs` records their outcomes; `locked.rs` holds what the
+//! transition lock guards (`Core`) and the trip decision; `transition.rs` makes every change of
+//! state; `announce.rs` announces them; `probe.rs` runs the half-open probes; `observe.rs` answers
+//! rejections and reads; `word.rs`, `window.rs`, `lane.rs` and `clock.rs` are the pieces.
 
 mod announce;
 pub(crate) mod clock;
 pub(crate) mod lane;
+mod locked;
 mod observe;
 mod probe;
+mod record;
 #[cfg(feature = "redis")]
 pub(crate) mod remote;
 mod transition;
@@ -61,19 +70,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::adaptive::Throttle;
-use crate::classify::Outcome;
 use crate::config::Config;
 use crate::event::Subscribers;
 use crate::sync::{AtomicBool, AtomicU64, CachePadded, Mutex, Ordering};
 use clock::{Now, instant_at};
-use lane::Count;
+use locked::Core;
+pub(crate) use locked::{Rates, should_trip};
 #[cfg(feature = "keyed")]
 pub(crate) use observe::Forgettable;
-use probe::{ProbeRefused, ProbeResult, half_open_limits, half_open_max_wait};
-use transition::Core;
-pub(crate) use transition::{Rates, should_trip};
+use probe::{ProbeRefused, half_open_limits, half_open_max_wait};
 use waiters::Waiters;
-use window::{Sample, Window};
+use window::Window;
 use word::{Generation, Probes, StateWord, Ticket, TicketKind};
 
 /// The state of a circuit breaker.
@@ -218,7 +225,7 @@ pub(crate) struct Breaker {
     clean: CachePadded<Clean>,
     /// The transition lock and what it guards.
     core: Mutex<Core>,
-    /// Whether a thread is running the queued announcements (see `transition.rs`).
+    /// Whether a thread is running the queued announcements (see `announce.rs`).
     announcing: AtomicBool,
     /// Lifetime counts of outcomes and rejections, per lane.
     counters: lane::Counters,
@@ -507,164 +514,8 @@ impl Breaker {
         }
         word.state()
     }
-
-    // ===== recording =====
-
-    /// Records a dispatched call's `outcome` (`started`: when it was dispatched, if recording
-    /// needs its duration; `not_before`: a failure's upstream asked not to be called again before
-    /// then). Counted in the lifetime totals whatever the state and the ticket's generation: the
-    /// call happened.
-    pub(crate) fn complete(
-        &self,
-        ticket: Ticket,
-        outcome: Outcome,
-        started: Option<u64>,
-        not_before: Option<u64>,
-        now: &mut Now<'_>,
-    ) {
-        let elapsed = started.map(|started| now.get().saturating_sub(started));
-        let slow = match (self.config().slow_call_duration, elapsed) {
-            (Some(limit), Some(elapsed)) => elapsed > clock::saturating_nanos(limit),
-            _ => false,
-        };
-        let lane = lane::thread_lane();
-        let (count, sample) = match outcome {
-            Outcome::Success => (
-                Count::Successful,
-                Sample {
-                    failed: false,
-                    slow,
-                },
-            ),
-            Outcome::Failure => (Count::Failed, Sample { failed: true, slow }),
-            _ => (
-                Count::Ignored,
-                Sample {
-                    failed: false,
-                    slow: false,
-                },
-            ),
-        };
-        self.counters.add(lane, count);
-        if sample.slow {
-            self.counters.add(lane, Count::Slow);
-        }
-        #[cfg(feature = "metrics")]
-        if let (Some(exported), Some(elapsed)) = (&self.exported, elapsed) {
-            exported.record_duration(count, elapsed);
-        }
-        if count == Count::Ignored {
-            // Ignored (even slow): nothing is recorded, a probe permit goes back.
-            return self.release(ticket);
-        }
-        if self.words.throttles && ticket.kind() != TicketKind::Unrecorded {
-            // Every dispatched call the breaker records counts, stale or not: the throttle
-            // follows the dependency, not the state. A throttling breaker's successes all come
-            // here: `Lane::absorbs` never takes them (`set_clean`).
-            self.throttle_record(outcome == Outcome::Success, now);
-        }
-        // A timely success that changes nothing takes no lock, timed or not.
-        if !slow && self.is_settled(ticket, outcome) {
-            return;
-        }
-        match ticket.kind() {
-            TicketKind::Unrecorded => {}
-            TicketKind::Recorded => self.record(ticket.generation(), sample, not_before, now),
-            TicketKind::Probe => {
-                let result = if sample.failed || sample.slow {
-                    ProbeResult::Failed
-                } else {
-                    ProbeResult::Succeeded
-                };
-                self.finish_probe(ticket.generation(), result, not_before, now);
-            }
-        }
-    }
-
-    /// `instant` in nanoseconds since the breaker's creation.
-    pub(crate) fn nanos_at(&self, instant: Instant) -> u64 {
-        clock::saturating_nanos(instant.saturating_duration_since(self.epoch))
-    }
-
-    /// Whether a plain success of `ticket` would change nothing: the healthy closed path, which
-    /// then records nothing and takes no lock (`Lane::absorbs` counts it).
-    #[inline]
-    pub(crate) fn is_absorbed(&self, ticket: Ticket, outcome: Outcome) -> bool {
-        // Relaxed: `clean` is written under the lock after each change of the window; a value
-        // read here is one the window had, and a success recorded against it changes nothing.
-        // A stale ticket changes nothing either way.
-        ticket.kind() == TicketKind::Recorded
-            && outcome == Outcome::Success
-            && self.clean.absorbed.load(Ordering::Relaxed)
-    }
-
-    /// `is_absorbed`, for a call that went through `complete` (which has counted it in the
-    /// throttle's window already).
-    #[inline]
-    fn is_settled(&self, ticket: Ticket, outcome: Outcome) -> bool {
-        // Relaxed: as for `is_absorbed`.
-        ticket.kind() == TicketKind::Recorded
-            && outcome == Outcome::Success
-            && self.clean.settled.load(Ordering::Relaxed)
-    }
-
-    /// Publishes whether a plain success would change nothing (`Core::is_clean`), under the lock.
-    pub(super) fn set_clean(&self, clean: bool) {
-        // Relaxed: see `is_absorbed`. A throttling breaker never absorbs a success without
-        // `complete`: the throttle counts every completed call.
-        let absorbed = clean && !self.words.throttles;
-        self.clean.absorbed.store(absorbed, Ordering::Relaxed);
-        self.clean.settled.store(clean, Ordering::Relaxed);
-    }
-
-    /// Gives back what a call that will never complete holds: its probe permit, if any.
-    #[inline]
-    pub(crate) fn release(&self, ticket: Ticket) {
-        if ticket.kind() == TicketKind::Probe {
-            let returned = ProbeResult::Returned;
-            self.finish_probe(ticket.generation(), returned, None, &mut self.now());
-        }
-    }
-
-    fn record(
-        &self,
-        generation: Generation,
-        sample: Sample,
-        not_before: Option<u64>,
-        now: &mut Now<'_>,
-    ) {
-        // Relaxed: a hint, so that the clock is read before the lock; the window under the lock
-        // decides (a reconfiguration may have changed its kind meanwhile).
-        if self.words.time_window.load(Ordering::Relaxed) {
-            now.get();
-        }
-        let mut core = self.lock();
-        let word = self.load();
-        if word.generation() != generation {
-            return; // stale: admitted under a state that has since changed
-        }
-        let at = if core.window_is_time() { now.get() } else { 0 };
-        core.record(sample, at, not_before);
-        if core.learns() {
-            core.learn(now.get(), sample.failed);
-        }
-        self.set_clean(core.is_clean());
-        let totals = core.totals(at);
-        let threshold = core.failure_threshold();
-        match word.state() {
-            State::Closed if should_trip(totals, core.consecutive(), threshold, core.config()) => {
-                let exceeded = Rates::of(totals, core.config()).exceeded(threshold, core.config());
-                self.queue_exceeded(&mut core, exceeded, totals.calls, State::Closed);
-                // The interval counts from now, read under the lock, not from before it.
-                let opened_at = self.now().get();
-                self.transition(&mut core, word, State::Open, opened_at);
-            }
-            State::MetricsOnly => self.watch_rates(&mut core, totals),
-            _ => {}
-        }
-        self.unlock(core);
-    }
 }
+
 /// `Words::fast_admit`: the tags of Closed (unless the breaker throttles) and MetricsOnly.
 fn fast_admit(throttles: bool) -> u8 {
     let tag = |state| 1u8 << StateWord::tag_of(state);

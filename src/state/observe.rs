@@ -140,3 +140,36 @@ pub(crate) enum Forgettable {
     /// Its open interval is over and no probe was admitted since: it rejects nobody.
     Recovered,
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::CircuitBreakerLayer;
+
+    #[test]
+    fn a_rejection_nobody_asked_for_takes_no_lock_and_reads_no_clock() {
+        use crate::state::clock::counts::during;
+        use crate::state::{Decision, State};
+        let breaker = Breaker::new(
+            Arc::new(CircuitBreakerLayer::builder().validate_for_tests()),
+            None,
+        );
+        breaker.force(State::ForcedOpen);
+        let Decision::Reject(rejection) = breaker.admit(&mut breaker.now()) else {
+            panic!("forced open: rejected");
+        };
+        assert_eq!(during(|| breaker.reject(rejection, false)), (0, 0));
+        let _transitions = breaker.subscribe();
+        assert_eq!(
+            during(|| breaker.reject(rejection, false)),
+            (0, 0),
+            "a subscriber that did not ask for rejections"
+        );
+        let _rejections = breaker.subscribe().with_rejections();
+        assert_eq!(during(|| breaker.reject(rejection, true)), (0, 1));
+        let totals = breaker.metrics().totals();
+        assert_eq!((totals.rejected(), totals.fallbacks()), (3, 1));
+    }
+}

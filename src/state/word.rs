@@ -215,19 +215,10 @@ impl Probes {
 mod tests {
     use super::*;
 
-    const STATES: [State; 6] = [
-        State::Closed,
-        State::Open,
-        State::HalfOpen,
-        State::ForcedOpen,
-        State::Disabled,
-        State::MetricsOnly,
-    ];
-
     #[test]
     fn every_state_round_trips_and_each_transition_is_a_new_generation() {
         let mut word = StateWord::INITIAL;
-        for (n, state) in STATES.into_iter().enumerate() {
+        for (n, state) in State::ALL.into_iter().enumerate() {
             word = word.next(state);
             assert_eq!(word.state(), state);
             assert_eq!(word.generation(), Generation(n as u64 + 1));

@@ -15,6 +15,7 @@ pub mod exposition;
 pub mod plain;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod traced;
 
 use std::fmt;
 use std::future::Future;
@@ -322,16 +323,6 @@ pub const fn secs(n: u64) -> Duration {
 
 pub const NS: Duration = Duration::from_nanos(1);
 
-/// Every state, in declaration order.
-pub const ALL_STATES: [State; 6] = [
-    State::Closed,
-    State::Open,
-    State::HalfOpen,
-    State::ForcedOpen,
-    State::Disabled,
-    State::MetricsOnly,
-];
-
 /// The open interval of the tests that do not vary it.
 pub const OPEN: Duration = Duration::from_secs(10);
 
@@ -350,6 +341,17 @@ pub fn transitions(events: &mut EventStream) -> Vec<(State, State)> {
         }
     }
     seen
+}
+
+/// The transitions among `events` (the other events left out).
+pub fn transitions_of(events: &[Event]) -> Vec<(State, State)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::StateTransition { from, to, .. } => Some((*from, *to)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A waker that counts its wake-ups.
