@@ -177,7 +177,11 @@ async fn a_grown_count_window_keeps_its_outcomes_in_order() {
     let m = h.handle.metrics();
     assert_eq!((m.calls(), m.failed()), (4, 1));
     run(&mut h.svc, 1, Reply::Ok).await;
-    assert_eq!(h.handle.metrics().failed(), 1, "the window has room for one");
+    assert_eq!(
+        h.handle.metrics().failed(),
+        1,
+        "the window has room for one"
+    );
     run(&mut h.svc, 1, Reply::Ok).await;
     let m = h.handle.metrics();
     assert_eq!(
