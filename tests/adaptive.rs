@@ -91,6 +91,17 @@ async fn nothing_is_rejected_at_or_above_the_success_threshold() {
     assert_eq!(rejected_share(&mut h, 1000).await, 0.0);
 }
 
+/// A disabled breaker records nothing, its throttle included: calls made while disabled leave the
+/// rejection probability as it was.
+#[tokio::test(start_paused = true)]
+async fn calls_made_while_disabled_do_not_move_the_throttle() {
+    let mut h = throttled(AdaptiveThrottle::new().success_threshold(0.9).seed(1));
+    fill(&mut h, 90, 10).await;
+    h.handle.disable();
+    run(&mut h.svc, 50, Reply::Fail).await;
+    assert_eq!(h.handle.metrics().rejection_probability(), Some(0.0));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_throttled_call_is_rejected_like_an_open_circuits_with_state_closed() {
     let layer = builder()

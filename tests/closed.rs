@@ -319,6 +319,34 @@ async fn call_is_slow_only_when_strictly_longer_than_slow_call_duration() {
     assert_eq!(handle.metrics().calls(), 3);
 }
 
+/// A slow call that leaves the window takes its slow count with it: from a count window when
+/// newer calls push it out, from a time window when its bucket leaves (one bucket at a time).
+#[tokio::test(start_paused = true)]
+async fn a_slow_call_leaving_the_window_takes_its_slow_count_with_it() {
+    for window in [Window::count(2), Window::time(secs(10)).buckets(10)] {
+        let Harness {
+            mut svc, handle, ..
+        } = harness(
+            builder()
+                .sliding_window(window)
+                .minimum_calls(2)
+                .slow_call_duration(secs(1)),
+        );
+        timed(&mut svc, Reply::Ok, secs(2)).await.unwrap();
+        assert_eq!(handle.metrics().slow(), 1, "{window:?}");
+        advance(secs(9)).await;
+        assert_eq!(handle.metrics().slow(), 1, "{window:?}: 9 s later, inside");
+        advance(secs(1)).await;
+        run(&mut svc, 2, Reply::Ok).await;
+        let metrics = handle.metrics();
+        assert_eq!(
+            (metrics.calls(), metrics.slow()),
+            (2, 0),
+            "{window:?}: the slow call left"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn slow_failure_counts_as_both_failure_and_slow() {
     let Harness {

@@ -470,6 +470,27 @@ async fn half_open_max_wait_counts_from_the_first_probe() {
     assert_eq!(rejected.retry_after(), Some(OPEN), "reopened at the expiry");
 }
 
+/// Every probe after the first leaves the episode started: none of them, the third included,
+/// starts the max wait again.
+#[tokio::test(start_paused = true)]
+async fn half_open_max_wait_is_not_restarted_by_a_later_probe() {
+    let mut h = half_open(probing(3).half_open_max_wait(secs(5))).await;
+    let mut probes = Vec::new();
+    for _ in 0..2 {
+        let (req, gate) = gated();
+        probes.push((start(&mut h.svc, req).await, gate)); // the max wait starts here
+    }
+    advance(secs(4)).await;
+    let (req, gate) = gated();
+    probes.push((start(&mut h.svc, req).await, gate)); // the third, 4 s later
+    advance(secs(1)).await;
+    assert_eq!(
+        h.handle.state(),
+        State::Open,
+        "5 s after the first probe, whatever the third"
+    );
+}
+
 /// Issue 8, defect 17: an expired episode reopens at its expiry instant (first probe + max wait),
 /// not when somebody next looks: a call long after the expiry is a probe once the new open
 /// interval has passed, and one in between is told the time left from the expiry.

@@ -340,6 +340,57 @@ async fn a_call_in_flight_or_a_kept_handle_keeps_its_breaker() {
     assert_eq!(keys.overflow().metrics().calls(), 2);
 }
 
+/// A call made but not polled yet holds its key's breaker (its service has taken no lane yet): a
+/// new key overflows rather than evict it.
+#[tokio::test(start_paused = true)]
+async fn a_call_not_polled_yet_keeps_its_breaker() {
+    let (mut svc, handle) = hosts(per_host().max_keys(1).no_idle_timeout());
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let unpolled = svc.call(to(1));
+    call_now(&mut svc, to(2)).unwrap();
+    assert!(handle.get(&1).is_some(), "key 1 is in use");
+    assert!(handle.get(&2).is_none(), "key 2 overflows");
+    assert_eq!(handle.overflow().metrics().calls(), 1);
+    match pin!(unpolled).poll(&mut cx) {
+        Poll::Ready(result) => assert_eq!(result.unwrap(), 1),
+        Poll::Pending => panic!("not ready at once"),
+    }
+}
+
+/// A half-open breaker that admitted no probe yet has recovered: a new key may take its place. One
+/// whose episode started (a probe succeeded, one more is needed) stays: a new key overflows.
+#[tokio::test(start_paused = true)]
+async fn a_half_open_breaker_may_be_evicted_only_before_its_first_probe() {
+    let (mut svc, handle) = hosts(
+        KeyedCircuitBreakerLayer::builder(host_of as KeyFn)
+            .breaker(
+                CircuitBreakerLayer::builder()
+                    .name("hosts")
+                    .consecutive_failures(2)
+                    .open_duration(OPEN)
+                    .half_open_calls(2),
+            )
+            .max_keys(1)
+            .no_idle_timeout(),
+    );
+    trip_host(&mut svc, 1);
+    tokio::time::advance(OPEN).await;
+    assert_eq!(state_of(&handle, 1), Some(State::HalfOpen));
+    call_now(&mut svc, to(2)).unwrap();
+    assert!(handle.get(&1).is_none(), "no probe yet: evicted");
+    assert_eq!(state_of(&handle, 2), Some(State::Closed));
+
+    trip_host(&mut svc, 2);
+    tokio::time::advance(OPEN).await;
+    call_now(&mut svc, to(2)).unwrap(); // a probe: 1 success of 2
+    assert_eq!(state_of(&handle, 2), Some(State::HalfOpen));
+    call_now(&mut svc, to(3)).unwrap();
+    assert!(handle.get(&3).is_none(), "key 3 overflows");
+    assert_eq!(state_of(&handle, 2), Some(State::HalfOpen));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_breaker_expires_and_a_used_one_stays() {
     let (mut svc, handle) = hosts(per_host().idle_timeout(Duration::from_secs(60)));

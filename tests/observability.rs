@@ -296,6 +296,37 @@ async fn metrics_only_reports_each_crossing_of_a_threshold_once_and_never_opens(
 }
 
 #[tokio::test(start_paused = true)]
+async fn metrics_only_reports_each_crossing_of_the_slow_call_rate_once() {
+    let mut h = harness(
+        builder()
+            .slow_call_duration(secs(1))
+            .slow_call_rate_threshold(0.5)
+            .sliding_window(Window::count(2))
+            .minimum_calls(2),
+    );
+    h.handle.metrics_only();
+    let mut events = h.handle.subscribe();
+    let rates = |events: &mut EventStream| {
+        drain(events)
+            .into_iter()
+            .map(|event| match event {
+                Event::SlowCallRateExceeded { slow_call_rate, .. } => slow_call_rate,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..5 {
+        call(&mut h.svc, ok().after(secs(2))).await.unwrap();
+    }
+    assert_eq!(rates(&mut events), [1.0], "once while it stays above");
+    run(&mut h.svc, 2, Reply::Ok).await; // below again
+    assert!(rates(&mut events).is_empty());
+    call(&mut h.svc, ok().after(secs(2))).await.unwrap();
+    assert_eq!(rates(&mut events), [0.5], "the next crossing");
+    assert_eq!(h.handle.state(), State::MetricsOnly);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_gets_rejections_only_when_it_asks_for_them() {
     let mut h = harness(
         builder()

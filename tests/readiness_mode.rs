@@ -91,6 +91,32 @@ async fn half_open_with_every_permit_taken_waits_for_a_permit_to_come_back() {
     assert_ready_ok!(waiting.poll());
 }
 
+/// A waiting service whose circuit opens again (a probe of another clone failed) moves its timer
+/// to the end of the new interval: it is not woken at the old one, over and over.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_moves_its_timer_to_the_end_of_a_new_open_interval() {
+    let layer = gated();
+    let (inner, _) = inner();
+    let mut svc = layer.layer(inner);
+    trip(&mut svc).await;
+    let mut other = svc.clone();
+    let mut waiting = spawn(other.ready());
+    assert_pending!(waiting.poll()); // its timer: the end of the first interval
+    tokio::time::advance(OPEN).await;
+    assert!(waiting.is_woken(), "a probe is possible");
+
+    trip(&mut svc).await; // another clone's probe fails first: open for another interval
+    assert_pending!(waiting.poll());
+    assert!(
+        !waiting.is_woken(),
+        "the timer moved: not woken by the old interval's end"
+    );
+    tokio::time::advance(OPEN - Duration::from_millis(1)).await;
+    assert!(!waiting.is_woken());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(waiting.is_woken(), "woken at the end of the new interval");
+}
+
 #[tokio::test(start_paused = true)]
 async fn forced_open_waits_until_an_operator_changes_the_state() {
     let layer = gated();

@@ -164,6 +164,55 @@ async fn a_resized_count_window_keeps_its_newest_outcomes() {
     assert_eq!(h.handle.metrics().failed(), 2, "the new window records");
 }
 
+/// A grown count window keeps every outcome of the old one, oldest first: the oldest is the first
+/// that newer outcomes push out.
+#[tokio::test(start_paused = true)]
+async fn a_grown_count_window_keeps_its_outcomes_in_order() {
+    let mut h = harness(rated().sliding_window(Window::count(4)).minimum_calls(4));
+    run(&mut h.svc, 1, Reply::Fail).await;
+    run(&mut h.svc, 3, Reply::Ok).await;
+    h.handle
+        .reconfigure(h.handle.config().sliding_window(Window::count(5)))
+        .unwrap();
+    let m = h.handle.metrics();
+    assert_eq!((m.calls(), m.failed()), (4, 1));
+    run(&mut h.svc, 1, Reply::Ok).await;
+    assert_eq!(
+        h.handle.metrics().failed(),
+        1,
+        "the window has room for one"
+    );
+    run(&mut h.svc, 1, Reply::Ok).await;
+    let m = h.handle.metrics();
+    assert_eq!(
+        (m.calls(), m.failed()),
+        (5, 0),
+        "the failure, the oldest, left first"
+    );
+}
+
+/// A window shrunk while open to successes only (a plain success would change nothing in it)
+/// still counts the next episode's probes: a probe that succeeds closes the circuit.
+#[tokio::test(start_paused = true)]
+async fn a_probe_counts_after_the_window_shrank_to_successes_while_open() {
+    let mut h = harness(rated());
+    run(&mut h.svc, 5, Reply::Fail).await;
+    run(&mut h.svc, 5, Reply::Ok).await; // 50 % of 10: open, the newest 5 successes
+    assert_eq!(h.handle.state(), State::Open);
+    h.handle
+        .reconfigure(
+            h.handle
+                .config()
+                .sliding_window(Window::count(5))
+                .minimum_calls(5),
+        )
+        .unwrap();
+    advance(OPEN).await;
+    assert_eq!(h.handle.state(), State::HalfOpen);
+    call(&mut h.svc, ok()).await.unwrap();
+    assert_eq!(h.handle.state(), State::Closed, "the probe counted");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_threshold_applies_from_the_next_outcome() {
     let mut h = harness(rated());

@@ -4,6 +4,7 @@
 #![cfg(feature = "keyed")]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 use tower_circuit_breaker::registry::{ConfigUpdate, Control, Registry, RegistryError};
@@ -110,6 +111,34 @@ fn the_listing_has_every_breaker_and_every_key() {
     ]
     .map(|(n, k)| (n.to_string(), k.map(str::to_string)));
     assert_eq!(rows, expected);
+}
+
+/// A row's retry-after is the time left while the breaker is open, and none once the interval is
+/// over (half-open) or after a reset to Closed.
+#[tokio::test(start_paused = true)]
+async fn the_listing_shows_a_retry_after_only_while_open() {
+    let registry = Registry::new();
+    let layer = registry
+        .get_or_create(
+            CircuitBreakerLayer::builder()
+                .name("db")
+                .consecutive_failures(1)
+                .open_duration(Duration::from_secs(10)),
+        )
+        .unwrap();
+    let failing = layer.layer(service_fn(|_: ()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    failing.oneshot(()).await.unwrap_err();
+    let row = |registry: &Registry| {
+        let row = registry.list().remove(0);
+        (row.state, row.retry_after_ms)
+    };
+    assert_eq!(row(&registry), (State::Open, Some(10_000)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(row(&registry), (State::HalfOpen, None));
+    layer.handle().reset();
+    assert_eq!(row(&registry), (State::Closed, None));
 }
 
 #[test]

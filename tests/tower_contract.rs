@@ -817,6 +817,22 @@ fn every_public_type_is_debug() {
     assert!(format!("{:?}", layer.handle().subscribe()).contains("EventStream"));
 }
 
+/// A ready service's `Debug` shows what its `poll_ready` holds: the admission and its ticket.
+#[tokio::test]
+async fn debug_of_a_ready_service_shows_its_admission() {
+    let mut service = breaker("dbg", 1).layer(echo::<Req>());
+    let idle = format!("{service:?}");
+    assert!(idle.contains("ready: None"), "{idle}");
+    std::future::poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .unwrap();
+    let ready = format!("{service:?}");
+    assert!(
+        ready.contains("Admitted") && ready.contains("kind: Recorded"),
+        "{ready}"
+    );
+}
+
 // ===== composition =====
 
 #[tokio::test(start_paused = true)]
