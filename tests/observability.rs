@@ -266,6 +266,19 @@ async fn consecutive_failures_open_without_a_rate_event() {
     assert_eq!(seen.len(), 1, "{seen:?}");
 }
 
+/// The rates of the crossings of the `kind` ("failure" or "slow") rate in `events`; any other
+/// event fails the test.
+fn crossings(events: &mut EventStream, kind: &str) -> Vec<f64> {
+    drain(events)
+        .into_iter()
+        .map(|event| match event {
+            Event::FailureRateExceeded { failure_rate, .. } if kind == "failure" => failure_rate,
+            Event::SlowCallRateExceeded { slow_call_rate, .. } if kind == "slow" => slow_call_rate,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn metrics_only_reports_each_crossing_of_a_threshold_once_and_never_opens() {
     let mut h = harness(
@@ -276,15 +289,7 @@ async fn metrics_only_reports_each_crossing_of_a_threshold_once_and_never_opens(
     );
     h.handle.metrics_only();
     let mut events = h.handle.subscribe();
-    let rates = |events: &mut EventStream| {
-        drain(events)
-            .into_iter()
-            .map(|event| match event {
-                Event::FailureRateExceeded { failure_rate, .. } => failure_rate,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect::<Vec<_>>()
-    };
+    let rates = |events: &mut EventStream| crossings(events, "failure");
     run(&mut h.svc, 2, Reply::Fail).await;
     run(&mut h.svc, 3, Reply::Fail).await;
     assert_eq!(rates(&mut events), [1.0], "once while it stays above");
@@ -306,15 +311,7 @@ async fn metrics_only_reports_each_crossing_of_the_slow_call_rate_once() {
     );
     h.handle.metrics_only();
     let mut events = h.handle.subscribe();
-    let rates = |events: &mut EventStream| {
-        drain(events)
-            .into_iter()
-            .map(|event| match event {
-                Event::SlowCallRateExceeded { slow_call_rate, .. } => slow_call_rate,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect::<Vec<_>>()
-    };
+    let rates = |events: &mut EventStream| crossings(events, "slow");
     for _ in 0..5 {
         call(&mut h.svc, ok().after(secs(2))).await.unwrap();
     }
