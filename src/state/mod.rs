@@ -48,7 +48,7 @@
 //! successes without the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
 //! trip decision; `transition.rs` makes every change of state; `announce.rs` announces them;
 //! `probe.rs` runs the half-open probes; `observe.rs` answers rejections and reads; `word.rs`,
-//! `window.rs`, `lane.rs` and `clock.rs` are the pieces.
+//! `window/`, `lane.rs` and `clock.rs` are the pieces.
 
 mod announce;
 mod batch;
