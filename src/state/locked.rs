@@ -335,6 +335,47 @@ mod tests {
             &c
         ));
     }
+    /// The jitter generator is splitmix64 (its published first outputs from a state of zero),
+    /// so that a jittered interval is as random as its constants make it.
+    #[test]
+    fn the_jitter_generator_is_splitmix64() {
+        let config = Arc::new(CircuitBreakerLayer::builder().validate_for_tests());
+        let mut core = Core::new(
+            Window::new(crate::config::WindowKind::Count(1), false),
+            config,
+        );
+        core.rng = 0;
+        for expected in [
+            0xe220a8397b1dcdaf_u64,
+            0x6e789e6aa1b965f4,
+            0x06c45d188009454f,
+        ] {
+            assert_eq!(
+                core.next_uniform(),
+                (expected >> 11) as f64 / (1u64 << 53) as f64
+            );
+        }
+    }
+
+    /// The clock is read before the lock only when recording needs it: a count window that a
+    /// reconfiguration kept (or made) reads none for a failure.
+    #[test]
+    fn a_reconfigured_count_window_records_a_failure_without_reading_the_clock() {
+        use crate::state::clock::counts::during;
+        use crate::state::{Breaker, Decision};
+        let count = || CircuitBreakerLayer::builder().sliding_window(crate::Window::count(10));
+        let b = Breaker::new(Arc::new(count().validate_for_tests()), None);
+        b.reconfigure(Arc::new(count().minimum_calls(5).validate_for_tests()));
+        let mut now = b.now();
+        let Decision::Admit(ticket) = b.admit(&mut now) else {
+            panic!("closed: admitted");
+        };
+        let (clock_reads, locks) = during(|| {
+            b.complete(ticket, crate::Outcome::Failure, None, None, &mut now);
+        });
+        assert_eq!((clock_reads, locks), (0, 1));
+    }
+
     #[test]
     fn the_jitter_generator_spreads_its_draws_evenly_over_0_to_1() {
         let config = Arc::new(crate::CircuitBreakerLayer::builder().validate_for_tests());
