@@ -833,6 +833,18 @@ async fn debug_of_a_ready_service_shows_its_admission() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn debug_of_a_response_future_shows_whether_it_was_called_or_rejected() {
+    let layer = breaker("dbg", 1);
+    let mut service = layer.layer(echo::<Req>());
+    let called = service.ready().await.unwrap().call("a");
+    assert!(format!("{called:?}").contains("Called"), "{called:?}");
+    called.await.unwrap();
+    layer.handle().force_open();
+    let rejected = service.ready().await.unwrap().call("b");
+    assert!(format!("{rejected:?}").contains("Rejected"), "{rejected:?}");
+}
+
 // ===== composition =====
 
 #[tokio::test(start_paused = true)]
