@@ -278,6 +278,36 @@ mod tests {
         );
     }
 
+    /// A line is the batch's epoch above its count, and the two fields fill the word: the epoch
+    /// compared is as wide as the module's argument against an old value coming back says.
+    #[test]
+    fn a_lines_epoch_and_count_fill_its_64_bits() {
+        assert_eq!(EPOCH_BITS + COUNT_BITS, 64);
+        assert_eq!(line_of(u64::MAX) | COUNT_MASK, u64::MAX);
+        assert_eq!(line_of(u64::MAX) & COUNT_MASK, 0);
+        assert_eq!(
+            line_of(1 << (EPOCH_BITS - 1)),
+            1 << 63,
+            "the epoch's top bit"
+        );
+        assert_eq!(line_of(1 << EPOCH_BITS), 0, "wraps past its bits");
+    }
+
+    /// A success joins the batch only inside the batch's bucket: one that completes after the
+    /// bucket ended (no lock was taken since) is recorded in its own bucket, and stays in the
+    /// window after the batch's bucket has left it.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_after_the_batchs_bucket_counts_in_its_own_bucket() {
+        let b = batching(); // 60 buckets of 1 s
+        succeed(&b); // at 0 s, under the lock: opens the batch of bucket [0 s, 1 s)
+        assert!(is_open(&b));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        succeed(&b); // at 1.5 s: bucket 1
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // 60.5 s: bucket 0 has left the window, bucket 1 has not.
+        assert_eq!(b.metrics().calls(), 1);
+    }
+
     /// What lets callers on several cores scale on a time window: once an outcome opened the
     /// batch, successes in the same bucket take no lock, and each is still counted.
     #[test]
