@@ -199,11 +199,12 @@ mod tests {
         ready(Ok(()))
     }
 
-    #[test]
-    fn exporting_adds_no_lock_and_no_clock_read_to_a_healthy_closed_call() {
+    /// The clock reads and locks of 100 healthy calls, after 10 that fill a count window of 10,
+    /// through a breaker exporting with `export`; and its handle.
+    fn hundred_calls(export: Export) -> ((usize, usize), crate::Handle) {
         let layer = CircuitBreakerLayer::builder()
             .sliding_window(Window::count(10))
-            .export_metrics(Export::new())
+            .export_metrics(export)
             .build()
             .unwrap();
         let svc = layer.layer(service_fn(
@@ -215,26 +216,19 @@ mod tests {
             }
         };
         calls(10); // a full window of successes
-        assert_eq!(during(|| calls(100)), (0, 0));
-        assert_eq!(layer.handle().metrics().totals().successful(), 110);
+        (during(|| calls(100)), layer.handle())
+    }
+
+    #[test]
+    fn exporting_adds_no_lock_and_no_clock_read_to_a_healthy_closed_call() {
+        let (counts, handle) = hundred_calls(Export::new());
+        assert_eq!(counts, (0, 0));
+        assert_eq!(handle.metrics().totals().successful(), 110);
     }
 
     #[test]
     fn exported_durations_read_the_clock_twice_per_call_and_take_no_lock() {
-        let layer = CircuitBreakerLayer::builder()
-            .sliding_window(Window::count(10))
-            .export_metrics(Export::new().durations(true))
-            .build()
-            .unwrap();
-        let svc = layer.layer(service_fn(
-            answer as fn(()) -> Ready<Result<(), &'static str>>,
-        ));
-        let calls = |n| {
-            for _ in 0..n {
-                block_on(svc.clone().oneshot(())).unwrap();
-            }
-        };
-        calls(10);
-        assert_eq!(during(|| calls(100)), (200, 0));
+        let (counts, _) = hundred_calls(Export::new().durations(true));
+        assert_eq!(counts, (200, 0));
     }
 }
