@@ -168,6 +168,7 @@ mod tests {
     use crate::CircuitBreakerLayer;
     use crate::classify::Outcome;
     use crate::state::Decision;
+    use crate::state::word::Ticket;
 
     fn breaker(builder: crate::Builder) -> Arc<Breaker> {
         Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
@@ -222,14 +223,9 @@ mod tests {
         assert_eq!(b.state(&mut b.now()), State::HalfOpen);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn open_until_reopens_a_half_open_breaker_and_makes_its_probes_stale() {
-        let b = breaker(
-            CircuitBreakerLayer::builder()
-                .open_duration(Duration::from_secs(1))
-                .half_open_calls(1),
-        );
-        b.force(State::Closed);
+    /// Opens `b` from the fleet for a second, lets that second pass, and takes the probe of the
+    /// half-open episode.
+    async fn probe_after_a_fleet_opening(b: &Breaker) -> Ticket {
         assert_eq!(
             b.open_until(Instant::now() + Duration::from_secs(1)),
             OpenUntil::Opened
@@ -238,6 +234,18 @@ mod tests {
         let Decision::Admit(probe) = b.admit(&mut b.now()) else {
             panic!("a probe");
         };
+        probe
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_until_reopens_a_half_open_breaker_and_makes_its_probes_stale() {
+        let b = breaker(
+            CircuitBreakerLayer::builder()
+                .open_duration(Duration::from_secs(1))
+                .half_open_calls(1),
+        );
+        b.force(State::Closed);
+        let probe = probe_after_a_fleet_opening(&b).await;
         let until = Instant::now() + Duration::from_secs(3);
         assert_eq!(b.open_until(until), OpenUntil::Opened);
         b.complete(probe, Outcome::Success, None, None, &mut b.now());
@@ -294,14 +302,7 @@ mod tests {
                 .half_open_calls(1)
                 .consecutive_failures(1),
         );
-        assert_eq!(
-            b.open_until(Instant::now() + Duration::from_secs(1)),
-            OpenUntil::Opened
-        );
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let Decision::Admit(probe) = b.admit(&mut b.now()) else {
-            panic!("a probe");
-        };
+        let probe = probe_after_a_fleet_opening(&b).await;
         assert!(b.close_from_fleet());
         b.complete(probe, Outcome::Failure, None, None, &mut b.now());
         assert_eq!(b.state(&mut b.now()), State::Closed, "the probe is stale");
