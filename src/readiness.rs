@@ -234,3 +234,29 @@ impl<C, F> CircuitBreakerLayer<C, F> {
         self
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn breaker() -> Arc<Breaker> {
+        let config = CircuitBreakerLayer::builder().validate_for_tests();
+        Arc::new(Breaker::new(Arc::new(config), None))
+    }
+
+    /// Members come and go for a process's life (a keyed layer's breakers): a member that joins
+    /// clears the group of those that went away, so the group holds no more than are alive.
+    #[test]
+    fn a_member_that_joins_clears_the_group_of_members_that_went_away() {
+        let group = PanicGroup::default();
+        let kept = breaker();
+        group.join(&kept);
+        for _ in 0..10 {
+            group.join(&breaker()); // dropped at once
+        }
+        let last = breaker();
+        group.join(&last);
+        let members = group.shared.members.read().unwrap().len();
+        assert_eq!(members, 2, "the two alive");
+    }
+}

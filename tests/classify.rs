@@ -95,6 +95,19 @@ async fn a_deferred_verdict_is_recorded_at_the_end_of_the_body() {
     assert_eq!(layer.handle().state(), State::Open);
 }
 
+/// A completion carried in a body says what it holds when debugged: whether it was timed, and
+/// its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_completion_shows_its_admission_and_timing_in_debug() {
+    let (_layer, svc) = streams(tripping());
+    let pending = body(&svc, Outcome::Success).await;
+    let shown = format!("{:?}", pending.completion.as_ref().unwrap());
+    for field in ["Completion", "admission", "started", "deadline"] {
+        assert!(shown.contains(field), "{field} in {shown}");
+    }
+    pending.finish();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_dropped_before_its_end_records_nothing_and_returns_its_probe_permit() {
     let (layer, svc) = streams(tripping());

@@ -235,6 +235,15 @@ async fn a_dropped_member_leaves_its_group() {
 }
 
 #[test]
+fn a_panic_group_shows_its_threshold_and_whether_it_panics_in_debug() {
+    let group = PanicGroup::new(0.25).unwrap();
+    let shown = format!("{group:?}");
+    assert!(shown.starts_with("PanicGroup"), "{shown}");
+    assert!(shown.contains("threshold: 0.25"), "{shown}");
+    assert!(shown.contains("panicking: false"), "{shown}");
+}
+
+#[test]
 fn a_panic_threshold_out_of_range_is_a_config_error() {
     for bad in [0.0, -0.5, 1.5, f64::NAN] {
         let err = PanicGroup::new(bad).unwrap_err();

@@ -497,6 +497,20 @@ mod tests {
         assert!(matches!(inner.slots, Slots::Wide(_)));
     }
 
+    /// A bucket widens only when an outcome would not fit: one that reaches `u32::MAX` exactly
+    /// stays in 32 bits (its 64-bit copy would double the window's memory for nothing).
+    #[test]
+    fn a_bucket_that_reaches_u32_max_outcomes_exactly_stays_narrow() {
+        let mut w = time(10, 2);
+        fill(&mut w, 0, u32::MAX - 1, 0, 0);
+        w.record(FAIL, 1);
+        assert_eq!(w.totals(1), totals(u64::from(u32::MAX), 1, 0));
+        let Window::Time(inner) = &w else {
+            unreachable!()
+        };
+        assert!(matches!(inner.slots, Slots::Narrow { .. }));
+    }
+
     #[test]
     fn batched_successes_past_a_buckets_u32_max_outcomes_all_count() {
         let mut w = time(10, 2);
