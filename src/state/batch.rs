@@ -1,27 +1,33 @@
-//! Batched successes: the lock-free success path of a time window.
+//! Batched successes: the lock-free success path of a window that holds failures.
 //!
-//! A time window counts every outcome, so each success would take the transition lock, and
-//! callers on several cores would hand the lock and the bucket's line to each other on every call.
-//! Instead, while the window is at a bucket where a plain success cannot trip the breaker, each
-//! lane counts its plain successes in its own line of the counters, and whoever takes the lock
-//! next folds every line into the window before anything else (`Breaker::lock`). The window, and
-//! every decision taken under the lock, then see each batched success as if it had been recorded
-//! under the lock when it was counted.
+//! While the window holds a failure (or, for a time window, always: it counts every outcome),
+//! a success changes the window, so each one would take the transition lock, and callers on
+//! several cores would hand the lock and the window's line to each other on every call. Instead,
+//! while a plain success cannot trip the breaker, each lane counts its plain successes in its own
+//! line of the counters, and whoever takes the lock next folds every line into the window before
+//! anything else (`Breaker::lock`). The window, the consecutive count, and every decision taken
+//! under the lock then see each batched success as if it had been recorded under the lock when
+//! it was counted: after every outcome recorded before, and before the one that takes the lock.
 //!
 //! **When successes batch.** A batch is opened under the lock, after an outcome was recorded and
-//! evaluated, when: the breaker is Closed and did not trip, the window is a time window at a bucket
-//! (its bounds are the batch's), the rates are defined (`minimum_calls` reached), no failure is
-//! counted in a row, and no failure-rate baseline learns from every outcome. Until that bucket
-//! ends no outcome leaves the window, so a plain success (neither failed nor slow) only lowers the
-//! rates and leaves the consecutive count at zero: evaluating the thresholds after it would not
-//! trip the breaker, which is why it need not be evaluated when it is counted.
+//! evaluated, when: the breaker is Closed and did not trip, the rates are defined
+//! (`minimum_calls` reached), and no failure-rate baseline learns from every outcome. A plain
+//! success (neither failed nor slow) then only lowers the rates and ends any run of failures:
+//! evaluating the thresholds after it would not trip the breaker, which is why it need not be
+//! evaluated when it is counted. A time window's batch is bounded by the bucket the window is at
+//! (`Window::batch_bounds`): a success read after the bucket's end could push an older bucket,
+//! and its failures, out of the window, and the fold must know the bucket. A count window's is
+//! bounded in number (`Window::batch_limit`): a lane's success that makes the window's size goes
+//! to the lock, which folds the batch, records it, and finds the window full of plain successes
+//! (see `Breaker::clean`): the healthy path takes over again.
 //!
 //! **The protocol.** The batch is published in the state words: `batch_start` and `batch_end`,
 //! the bounds of its bucket in nanoseconds, and `batch_epoch`, a number that every fold and every
 //! new batch increments, with `OPEN` while successes may join. Each lane's line holds
 //! `epoch << COUNT_BITS | count` (the epoch's low `EPOCH_BITS` bits). Under the lock, a new batch
-//! and a fold swap every line to the next epoch and a count of zero first, then store the bounds,
-//! then the epoch (Release); a fold adds the counts that carried the batch's epoch. A success
+//! and a fold swap every line to the next epoch first (a fold to a count of zero, a new batch to
+//! its first count, `batch_limit - 1` below full), then store the bounds, then the epoch (Release); a
+//! fold adds what the lines that carried the batch's epoch counted past their first count. A success
 //! reads the epoch (Acquire), the bounds (Acquire), its line, and then the state word, and counts
 //! itself with one compare-and-swap of its line from the value it read, if: the epoch is open,
 //! the line carries it, the clock reading is within the bounds, the count is not full, and its
@@ -48,7 +54,7 @@
 use super::Breaker;
 use super::clock::Now;
 use super::locked::Core;
-use super::window::Totals;
+use super::window::{Totals, UNBOUNDED};
 use super::word::Generation;
 use crate::sync::Ordering;
 
@@ -62,6 +68,12 @@ const EPOCH_MASK: u64 = (1 << EPOCH_BITS) - 1;
 /// A line's word for `epoch` with a count of zero.
 fn line_of(epoch: u64) -> u64 {
     (epoch & EPOCH_MASK) << COUNT_BITS
+}
+
+/// The count a line starts a batch at: `limit - 1` below full, so that the lane's `limit`-th
+/// success goes to the lock (`Window::batch_limit`).
+fn first_count(limit: u64) -> u64 {
+    COUNT_MASK - limit.saturating_sub(1).min(COUNT_MASK)
 }
 
 impl Breaker {
@@ -84,9 +96,12 @@ impl Breaker {
         // Acquire: see the module's proof (epoch and bounds agree).
         let start = self.words.batch_start.load(Ordering::Acquire);
         let end = self.words.batch_end.load(Ordering::Acquire);
-        let at = now.get();
-        if at < start || at >= end {
-            return false;
+        // A count window's batch has no time bounds: its successes read no clock.
+        if end != UNBOUNDED {
+            let at = now.get();
+            if at < start || at >= end {
+                return false;
+            }
         }
         let line = self.counters.batch(lane);
         let expected = line_of(epoch);
@@ -120,12 +135,13 @@ impl Breaker {
     #[inline(never)]
     fn fold_open(&self, epoch: u64, core: &mut Core) {
         let next = (epoch & !OPEN) + 1;
-        let taken = self.swap_lines(next, Some(line_of(epoch)));
+        let first = first_count(core.window.batch_limit());
+        let taken = self.swap_lines(line_of(next), line_of(epoch) | first);
         // Release: as every store of the epoch (a success that reads it reads the lines after).
         self.words.batch_epoch.store(next, Ordering::Release);
         if taken > 0 {
             let start = self.words.batch_start.load(Ordering::Relaxed);
-            core.window.record_successes(taken, start);
+            core.record_successes(taken, start);
         }
     }
 
@@ -141,14 +157,15 @@ impl Breaker {
 
     #[inline(never)]
     fn open_batch_now(&self, core: &Core) {
-        let Some((start, end)) = core.window.current_bucket() else {
+        let Some((start, end)) = core.window.batch_bounds() else {
             return;
         };
         // Relaxed: written only under the lock; the lock folded (closed) any batch.
         let epoch = self.words.batch_epoch.load(Ordering::Relaxed);
         debug_assert_eq!(epoch & OPEN, 0, "folded when the lock was taken");
         let next = epoch + 1;
-        let left = self.swap_lines(next, Some(line_of(epoch)));
+        let first = first_count(core.window.batch_limit());
+        let left = self.swap_lines(line_of(next) | first, line_of(epoch));
         debug_assert_eq!(left, 0, "a closed batch takes no successes");
         // Release: the lines before the bounds, the bounds before the epoch.
         self.words.batch_start.store(start, Ordering::Release);
@@ -156,15 +173,14 @@ impl Breaker {
         self.words.batch_epoch.store(next | OPEN, Ordering::Release);
     }
 
-    /// Swaps every lane's line to `epoch` with a count of zero; returns the sum of the counts that
-    /// carried the line word `of` (a count of zero).
-    fn swap_lines(&self, epoch: u64, of: Option<u64>) -> u64 {
-        let fresh = line_of(epoch);
+    /// Swaps every lane's line to `fresh`; returns how many successes joined the lines that
+    /// carried the epoch of `of`, the line word they started at.
+    fn swap_lines(&self, fresh: u64, of: u64) -> u64 {
         self.counters
             .batches()
             .map(|line| line.swap(fresh, Ordering::AcqRel))
-            .filter(|old| Some(old & !COUNT_MASK) == of)
-            .map(|old| old & COUNT_MASK)
+            .filter(|old| old & !COUNT_MASK == of & !COUNT_MASK)
+            .map(|old| old - of)
             .sum()
     }
 }
@@ -306,6 +322,71 @@ mod tests {
         tokio::time::advance(Duration::from_secs(59)).await;
         // 60.5 s: bucket 0 has left the window, bucket 1 has not.
         assert_eq!(b.metrics().calls(), 1);
+    }
+
+    fn fail(b: &Breaker) {
+        let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
+            panic!("rejected");
+        };
+        b.complete(ticket, Outcome::Failure, None, None, &mut b.now());
+    }
+
+    /// A count window of `n` that opens on `consecutive` failures only.
+    fn count_window(n: u32, consecutive: u32) -> Breaker {
+        let config = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(n))
+            .minimum_calls(1)
+            .consecutive_failures(consecutive)
+            .validate_for_tests();
+        Breaker::new(Arc::new(config), None)
+    }
+
+    /// DESIGN §3: consecutive failures are failures in a row. A success batched between two
+    /// failures breaks the row, as it would recorded under the lock.
+    #[tokio::test(start_paused = true)]
+    async fn a_batched_success_between_two_failures_ends_the_run_of_failures() {
+        let b = count_window(100, 2);
+        succeed(&b);
+        fail(&b); // under the lock: the batch stays open after it
+        assert!(is_open(&b));
+        let (_, locks) = during(|| succeed(&b));
+        assert_eq!(locks, 0, "batched");
+        fail(&b);
+        assert_eq!(b.stored_state(), crate::State::Closed, "not two in a row");
+        fail(&b);
+        assert_eq!(b.stored_state(), crate::State::Open);
+    }
+
+    /// A count window's batched successes go into the ring in the order they came: after the
+    /// outcomes recorded before them, and pushing the oldest out.
+    #[tokio::test(start_paused = true)]
+    async fn a_count_windows_batched_successes_push_out_its_oldest_outcomes() {
+        let b = count_window(4, 100);
+        for _ in 0..4 {
+            fail(&b);
+        }
+        let (_, locks) = during(|| (0..3).for_each(|_| succeed(&b)));
+        assert_eq!(locks, 0, "batched");
+        let m = b.metrics(); // folds
+        assert_eq!((m.calls(), m.failed()), (4, 1));
+        // The fourth success pushes the last failure out: the lock records it, and the window,
+        // full of successes, is clean again.
+        let (_, locks) = during(|| (0..2).for_each(|_| succeed(&b)));
+        assert_eq!(locks, 1);
+        assert_eq!(b.metrics().failed(), 0);
+    }
+
+    /// A line starts a batch `limit - 1` below full: a count window's lane takes `n - 1`
+    /// successes, and one without a limit the whole count.
+    #[test]
+    fn a_lines_first_count_leaves_room_for_one_less_than_the_limit() {
+        assert_eq!(
+            first_count(1),
+            COUNT_MASK,
+            "a window of one: every success to the lock"
+        );
+        assert_eq!(COUNT_MASK - first_count(1 << 20), (1 << 20) - 1);
+        assert_eq!(first_count(u64::MAX), 0);
     }
 
     /// What lets callers on several cores scale on a time window: once an outcome opened the

@@ -196,6 +196,13 @@ impl Core {
         self.window.record(sample, at);
     }
 
+    /// Records `n` plain successes of a batch (`batch.rs`), read at `at`: they came after every
+    /// outcome recorded so far, so they end any run of failures.
+    pub(super) fn record_successes(&mut self, n: u64, at: u64) {
+        self.consecutive = 0;
+        self.window.record_successes(n, at);
+    }
+
     /// Keeps the latest "do not come back before" a failure carried, for the next opening.
     pub(super) fn note_not_before(&mut self, not_before: Option<u64>) {
         self.not_before = self.not_before.max(not_before);
@@ -209,14 +216,11 @@ impl Core {
         self.consecutive
     }
 
-    /// Whether plain successes may batch (`batch.rs`), with `totals` in the window: a time window
-    /// whose rates are defined, no failure in a row, and no baseline learning from every outcome.
+    /// Whether plain successes may batch (`batch.rs`), with `totals` in the window: its rates are
+    /// defined and no baseline learns from every outcome.
     #[inline]
     pub(super) fn batches_successes(&self, totals: Totals) -> bool {
-        self.window_is_time()
-            && self.consecutive == 0
-            && self.baseline.is_none()
-            && totals.calls >= self.config.minimum_calls
+        self.baseline.is_none() && totals.calls >= self.config.minimum_calls
     }
 
     /// Whether a plain success would change nothing (see `Breaker::clean`).

@@ -458,7 +458,7 @@ fn racing_transitions_are_announced_once_each_in_order() {
     });
 }
 
-// ===== (e) a time window's batched successes =====
+// ===== (e) batched successes =====
 
 /// A time window of 10 one-second buckets whose rates are defined from the first outcome, and
 /// which never trips on them: successes batch once an outcome was recorded.
@@ -546,5 +546,46 @@ fn a_success_racing_the_next_buckets_batch_counts_in_its_own_bucket() {
             1,
             "the first bucket left with both its successes"
         );
+    });
+}
+
+/// A count window opening on two consecutive failures holds one: a batched success races the
+/// second failure. Either the success comes first (the fold ends the run: Closed, the window
+/// holds all four outcomes) or the failure does (Open; the success is stale). A success that
+/// had completed before the failure began must have come first.
+#[test]
+fn a_batched_success_racing_a_second_failure_ends_the_run_or_comes_too_late() {
+    use loom::sync::atomic::AtomicBool;
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(10))
+                .minimum_calls(1)
+                .consecutive_failures(2),
+        );
+        complete(&b, admit(&b, T0), Outcome::Success, T0);
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // the batch stays open
+        let (success, failure) = (admit(&b, T0), admit(&b, T0));
+
+        let done = Arc::new(AtomicBool::new(false));
+        let (b2, done2) = (b.clone(), done.clone());
+        let t = thread::spawn(move || {
+            complete(&b2, success, Outcome::Success, T0);
+            done2.store(true, Ordering::SeqCst);
+        });
+        let success_first = done.load(Ordering::SeqCst);
+        complete(&b, failure, Outcome::Failure, T0);
+        t.join().unwrap();
+
+        let mut core = b.lock();
+        match b.load().state() {
+            State::Open => assert!(!success_first, "the success ended the run"),
+            State::Closed => {
+                assert_eq!(core.consecutive(), 1);
+                let totals = core.totals(T0);
+                assert_eq!((totals.calls, totals.failed), (4, 2));
+            }
+            other => panic!("unexpected state {other:?}"),
+        }
     });
 }

@@ -27,12 +27,12 @@
 //!   that a rejection compares with the clock;
 //! * `clean` says that a plain success would change nothing (a count window full of plain
 //!   successes): a healthy closed call records by reading it;
-//! * a time window's plain success, while it cannot trip the breaker, is counted in its lane's
-//!   batch with one compare-and-swap, and folded into the window by the lock's next holder
+//! * any other plain success, while it cannot trip the breaker, is counted in its lane's batch
+//!   with one compare-and-swap, and folded into the window by the lock's next holder
 //!   (`batch.rs`).
 //!
-//! Everything else takes the transition lock (`core`): an outcome that changes the window, and
-//! every transition. Under it the window is plain data, so a snapshot is always one that a
+//! Everything else takes the transition lock (`core`): a failed or slow outcome, and every
+//! transition. Under it the window is plain data, so a snapshot is always one that a
 //! sequential order of the outcomes gives, a stale outcome (its generation is no longer current)
 //! can never land in a window that a transition cleared, and each transition happens once. No
 //! user code runs under it: a transition queues its announcement (tracing, events, wake-ups),
@@ -44,8 +44,8 @@
 //!
 //! # Where things are
 //!
-//! `mod.rs` admits calls; `record.rs` records their outcomes, `batch.rs` a time window's
-//! successes without the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
+//! `mod.rs` admits calls; `record.rs` records their outcomes, `batch.rs` successes without
+//! the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
 //! trip decision; `transition.rs` makes every change of state; `announce.rs` announces them;
 //! `probe.rs` runs the half-open probes; `observe.rs` answers rejections and reads; `word.rs`,
 //! `window/`, `lane.rs` and `clock.rs` are the pieces.
@@ -229,8 +229,7 @@ struct Words {
     /// The breaker's name (from its configuration; a reconfiguration keeps it).
     name: Option<StdArc<str>>,
     /// The current batch of plain successes (`batch.rs`): its epoch, with `batch::OPEN` while
-    /// successes may join it, and the bounds of its bucket, in nanoseconds. Written under the
-    /// lock.
+    /// successes may join it, and its bounds, in nanoseconds. Written under the lock.
     batch_epoch: AtomicU64,
     batch_start: AtomicU64,
     batch_end: AtomicU64,

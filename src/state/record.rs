@@ -1,6 +1,6 @@
 //! Recording: a dispatched call's outcome, counted in the lifetime totals and, unless a plain
-//! success changes nothing (`clean`), in the window under the transition lock, where it may trip
-//! the breaker.
+//! success changes nothing (`clean`) or joins a batch (`batch.rs`), in the window under the
+//! transition lock, where it may trip the breaker.
 
 use super::clock::{self, Now};
 use super::lane::{self, Count};
@@ -67,7 +67,7 @@ impl Breaker {
             self.throttle_record(outcome == Outcome::Success, now);
         }
         // A timely success that changes nothing takes no lock, timed or not; nor does one that
-        // joins a time window's batch.
+        // joins a batch.
         if !slow && self.is_settled(ticket, outcome) {
             return;
         }

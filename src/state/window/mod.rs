@@ -5,8 +5,8 @@
 //! is always one that a sequential order of the same outcomes gives. (A lock-free ring cannot
 //! give that: a total that moves after its slot lets a racing outcome see the window half
 //! written, and trip early or not at all.) The healthy closed path does not come here: see
-//! `Breaker::clean`; nor does a time window's success that cannot trip the breaker, which is
-//! batched and folded in when the lock is next taken (`batch.rs`).
+//! `Breaker::clean`; nor does a success that cannot trip the breaker, which is batched and folded
+//! in when the lock is next taken (`batch.rs`).
 //!
 //! **Count window.** A ring of the last `n` outcomes and running totals of failed and slow ones.
 //!
@@ -89,29 +89,35 @@ impl Window {
         }
     }
 
-    /// The bounds `[start, end)` in nanoseconds of the bucket a time window is at (`None`: a count
-    /// window, or one that has not moved yet): plain successes read in it can only lower the
-    /// rates, since no bucket leaves the window before `end`.
-    pub(crate) fn current_bucket(&self) -> Option<(u64, u64)> {
+    /// The bounds `[start, end)` in nanoseconds of a batch of plain successes (`batch.rs`): the
+    /// bucket a time window is at, where such a success can only lower the rates since no bucket
+    /// leaves the window before `end`; any time for a count window (`UNBOUNDED`), where it can
+    /// only lower them too. `None`: a time window that has not moved yet.
+    pub(crate) fn batch_bounds(&self) -> Option<(u64, u64)> {
         match self {
             Window::Time(w) if w.current != NONE => {
                 let start = w.current.saturating_mul(w.bucket_nanos.get());
                 Some((start, start.saturating_add(w.bucket_nanos.get())))
             }
-            _ => None,
+            Window::Time(_) => None,
+            Window::Count(_) => Some((0, UNBOUNDED)),
+        }
+    }
+
+    /// A lane's plain success that makes this many since the last fold is recorded under the
+    /// lock: a count window's size (the window is then full of plain successes, which the lock
+    /// notes: see `Breaker::clean`); no limit for a time window. Fixed for the window's life.
+    pub(crate) fn batch_limit(&self) -> u64 {
+        match self {
+            Window::Count(w) => w.slots.len() as u64,
+            Window::Time(_) => u64::MAX,
         }
     }
 
     /// Records `n` plain successes read at `now` (a batch: see `batch.rs`).
     pub(crate) fn record_successes(&mut self, n: u64, now: u64) {
         match self {
-            Window::Count(w) => {
-                let ok = Sample {
-                    failed: false,
-                    slow: false,
-                };
-                (0..n).for_each(|_| w.record(ok));
-            }
+            Window::Count(w) => w.record_successes(n),
             Window::Time(w) => w.record_successes(n, now),
         }
     }
@@ -181,6 +187,26 @@ impl CountWindow {
         self.next = (self.next + 1) % self.slots.len();
     }
 
+    /// `n` plain successes, in O(min(n, size)): past the window's size, the older ones would
+    /// have left it.
+    fn record_successes(&mut self, n: u64) {
+        let ok = Sample {
+            failed: false,
+            slow: false,
+        };
+        let len = self.slots.len() as u64;
+        if n >= len {
+            self.slots.fill(Some(ok));
+            self.totals = Totals {
+                calls: len,
+                failed: 0,
+                slow: 0,
+            };
+        } else {
+            (0..n).for_each(|_| self.record(ok));
+        }
+    }
+
     fn clear(&mut self) {
         self.slots.fill(None);
         self.next = 0;
@@ -192,6 +218,9 @@ impl CountWindow {
 
 /// A bucket number that no bucket has (the window has not moved yet).
 const NONE: u64 = u64::MAX;
+
+/// The end of a count window's batch bounds: successes batch whenever they are read.
+pub(crate) const UNBOUNDED: u64 = u64::MAX;
 
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
