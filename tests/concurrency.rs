@@ -465,18 +465,28 @@ fn two_successes_reaching_the_minimum_together_trip_as_in_sequence() {
     assert_eq!(closed, 0, "trials that ended Closed, of {TRIALS}");
 }
 
-/// A time window's successes, counted lock-free in each thread's lane while the window is at a
-/// bucket where they cannot trip the breaker, and its failures, recorded under the lock (which
-/// folds those counts in), on more threads than the breaker has lanes: the window holds every
-/// outcome exactly once. No runtime: the clock is read outside one, and nothing waits on it; a
-/// minute's window outlasts the test.
+/// Successes, counted lock-free in each thread's lane while they cannot trip the breaker, and
+/// failures, recorded under the lock (which folds those counts in), on more threads than the
+/// breaker has lanes: the window holds every outcome exactly once, a time window and a count
+/// window larger than the test alike. No runtime: the clock is read outside one, and nothing
+/// waits on it; a minute's window outlasts the test.
 #[test]
-fn time_window_outcomes_on_many_threads_are_each_counted_once() {
+fn window_outcomes_on_many_threads_are_each_counted_once() {
+    use tower_circuit_breaker::Window;
+    for window in [
+        Window::time(Duration::from_secs(60)),
+        Window::count(1 << 20),
+    ] {
+        outcomes_on_many_threads_are_each_counted_once(window);
+    }
+}
+
+fn outcomes_on_many_threads_are_each_counted_once(window: tower_circuit_breaker::Window) {
     const THREADS: usize = 6;
     const CALLS: usize = 5_000;
     const EVERY_NTH_FAILS: usize = 50;
     let layer = CircuitBreakerLayer::builder()
-        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)))
+        .sliding_window(window)
         .minimum_calls(10)
         .failure_rate_threshold(0.5)
         .build()
@@ -498,16 +508,17 @@ fn time_window_outcomes_on_many_threads_are_each_counted_once() {
         }
     });
     let metrics = handle.metrics();
-    assert_eq!(handle.state(), State::Closed);
-    assert_eq!(metrics.calls(), (THREADS * CALLS) as u64);
-    assert_eq!(metrics.failed(), (THREADS * CALLS / EVERY_NTH_FAILS) as u64);
+    assert_eq!(handle.state(), State::Closed, "{window:?}");
+    assert_eq!(metrics.calls(), (THREADS * CALLS) as u64, "{window:?}");
+    let failed = (THREADS * CALLS / EVERY_NTH_FAILS) as u64;
+    assert_eq!(metrics.failed(), failed, "{window:?}");
 }
 
 /// Successes admitted before a reset complete on several threads, racing new calls whose
 /// successes batch in the new generation's time window: none of the old ones counts in it (a call
 /// admitted before a transition is stale), and each new one counts once. The old calls are
 /// admitted first and their response futures polled only after the reset; no runtime (see
-/// `time_window_outcomes_on_many_threads_are_each_counted_once`).
+/// `window_outcomes_on_many_threads_are_each_counted_once`).
 #[test]
 fn time_window_successes_admitted_before_a_reset_never_count_after_it() {
     const THREADS: usize = 4;
