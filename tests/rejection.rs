@@ -172,3 +172,41 @@ async fn retry_at_is_none_where_nobody_knows() {
     gate.open(Reply::Ok);
     assert_eq!(probe.await.unwrap(), "ok");
 }
+
+// ===== a rejection seen by another breaker =====
+
+/// DESIGN §3, Always: an outer breaker's default classifier ignores an inner breaker's
+/// rejection, whether it arrives boxed (the inner breaker's own error type) or as the `Rejected`
+/// itself (a service that maps its errors): a dependency one breaker stopped calling is not one
+/// more failure for the other, so breakers stacked on one path do not open each other.
+#[tokio::test(start_paused = true)]
+async fn an_outer_breaker_ignores_an_inner_breakers_rejection_boxed_or_plain() {
+    use tower::{Layer, service_fn};
+    use tower_circuit_breaker::CircuitBreakerLayer;
+    use tower_circuit_breaker::error::Rejected;
+
+    let inner = CircuitBreakerLayer::builder().build().unwrap();
+    inner.handle().force_open();
+    let up = service_fn(|()| async { Ok::<_, tower::BoxError>("up") });
+    let inner = inner.layer(up);
+    let outer = || {
+        CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .build()
+            .unwrap()
+    };
+
+    let boxed = outer();
+    let err = boxed.layer(inner.clone()).oneshot(()).await.unwrap_err();
+    assert!(Rejected::find(&*err).is_some(), "{err:?}");
+
+    let plain = outer();
+    let refused = rejection(inner.oneshot(()).await);
+    let maps = service_fn(move |()| std::future::ready(Err::<&str, _>(refused.clone())));
+    plain.layer(maps).oneshot(()).await.unwrap_err();
+
+    for (layer, what) in [(boxed, "boxed"), (plain, "plain")] {
+        assert_eq!(layer.handle().state(), State::Closed, "{what}");
+        assert_eq!(layer.handle().metrics().calls(), 0, "{what}: not recorded");
+    }
+}

@@ -69,3 +69,19 @@ impl Backoff {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Jitter maps the uniform number onto `[base × (1 - jitter), base × (1 + jitter)]` in order,
+    /// so that a seeded source gives the same intervals from one version to the next.
+    #[test]
+    fn jitter_maps_the_uniform_number_low_to_high_around_the_interval() {
+        let ms = Duration::from_millis;
+        let backoff = Backoff::exponential(ms(1_000), 2.0, ms(60_000)).jitter(0.1);
+        assert_eq!(backoff.interval(1, 0.0), ms(900));
+        assert_eq!(backoff.interval(1, 0.5), ms(1_000));
+        assert_eq!(backoff.interval(2, 0.75), ms(2_100));
+    }
+}
