@@ -497,6 +497,9 @@ pub enum Ours {
     Count,
     /// The same on a 30 s time window (30 one-second buckets).
     Time,
+    /// The same on a 1 s time window in 1,000 buckets of 1 ms: under load the window moves to a
+    /// later bucket every millisecond, and its evaluation must not read every bucket.
+    Time1000,
     /// Count window plus slow-call detection (1 s, 50 %).
     Slow,
     /// The count configuration with a fallback service that answers rejected calls.
@@ -522,9 +525,11 @@ fn ours_builder(variant: Ours) -> tower_circuit_breaker::Builder {
         }
         Ours::MetricsDurations => {
             prometheus_recorder();
-            b.name("bench").export_metrics(Export::new().durations(true))
+            b.name("bench")
+                .export_metrics(Export::new().durations(true))
         }
         Ours::Time => b.sliding_window(Window::time(Duration::from_secs(30))),
+        Ours::Time1000 => b.sliding_window(Window::time(Duration::from_secs(1)).buckets(1000)),
         Ours::Slow => b
             .slow_call_duration(Duration::from_secs(1))
             .slow_call_rate_threshold(0.5),
@@ -1151,6 +1156,11 @@ pub const ROWS: &[RowSpec] = &[
         scenarios: EVERY,
     },
     RowSpec {
+        name: "ours-time-1000",
+        label: "tower-circuit-breaker, time window 1 s in 1,000 buckets",
+        scenarios: EVERY,
+    },
+    RowSpec {
         name: "ours-slow",
         label: "tower-circuit-breaker, + slow calls",
         scenarios: EVERY,
@@ -1274,6 +1284,10 @@ macro_rules! with_make {
             }
             "ours-time" => {
                 let $make = || $crate::ours($crate::Ours::Time);
+                $body
+            }
+            "ours-time-1000" => {
+                let $make = || $crate::ours($crate::Ours::Time1000);
                 $body
             }
             "ours-slow" => {
