@@ -21,17 +21,17 @@
 //! to the lock, which folds the batch, records it, and finds the window full of plain successes
 //! (see `Breaker::clean`): the healthy path takes over again.
 //!
-//! **The protocol.** The batch is published in the state words: `batch_start` and `batch_end`,
-//! the bounds of its bucket in nanoseconds, and `batch_epoch`, a number that every fold and every
-//! new batch increments, with `OPEN` while successes may join. Each lane's line holds
-//! `epoch << COUNT_BITS | count` (the epoch's low `EPOCH_BITS` bits). Under the lock, a new batch
-//! and a fold swap every line to the next epoch first (a fold to a count of zero, a new batch to
-//! its first count, `batch_limit - 1` below full), then store the bounds, then the epoch (Release); a
-//! fold adds what the lines that carried the batch's epoch counted past their first count. A success
+//! **The protocol.** The batch is published in the state words: `batch_start` and `batch_end`, its
+//! bounds in nanoseconds, and `batch_epoch`, a number that every fold and every new batch
+//! increments, with `OPEN` while successes may join. Each lane's line holds
+//! `epoch << COUNT_BITS | count` (the epoch's low `EPOCH_BITS` bits). Under the lock, a new batch and a fold
+//! swap every line to the next epoch first (a fold to a count of zero, a new batch to its first
+//! count, `batch_limit - 1` below full), then store the bounds, then the epoch (Release); a fold
+//! adds what the lines that carried the batch's epoch counted past their first count. A success
 //! reads the epoch (Acquire), the bounds (Acquire), its line, and then the state word, and counts
-//! itself with one compare-and-swap of its line from the value it read, if: the epoch is open,
-//! the line carries it, the clock reading is within the bounds, the count is not full, and its
-//! ticket's generation is the current one. Otherwise it records under the lock.
+//! itself with one compare-and-swap of its line from the value it read, if: the epoch is open, the
+//! line carries it, the clock reading is within the bounds, the count is not full, and its ticket's
+//! generation is the current one. Otherwise it records under the lock.
 //!
 //! **Why it is exact.**
 //! * A count is taken at a successful compare-and-swap, which comes before any swap of that line
