@@ -135,6 +135,19 @@ async fn a_failing_host_opens_only_its_own_breaker() {
     assert_eq!(handle.len(), 4);
 }
 
+/// An event names the keyed breaker it comes from: the layer's name and the key, as its handle
+/// does, so that one consumer of many keys' events can tell them apart.
+#[tokio::test(start_paused = true)]
+async fn a_keyed_breakers_events_carry_the_layers_name_and_its_key() {
+    use futures::StreamExt;
+    let (mut svc, handle) = hosts(per_host());
+    call_now(&mut svc, to(2)).unwrap();
+    let mut events = handle.get(&2).unwrap().subscribe();
+    trip_host(&mut svc, 2);
+    let event = events.next().await.expect("the opening");
+    assert_eq!((event.name(), event.key()), (Some("hosts"), Some("2")));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rejected_call_never_touches_the_inner_service() {
     let inner = Inner::default();
