@@ -372,3 +372,10 @@ fn a_subscriber_one_event_behind_missed_exactly_one() {
         "{received:?}"
     );
 }
+
+/// A stream says what it is when debugged (and nothing of the events it holds).
+#[test]
+fn an_event_stream_shows_its_type_in_debug() {
+    let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
+    assert_eq!(format!("{:?}", handle.subscribe()), "EventStream { .. }");
+}
