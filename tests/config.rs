@@ -382,3 +382,12 @@ async fn a_fully_jittered_open_interval_is_at_least_a_millisecond() {
         handle.reset();
     }
 }
+
+/// A builder's Debug shows every setting but the classifier; an event callback (a closure) shows
+/// as its type.
+#[test]
+fn a_builders_debug_shows_an_event_callback_by_its_type() {
+    let builder = CircuitBreakerLayer::builder().on_event(|_| {});
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("on_event: Some(EventCallback)"), "{shown}");
+}

@@ -379,3 +379,25 @@ fn an_event_stream_shows_its_type_in_debug() {
     let handle = CircuitBreakerLayer::builder().build().unwrap().handle();
     assert_eq!(format!("{:?}", handle.subscribe()), "EventStream { .. }");
 }
+
+/// DESIGN §3, Always: a stream ends when its breaker is gone, once it has read what it holds;
+/// a task waiting on it is woken to see the end.
+#[test]
+fn an_event_stream_ends_when_its_breaker_is_gone_after_what_it_holds() {
+    let layer = CircuitBreakerLayer::builder().build().unwrap();
+    let handle = layer.handle();
+    let mut held = handle.subscribe();
+    let mut waiting = handle.subscribe();
+    handle.force_open();
+    assert!(waiting.next().now_or_never().is_some(), "the opening");
+    let mut next = tokio_test::task::spawn(waiting.next());
+    assert!(next.poll().is_pending());
+    drop((layer, handle));
+    assert!(next.is_woken());
+    assert!(matches!(next.poll(), Poll::Ready(None)));
+    assert!(
+        matches!(held.next().now_or_never(), Some(Some(_))),
+        "what it holds first"
+    );
+    assert!(matches!(held.next().now_or_never(), Some(None)));
+}
