@@ -589,3 +589,34 @@ fn a_batched_success_racing_a_second_failure_ends_the_run_or_comes_too_late() {
         }
     });
 }
+
+/// A count window reconfigured to a smaller one races a failure and a success after it: the
+/// failure may open a batch between the reconfiguration's read of the configuration and its
+/// lock, and the success join it. The reconfiguration folds that batch into the old window
+/// before replacing it, so every order ends at `[F, S]` with no run of failures.
+#[test]
+fn a_count_window_reconfigured_while_a_success_joins_a_batch_keeps_a_sequential_window() {
+    let builder = |n| {
+        Builder::default()
+            .sliding_window(crate::Window::count(n))
+            .minimum_calls(1)
+            .consecutive_failures(100)
+    };
+    loom::model(move || {
+        let b = breaker(builder(4));
+        complete(&b, admit(&b, T0), Outcome::Failure, T0);
+        let (failure, success) = (admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let smaller = StdArc::new(builder(2).validate_for_tests());
+        let t = thread::spawn(move || b2.reconfigure(smaller));
+        complete(&b, failure, Outcome::Failure, T0);
+        complete(&b, success, Outcome::Success, T0);
+        t.join().unwrap();
+
+        let mut core = b.lock();
+        let totals = core.totals(T0);
+        assert_eq!((totals.calls, totals.failed), (2, 1));
+        assert_eq!(core.consecutive(), 0);
+    });
+}
