@@ -726,4 +726,41 @@ mod tests {
         let m = b.metrics();
         assert_eq!((m.calls(), m.failed(), m.slow()), (4, 1, 1));
     }
+
+    /// Adaptive throttling counts every completed call: beside a count window, the successes
+    /// that batch count in the throttle's window as those recorded under the lock do.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_beside_a_count_window_counts_every_batched_success() {
+        let throttle = crate::AdaptiveThrottle::new()
+            .window(Duration::from_secs(10))
+            .min_requests_per_second(1.0);
+        let config = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(100))
+            .minimum_calls(1)
+            .consecutive_failures(100)
+            .adaptive_throttling(throttle)
+            .validate_for_tests();
+        let b = Breaker::new(Arc::new(config), None);
+        // Admitted before any completes: the throttle rejects nothing yet.
+        let tickets: Vec<_> = (0..20)
+            .map(|_| match b.admit(&mut b.now()) {
+                Decision::Admit(ticket) => ticket,
+                Decision::Reject(r) => panic!("rejected: {r:?}"),
+            })
+            .collect();
+        let mut tickets = tickets.into_iter();
+        for ticket in tickets.by_ref().take(10) {
+            b.complete(ticket, Outcome::Failure, None, None, &mut b.now());
+        }
+        assert!(is_open(&b));
+        let (_, locks) = during(|| {
+            for ticket in tickets {
+                b.complete(ticket, Outcome::Success, None, None, &mut b.now());
+            }
+        });
+        assert_eq!(locks, 0, "batched");
+        let want = throttle.rejection_probability(20, 10);
+        assert!(want > 0.0);
+        assert_eq!(b.metrics().rejection_probability(), Some(want));
+    }
 }
