@@ -763,4 +763,47 @@ mod tests {
         assert!(want > 0.0);
         assert_eq!(b.metrics().rejection_probability(), Some(want));
     }
+
+    /// A half-open episode that closes starts a new window: the next Closed batch holds only
+    /// the new generation's successes (a success admitted before the opening is stale), and a
+    /// run of failures counts from the closing.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_half_open_episode_closes_the_next_batch_holds_only_the_new_generation() {
+        let config = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(4))
+            .minimum_calls(1)
+            .consecutive_failures(2)
+            .open_duration(Duration::from_secs(1))
+            .half_open_calls(1)
+            .validate_for_tests();
+        let b = Breaker::new(Arc::new(config), None);
+        succeed(&b);
+        fail(&b); // the batch stays open
+        let Decision::Admit(old) = b.admit(&mut b.now()) else {
+            panic!("rejected");
+        };
+        let (_, locks) = during(|| succeed(&b));
+        assert_eq!(locks, 0, "batched");
+        fail(&b);
+        fail(&b);
+        assert_eq!(b.stored_state(), crate::State::Open, "two in a row");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        succeed(&b); // the probe: closes
+        assert_eq!(b.stored_state(), crate::State::Closed);
+        fail(&b); // the new window's first outcome: opens a batch
+        assert!(is_open(&b));
+        b.complete(old, Outcome::Success, None, None, &mut b.now());
+        assert_eq!(shown(&b), (1, 1, 1), "the old success is stale");
+        let (_, locks) = during(|| succeed(&b));
+        assert_eq!(locks, 1, "the read closed the batch");
+        let (_, locks) = during(|| succeed(&b));
+        assert_eq!(locks, 0, "batched");
+        fail(&b);
+        assert_eq!(
+            b.stored_state(),
+            crate::State::Closed,
+            "the successes ended the run"
+        );
+        assert_eq!(shown(&b), (4, 2, 1));
+    }
 }
