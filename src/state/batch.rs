@@ -806,4 +806,32 @@ mod tests {
         );
         assert_eq!(shown(&b), (4, 2, 1));
     }
+
+    /// Reconfigured to learn its failure-rate threshold while a batch is open: the batched
+    /// successes are folded first, and no batch opens again (the baseline learns from each
+    /// success, under the lock).
+    #[test]
+    fn a_reconfiguration_to_a_learned_threshold_closes_the_batch_for_good() {
+        let builder = || {
+            CircuitBreakerLayer::builder()
+                .sliding_window(Window::count(10))
+                .minimum_calls(1)
+                .consecutive_failures(100)
+        };
+        let b = Breaker::new(config(builder()), None);
+        (0..5).for_each(|_| succeed(&b));
+        fail(&b);
+        let (_, locks) = during(|| (0..2).for_each(|_| succeed(&b)));
+        assert_eq!(locks, 0, "batched");
+        b.reconfigure(config(
+            builder().learned_failure_threshold(crate::LearnedThreshold::new()),
+        ));
+        assert_eq!(shown(&b), (8, 1, 0));
+        for _ in 0..3 {
+            let (_, locks) = during(|| succeed(&b));
+            assert_eq!(locks, 1);
+            assert!(!is_open(&b));
+        }
+        assert_eq!(shown(&b), (10, 1, 0));
+    }
 }
