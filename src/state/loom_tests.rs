@@ -664,3 +664,34 @@ fn a_lanes_successes_at_a_count_windows_limit_racing_a_failure_keep_a_sequential
         }
     });
 }
+
+/// A count window's batch has no time bounds: only the lines' epochs and the ticket's
+/// generation keep a success admitted before a transition out of the next generation's batch.
+/// It is counted in the old window or dropped as stale, never in the new one.
+#[test]
+fn a_count_windows_batched_success_never_lands_in_a_later_generation() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(10))
+                .minimum_calls(1)
+                .consecutive_failures(100),
+        );
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // opens the batch
+        let old = admit(&b, T0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, old, Outcome::Success, T0));
+        b.force(State::ForcedOpen);
+        b.force(State::Closed);
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // a new batch
+        t.join().unwrap();
+        let mut core = b.lock();
+        let totals = core.totals(T0);
+        assert_eq!(
+            (totals.calls, totals.failed, core.consecutive()),
+            (1, 1, 1),
+            "only the new generation's failure"
+        );
+    });
+}
