@@ -834,4 +834,26 @@ mod tests {
         }
         assert_eq!(shown(&b), (10, 1, 0));
     }
+
+    /// DESIGN §3 on a time window: a success batched between two failures (the batch stays
+    /// open after the first) breaks the run, and the window holds all three outcomes.
+    #[tokio::test(start_paused = true)]
+    async fn a_time_windows_batched_success_between_two_failures_ends_the_run() {
+        let config = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(60))
+            .minimum_calls(1)
+            .consecutive_failures(2)
+            .validate_for_tests();
+        let b = Breaker::new(Arc::new(config), None);
+        succeed(&b);
+        fail(&b);
+        assert!(is_open(&b), "open after a failure");
+        let (_, locks) = during(|| succeed(&b));
+        assert_eq!(locks, 0, "batched");
+        fail(&b);
+        assert_eq!(b.stored_state(), crate::State::Closed, "not two in a row");
+        assert_eq!(shown(&b), (4, 2, 1));
+        fail(&b);
+        assert_eq!(b.stored_state(), crate::State::Open);
+    }
 }
