@@ -658,3 +658,82 @@ async fn dropped_and_panicking_calls_record_nothing_while_time_window_successes_
     assert_eq!(metrics.failed(), 0);
     assert_eq!(metrics.totals().successful(), (CALLERS * ROUNDS) as u64);
 }
+
+/// A count window's successes batch lock-free while its failures go to the lock: with tasks on
+/// every worker racing failures and successes, and a reader taking snapshots throughout, each
+/// snapshot is one a sequential order gives (a run of `c` failures is the newest `c` outcomes of
+/// the window, so it holds at least `min(c, n)` failures), and once only successes follow, the
+/// window holds nothing else and no run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_failures() {
+    const WINDOW: u32 = 8;
+    const CALLERS: usize = 64;
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::count(WINDOW))
+        .minimum_calls(1)
+        .consecutive_failures(u32::MAX)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let service = layer.layer(service_fn(|fail: bool| {
+        ready(match fail {
+            true => Err::<(), BoxError>("down".into()),
+            false => Ok(()),
+        })
+    }));
+    let done = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (handle, done) = (handle.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut snapshots = 0;
+            while done.load(Ordering::SeqCst) < CALLERS {
+                let m = handle.metrics();
+                let run = u64::from(m.consecutive_failures().min(WINDOW));
+                assert!(
+                    m.failed() >= run,
+                    "a run of failures outside the window: {m:?}"
+                );
+                assert!(m.calls() <= u64::from(WINDOW), "{m:?}");
+                snapshots += 1;
+                tokio::task::yield_now().await;
+            }
+            snapshots
+        })
+    };
+    let only_successes = Arc::new(Barrier::new(CALLERS));
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|task| {
+            let (mut service, only_successes, done) =
+                (service.clone(), only_successes.clone(), done.clone());
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let _ = service.ready().await?.call((i + task) % 3 == 0).await;
+                    if i % 10 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                only_successes.wait().await;
+                for _ in 0..20 {
+                    service.ready().await?.call(false).await?;
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller
+            .await
+            .expect("no caller panicked")
+            .expect("closed throughout");
+    }
+    assert!(reader.await.expect("every snapshot was sequential") > 0);
+    let m = handle.metrics();
+    assert_eq!(m.state(), State::Closed);
+    assert_eq!(
+        (m.calls(), m.failed(), m.consecutive_failures()),
+        (u64::from(WINDOW), 0, 0)
+    );
+    let totals = m.totals();
+    assert_eq!(totals.successful() + totals.failed(), CALLERS as u64 * 120);
+}

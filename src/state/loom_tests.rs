@@ -589,3 +589,109 @@ fn a_batched_success_racing_a_second_failure_ends_the_run_or_comes_too_late() {
         }
     });
 }
+
+/// A count window reconfigured to a smaller one races a failure and a success after it: the
+/// failure may open a batch between the reconfiguration's read of the configuration and its
+/// lock, and the success join it. The reconfiguration folds that batch into the old window
+/// before replacing it, so every order ends at `[F, S]` with no run of failures.
+#[test]
+fn a_count_window_reconfigured_while_a_success_joins_a_batch_keeps_a_sequential_window() {
+    let builder = |n| {
+        Builder::default()
+            .sliding_window(crate::Window::count(n))
+            .minimum_calls(1)
+            .consecutive_failures(100)
+    };
+    loom::model(move || {
+        let b = breaker(builder(4));
+        complete(&b, admit(&b, T0), Outcome::Failure, T0);
+        let (failure, success) = (admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let smaller = StdArc::new(builder(2).validate_for_tests());
+        let t = thread::spawn(move || b2.reconfigure(smaller));
+        complete(&b, failure, Outcome::Failure, T0);
+        complete(&b, success, Outcome::Success, T0);
+        t.join().unwrap();
+
+        let mut core = b.lock();
+        let totals = core.totals(T0);
+        assert_eq!((totals.calls, totals.failed), (2, 1));
+        assert_eq!(core.consecutive(), 0);
+    });
+}
+
+/// A count window of two holds `[S, F]` and opens on two failures in a row: a lane's two
+/// successes (the first batched, the second at the lane's limit, under the lock) race a second
+/// failure. Every order gives a window a sequential order gives: Open if the failure came
+/// first, else `[F, S]` with no run, or `[S, F]` with a run of one. And the breaker never says a
+/// success changes nothing when one would.
+#[test]
+fn a_lanes_successes_at_a_count_windows_limit_racing_a_failure_keep_a_sequential_window() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(2))
+                .minimum_calls(1)
+                .consecutive_failures(2),
+        );
+        complete(&b, admit(&b, T0), Outcome::Success, T0);
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // the batch stays open
+        let (s1, s2, failure) = (admit(&b, T0), admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || {
+            complete(&b2, s1, Outcome::Success, T0);
+            complete(&b2, s2, Outcome::Success, T0);
+        });
+        complete(&b, failure, Outcome::Failure, T0);
+        t.join().unwrap();
+
+        let mut core = b.lock();
+        let clean = b.words.clean.settled.load(Ordering::Relaxed);
+        assert!(!clean || core.is_clean(), "clean only when it is");
+        match b.load().state() {
+            State::Closed => {
+                let totals = core.totals(T0);
+                let seen = (totals.calls, totals.failed, core.consecutive());
+                assert!(seen == (2, 1, 0) || seen == (2, 1, 1), "{seen:?}");
+            }
+            State::Open => {
+                let frozen = core.shown_totals(T0);
+                assert_eq!((frozen.calls, frozen.failed), (2, 2), "opened on [F, F]");
+            }
+            other => panic!("unexpected state {other:?}"),
+        }
+    });
+}
+
+/// A count window's batch has no time bounds: only the lines' epochs and the ticket's
+/// generation keep a success admitted before a transition out of the next generation's batch.
+/// It is counted in the old window or dropped as stale, never in the new one.
+#[test]
+fn a_count_windows_batched_success_never_lands_in_a_later_generation() {
+    loom::model(|| {
+        let b = breaker(
+            Builder::default()
+                .sliding_window(crate::Window::count(10))
+                .minimum_calls(1)
+                .consecutive_failures(100),
+        );
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // opens the batch
+        let old = admit(&b, T0);
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, old, Outcome::Success, T0));
+        b.force(State::ForcedOpen);
+        b.force(State::Closed);
+        complete(&b, admit(&b, T0), Outcome::Failure, T0); // a new batch
+        t.join().unwrap();
+        let mut core = b.lock();
+        let totals = core.totals(T0);
+        assert_eq!(
+            (totals.calls, totals.failed, core.consecutive()),
+            (1, 1, 1),
+            "only the new generation's failure"
+        );
+    });
+}

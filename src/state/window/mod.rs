@@ -422,6 +422,74 @@ mod tests {
         inner.totals = totals(calls.into(), failed.into(), slow.into());
     }
 
+    /// A batch of `n` successes is `n` successes recorded one by one: the same totals, and the
+    /// same ring for the outcomes after it (which push out the same ones), whatever the ring held.
+    #[test]
+    fn a_count_windows_batch_of_successes_is_as_many_recorded_one_by_one() {
+        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut sample = move || {
+            let r = next();
+            Sample {
+                failed: r & 1 != 0,
+                slow: r & 6 == 6,
+            }
+        };
+        let ok = Sample {
+            failed: false,
+            slow: false,
+        };
+        for size in 1..=5u32 {
+            for batch in 0..=3 * u64::from(size) {
+                let mut batched = Window::new(WindowKind::Count(size), true);
+                let mut one_by_one = Window::new(WindowKind::Count(size), true);
+                let before = sample().failed as usize * 7 + batch as usize % 5;
+                for _ in 0..before {
+                    let s = sample();
+                    batched.record(s, 0);
+                    one_by_one.record(s, 0);
+                }
+                batched.record_successes(batch, 0);
+                (0..batch).for_each(|_| one_by_one.record(ok, 0));
+                assert_eq!(batched.totals(0), one_by_one.totals(0), "{size}, {batch}");
+                for after in 0..2 * size {
+                    let s = sample();
+                    batched.record(s, 0);
+                    one_by_one.record(s, 0);
+                    let why = format!("size {size}, batch {batch}, after {after}");
+                    assert_eq!(batched.totals(0), one_by_one.totals(0), "{why}");
+                }
+            }
+        }
+    }
+
+    /// A batch past the window's size fills it, whatever its number: the successes before the
+    /// last `n` would have left it (a lane's batch can count millions).
+    #[test]
+    fn a_count_windows_batch_costs_at_most_its_size() {
+        let fail = Sample {
+            failed: true,
+            slow: true,
+        };
+        let mut w = Window::new(WindowKind::Count(4), true);
+        (0..3).for_each(|_| w.record(fail, 0));
+        w.record_successes(u64::MAX, 0);
+        assert_eq!(
+            w.totals(0),
+            Totals {
+                calls: 4,
+                failed: 0,
+                slow: 0
+            }
+        );
+        assert!(w.is_full_of_successes());
+    }
+
     #[test]
     fn count_window_keeps_only_the_last_n_outcomes() {
         let mut w = Window::new(WindowKind::Count(3), false);
