@@ -1,5 +1,5 @@
 //! Synchronisation primitives, swapped for loom's under `--cfg loom` so that the state machine's
-//! atomics can be model-checked (see `state/loom_tests.rs`).
+//! atomics can be model-checked (see `state/loom_tests/`).
 
 #[cfg(loom)]
 pub(crate) use loom::sync::{

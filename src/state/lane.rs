@@ -221,7 +221,7 @@ pub(crate) struct Counters {
 #[repr(align(64))]
 struct Line {
     counts: [StatU64; COUNTS],
-    /// The lane's batch of plain successes (`batch.rs`): in the room the counts leave on the line
+    /// The lane's batch of plain successes (`batch`): in the room the counts leave on the line
     /// that only this lane's thread writes.
     batch: AtomicU64,
 }

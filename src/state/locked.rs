@@ -196,7 +196,7 @@ impl Core {
         self.window.record(sample, at);
     }
 
-    /// Records `n` plain successes of a batch (`batch.rs`), read at `at`: they came after every
+    /// Records `n` plain successes of a batch (`batch`), read at `at`: they came after every
     /// outcome recorded so far, so they end any run of failures.
     pub(super) fn record_successes(&mut self, n: u64, at: u64) {
         self.consecutive = 0;
@@ -216,7 +216,7 @@ impl Core {
         self.consecutive
     }
 
-    /// Whether plain successes may batch (`batch.rs`), with `totals` in the window: its rates are
+    /// Whether plain successes may batch (`batch`), with `totals` in the window: its rates are
     /// defined and no baseline learns from every outcome.
     #[inline]
     pub(super) fn batches_successes(&self, totals: Totals) -> bool {

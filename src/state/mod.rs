@@ -29,7 +29,7 @@
 //!   successes): a healthy closed call records by reading it;
 //! * any other plain success, while it cannot trip the breaker, is counted in its lane's batch
 //!   with one compare-and-swap, and folded into the window by the lock's next holder
-//!   (`batch.rs`).
+//!   (`batch`).
 //!
 //! Everything else takes the transition lock (`core`): a failed or slow outcome, and every
 //! transition. Under it the window is plain data, so a snapshot is always one that a
@@ -44,8 +44,8 @@
 //!
 //! # Where things are
 //!
-//! `mod.rs` admits calls; `record.rs` records their outcomes, `batch.rs` successes without
-//! the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
+//! `mod.rs` admits calls; `record.rs` records their outcomes, `batch/` counts successes
+//! without the lock; `locked.rs` holds what the transition lock guards (`Core`) and the
 //! trip decision; `transition.rs` makes every change of state; `announce.rs` announces them;
 //! `probe.rs` runs the half-open probes; `observe.rs` answers rejections and reads; `word.rs`,
 //! `window/`, `lane.rs` and `clock.rs` are the pieces.
@@ -228,7 +228,7 @@ struct Words {
     epoch: Instant,
     /// The breaker's name (from its configuration; a reconfiguration keeps it).
     name: Option<StdArc<str>>,
-    /// The current batch of plain successes (`batch.rs`): its epoch, with `batch::OPEN` while
+    /// The current batch of plain successes (`batch`): its epoch, with `batch::OPEN` while
     /// successes may join it, and its bounds, in nanoseconds. Written under the lock.
     batch_epoch: AtomicU64,
     batch_start: AtomicU64,

@@ -1,5 +1,5 @@
 //! Recording: a dispatched call's outcome, counted in the lifetime totals and, unless a plain
-//! success changes nothing (`clean`) or joins a batch (`batch.rs`), in the window under the
+//! success changes nothing (`clean`) or joins a batch (`batch`), in the window under the
 //! transition lock, where it may trip the breaker.
 
 use super::clock::{self, Now};

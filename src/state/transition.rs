@@ -21,7 +21,7 @@ use crate::sync::{MutexGuard, Ordering, lock};
 impl Breaker {
     pub(super) fn lock(&self) -> MutexGuard<'_, Core> {
         let mut core = lock(&self.core);
-        // Whatever the lock is taken for sees the batched successes (`batch.rs`).
+        // Whatever the lock is taken for sees the batched successes (`batch`).
         self.fold(&mut core);
         core
     }
