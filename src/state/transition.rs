@@ -294,8 +294,8 @@ impl Breaker {
     pub(crate) fn reconfigure(&self, config: Arc<Config>) {
         loop {
             let current = self.current_config();
-            // A new window is made outside the lock: it can be large.
-            // Whether calls can be slow is fixed when the breaker is built.
+            // A new window is made outside the lock: it can be large. It keeps slow counts if
+            // the new configuration has slow calls (recording reads the configuration in force).
             let slow = config.slow_call_duration.is_some();
             let fresh = (current.window != config.window).then(|| Window::new(config.window, slow));
             let mut core = self.lock();
