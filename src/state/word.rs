@@ -115,6 +115,7 @@ impl Ticket {
         Ticket::new(generation, TicketKind::Unrecorded)
     }
 
+    #[inline]
     pub(crate) fn new(generation: Generation, kind: TicketKind) -> Self {
         let bits = (generation.0 << 2) | kind as u64;
         Ticket(NonZeroU64::new(bits).expect("a ticket kind is never 0"))
