@@ -17,6 +17,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
+#[cfg(not(loom))]
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -67,15 +68,38 @@ impl Lane {
 }
 
 /// The lane index of each thread, assigned on first use.
+#[cfg(not(loom))]
 static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
 
+#[cfg(not(loom))]
 thread_local! {
     // `const` with no destructor: always accessible, even while the thread's other
     // thread-locals are being destroyed.
     static THREAD_LANE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+// loom runs every thread of a model on one OS thread, which `THREAD_LANE` cannot tell apart: a
+// model's threads take their lanes from loom's thread-locals (`enter_lane`) instead, so that
+// successes counted on several lines meet in the models.
+#[cfg(loom)]
+loom::thread_local! {
+    static LOOM_LANE: Cell<usize> = Cell::new(0);
+}
+
+/// Puts the calling loom thread on lane `lane % LANES` (lane 0 until then).
+#[cfg(all(test, loom))]
+pub(crate) fn enter_lane(lane: usize) {
+    LOOM_LANE.with(|index| index.set(lane % LANES));
+}
+
+/// The calling loom thread's lane (`enter_lane`).
+#[cfg(loom)]
+pub(crate) fn thread_lane() -> usize {
+    LOOM_LANE.with(Cell::get)
+}
+
 /// The calling thread's lane index (`0..LANES`).
+#[cfg(not(loom))]
 #[inline]
 pub(crate) fn thread_lane() -> usize {
     let index = THREAD_LANE.get();
@@ -86,6 +110,7 @@ pub(crate) fn thread_lane() -> usize {
 }
 
 /// `thread_lane` on a thread's first call: assigns its lane.
+#[cfg(not(loom))]
 #[cold]
 #[inline(never)]
 fn first_lane() -> usize {

@@ -41,6 +41,24 @@ fn batched_successes_racing_a_fold_are_each_counted_once() {
     });
 }
 
+/// Two lanes batch a success each (this thread on lane 0, the other on lane 1), racing a
+/// failure on lane 0 that folds the batch: the fold takes every line's count.
+#[test]
+fn successes_batched_on_two_lanes_racing_a_fold_are_each_counted_once() {
+    loom::model(|| {
+        let b = batching();
+        complete(&b, admit(&b, T0), Outcome::Success, T0); // opens the batch
+        let (s1, s2, f) = (admit(&b, T0), admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || complete(&b2, s2, Outcome::Success, T0 + 1));
+        complete(&b, s1, Outcome::Success, T0 + 1);
+        complete(&b, f, Outcome::Failure, T0 + 2);
+        t.join().unwrap();
+        assert_eq!(window_at(&b, T0 + 3), (4, 1));
+    });
+}
+
 /// A success admitted before a transition races the transition (to Open, back to Closed, and an
 /// outcome of the new generation that opens a new batch): it is counted in the old window, or
 /// dropped as stale, never in the new generation's window.

@@ -10,10 +10,34 @@ use crate::classify::Outcome;
 use crate::config::Builder;
 use futures::{FutureExt, StreamExt};
 use loom::sync::Arc;
-use loom::thread;
 use std::time::Duration;
 
 use crate::event::{Event, EventStream};
+
+/// loom's threads, each spawned one on a lane of its own (`lane::enter_lane`): the spawning
+/// thread stays on lane 0, its first thread takes lane 1, the next lane 2, and so on.
+mod thread {
+    use std::cell::Cell;
+
+    loom::thread_local! {
+        static SPAWNED: Cell<usize> = Cell::new(0);
+    }
+
+    pub(super) fn spawn<F, T>(f: F) -> loom::thread::JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let lane = SPAWNED.with(|spawned| {
+            spawned.set(spawned.get() + 1);
+            spawned.get()
+        });
+        loom::thread::spawn(move || {
+            crate::state::lane::enter_lane(lane);
+            f()
+        })
+    }
+}
 
 /// Far from every fixed time used below.
 const T0: u64 = 1 << 50;
