@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crate::event::{Event, EventStream};
 
-/// loom's threads, each spawned one on a lane of its own (`lane::enter_lane`): the spawning
-/// thread stays on lane 0, its first thread takes lane 1, the next lane 2, and so on.
+/// loom's threads, each spawned one on a lane of its own (`lane::enter_lane`): the model's
+/// thread is on lane 0, the threads it spawns take lanes 1, 2, and so on, in spawn order.
 mod thread {
     use std::cell::Cell;
 
