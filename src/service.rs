@@ -337,6 +337,20 @@ mod tests {
         assert_eq!(layer.handle().metrics().failure_rate(), Some(0.0));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_success_that_finds_its_batchs_bucket_over_reads_the_clock_once() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(10)).buckets(10))
+            .minimum_calls(1)
+            .build()
+            .unwrap();
+        calls(&layer, &[false; 2]); // the first success opens a batch, the second joins it
+        assert_eq!(during(|| calls(&layer, &[false])), (1, 0));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The batch refuses it (a later bucket): the lock records it, with the same reading.
+        assert_eq!(during(|| calls(&layer, &[false])), (1, 1));
+    }
+
     #[test]
     fn a_time_window_reads_the_clock_and_takes_the_lock_for_every_outcome() {
         let layer = CircuitBreakerLayer::builder()

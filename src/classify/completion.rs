@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use crate::Outcome;
 use crate::future::Admission;
+use crate::state::clock::Now;
 use crate::state::word::Ticket;
 
 /// One dispatched call's claim on its breaker: completed with the call's [`Outcome`], or dropped.
@@ -81,12 +82,14 @@ impl Completion {
         let Some(ticket) = self.admission.ticket.take() else {
             return;
         };
-        // The common case, inline: a timely success in a healthy closed breaker changes nothing
-        // (`started` is set only when slow calls are tracked).
-        if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome) {
+        // One clock, read at most once, for the batch and for `complete` after it.
+        let now = &mut self.admission.breaker.now();
+        // The common case, inline: a timely success in a healthy closed breaker changes nothing,
+        // or joins a batch (`started` is set only when durations are needed).
+        if self.started.is_none() && self.admission.breaker.absorbs(ticket, outcome, now) {
             return;
         }
-        self.complete(ticket, outcome, None);
+        self.complete(ticket, outcome, None, now);
     }
 
     /// Records a failure whose upstream asked not to be called again before `not_before` (an
@@ -142,21 +145,27 @@ impl Completion {
     /// ```
     pub fn fail_until(mut self, not_before: Instant) {
         if let Some(ticket) = self.admission.ticket.take() {
-            let not_before = self.admission.breaker.nanos_at(not_before);
-            self.complete(ticket, Outcome::Failure, Some(not_before));
+            let breaker = &self.admission.breaker;
+            let not_before = breaker.nanos_at(not_before);
+            self.complete(
+                ticket,
+                Outcome::Failure,
+                Some(not_before),
+                &mut breaker.now(),
+            );
         }
     }
 
     #[inline(never)]
-    fn complete(&self, ticket: Ticket, outcome: Outcome, not_before: Option<u64>) {
+    fn complete(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        not_before: Option<u64>,
+        now: &mut Now<'_>,
+    ) {
         let breaker = &self.admission.breaker;
-        breaker.complete(
-            ticket,
-            outcome,
-            self.started,
-            not_before,
-            &mut breaker.now(),
-        );
+        breaker.complete(ticket, outcome, self.started, not_before, now);
     }
 }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::Breaker;
+use super::clock::Now;
 use super::word::Ticket;
 use crate::classify::Outcome;
 use crate::sync::{AtomicU64, Ordering};
@@ -49,17 +50,21 @@ pub(crate) struct Lanes {
 #[repr(align(64))]
 pub(crate) struct Lane {
     breaker: Arc<Breaker>,
+    /// The index of the threads that use this lane (`thread_lane`).
+    lane: usize,
     /// This lane's line of the breaker's `Counters`.
     slot: usize,
 }
 
 impl Lane {
-    /// Whether a plain success of `ticket` changes nothing (`Breaker::is_absorbed`): the healthy
-    /// closed path, which then only counts it, in this lane's line: the line of the thread that
-    /// admitted the call, found without a thread-local read.
+    /// Whether a plain success of `ticket` needs nothing but its count: it changes nothing
+    /// (`Breaker::is_absorbed`, the healthy closed path) or joins the open batch
+    /// (`Breaker::joins_batch`, while the window holds failures). It is counted in this lane's
+    /// line: the line of the thread that admitted the call, found without a thread-local read.
     #[inline]
-    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome) -> bool {
-        let absorbed = self.breaker.is_absorbed(ticket, outcome);
+    pub(crate) fn absorbs(&self, ticket: Ticket, outcome: Outcome, now: &mut Now<'_>) -> bool {
+        let absorbed = self.breaker.is_absorbed(ticket, outcome)
+            || self.breaker.joins_batch(ticket, outcome, self.lane, now);
         if absorbed {
             self.breaker.counters.add_to(self.slot, Count::Successful);
         }
@@ -146,6 +151,7 @@ impl Lanes {
             .get_or_init(|| {
                 Arc::new(Lane {
                     breaker: self.breaker.clone(),
+                    lane,
                     slot: slot(lane),
                 })
             })

@@ -55,7 +55,8 @@ use super::Breaker;
 use super::clock::Now;
 use super::locked::Core;
 use super::window::{Totals, UNBOUNDED};
-use super::word::Generation;
+use super::word::{Generation, Ticket, TicketKind};
+use crate::classify::Outcome;
 use crate::sync::Ordering;
 
 /// `batch_epoch`: successes may join the batch.
@@ -77,6 +78,25 @@ fn first_count(limit: u64) -> u64 {
 }
 
 impl Breaker {
+    /// Whether a plain success of `ticket`, counted by `Lane::absorbs`, joins the open batch on
+    /// lane `lane`'s line: `complete`'s batch path, without the rest of `complete` (a breaker that
+    /// throttles counts every call in `complete`).
+    // Out of line: `Lane::absorbs` is inlined into every caller, and the healthy path before
+    // this call must stay small there.
+    #[inline(never)]
+    pub(crate) fn joins_batch(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        lane: usize,
+        now: &mut Now<'_>,
+    ) -> bool {
+        ticket.kind() == TicketKind::Recorded
+            && outcome == Outcome::Success
+            && !self.words.throttles
+            && self.batched(ticket.generation(), lane, now)
+    }
+
     /// Counts a plain success of `generation`, read at `now`, in the calling lane's batch: false
     /// when it must be recorded under the lock.
     #[inline]
