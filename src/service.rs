@@ -281,7 +281,7 @@ mod tests {
     use std::time::Duration;
 
     use futures::executor::block_on;
-    use tower::{Layer, ServiceExt, service_fn};
+    use tower::{Layer, Service, ServiceExt, service_fn};
 
     use crate::state::clock::counts::during;
     use crate::{CircuitBreakerLayer, Window};
@@ -349,6 +349,114 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         // The batch refuses it (a later bucket): the lock records it, with the same reading.
         assert_eq!(during(|| calls(&layer, &[false])), (1, 1));
+    }
+
+    /// A time window of one minute (one bucket) that batches from its first outcome and never
+    /// trips: its successes after a failure join the batch from `Completion::record`.
+    fn batching_minute() -> CircuitBreakerLayer {
+        CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(1))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .build()
+            .unwrap()
+    }
+
+    /// A success that joins the batch inline is counted once: once in the window (not again by
+    /// the lock or the batch after it) and once in the lifetime totals.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_that_joins_the_batch_inline_counts_once_in_the_window_and_the_totals() {
+        let layer = batching_minute();
+        calls(&layer, &[false, true]); // under the lock: the batch stays open after the failure
+        assert_eq!(during(|| calls(&layer, &[false; 50])), (50, 0), "batched");
+        let m = layer.handle().metrics();
+        assert_eq!((m.calls(), m.failed()), (52, 1));
+        assert_eq!((m.totals().successful(), m.totals().failed()), (51, 1));
+    }
+
+    /// A call admitted before a reset and completed after it, while the new generation's batch
+    /// is open, is stale: counted in the lifetime totals, never in the new window.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_admitted_before_a_reset_never_joins_the_next_generations_batch() {
+        let layer = batching_minute();
+        calls(&layer, &[false, true]);
+        let mut svc = layer.layer(service_fn(answer as fn(bool) -> Answer));
+        let old = block_on(svc.ready()).unwrap().call(false); // admitted, not yet polled
+        layer.handle().reset();
+        calls(&layer, &[false, false]); // the first opens the new batch, the second joins it
+        // Refused by the batch (another generation); the lock finds it stale.
+        assert_eq!(during(|| block_on(old).unwrap()), (1, 1));
+        let m = layer.handle().metrics();
+        assert_eq!(m.calls(), 2, "the new generation's successes only");
+        assert_eq!(m.totals().successful(), 4, "every call happened");
+    }
+
+    /// A success completed after its batch's bucket ended is recorded in its own bucket (the
+    /// lock's), with the same clock reading: it is still in the window once the batch's bucket
+    /// has left it.
+    #[tokio::test(start_paused = true)]
+    async fn a_success_after_its_batchs_bucket_counts_in_its_own_bucket_through_the_service() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(60))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .build()
+            .unwrap();
+        calls(&layer, &[false, false]); // at 0 s: the batch of bucket [0 s, 1 s), joined
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        calls(&layer, &[false]); // at 1.5 s: bucket 1
+        tokio::time::advance(Duration::from_secs(59)).await;
+        // 60.5 s: bucket 0 has left the window, bucket 1 has not.
+        assert_eq!(layer.handle().metrics().calls(), 1);
+    }
+
+    /// Slow calls are timed (`started` is set), so a slow success never joins the batch from
+    /// the inline path: it counts as slow in the window and in the totals.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_success_while_a_batch_is_open_counts_as_slow() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(1))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .slow_call_duration(Duration::from_secs(1))
+            .slow_call_rate_threshold(1.0)
+            .build()
+            .unwrap();
+        let svc = layer.layer(service_fn(|delay: u64| async move {
+            tokio::time::sleep(Duration::from_secs(delay)).await;
+            Ok::<(), &'static str>(())
+        }));
+        for delay in [0, 0, 2, 0, 2] {
+            svc.clone().oneshot(delay).await.unwrap();
+        }
+        let m = layer.handle().metrics();
+        assert_eq!((m.calls(), m.slow()), (5, 2));
+        assert_eq!(m.totals().slow(), 2);
+    }
+
+    /// A reconfiguration from a count window to a time window while a batch is open: the
+    /// batched successes are folded into the old window, which is replaced, and the new window
+    /// counts only the successes after it, each once.
+    #[tokio::test(start_paused = true)]
+    async fn a_reconfiguration_to_a_time_window_while_a_batch_is_open_counts_each_success_once() {
+        let layer = CircuitBreakerLayer::builder()
+            .sliding_window(Window::count(10))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        calls(&layer, &[false, true]);
+        assert_eq!(during(|| calls(&layer, &[false; 3])), (0, 0), "batched");
+        let time = handle
+            .config()
+            .sliding_window(Window::time(Duration::from_secs(60)).buckets(1));
+        handle.reconfigure(time).unwrap();
+        assert_eq!(handle.metrics().calls(), 0, "a new window starts empty");
+        calls(&layer, &[false; 4]); // the first to the lock, which opens a batch; 3 join it
+        let m = handle.metrics();
+        assert_eq!((m.calls(), m.failed()), (4, 0));
+        assert_eq!(m.totals().successful(), 8);
     }
 
     #[test]

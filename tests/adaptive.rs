@@ -401,6 +401,33 @@ async fn successes_that_change_no_window_are_counted_too() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn successes_while_the_window_holds_failures_are_counted_too() {
+    // The window holds failures, so a success would join the open batch from the completion's
+    // inline path: a throttling breaker's must go through `complete`, which counts them all.
+    let throttle = AdaptiveThrottle::new().seed(23);
+    let mut h = harness(
+        builder()
+            .sliding_window(tower_circuit_breaker::Window::count(1_000))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .adaptive_throttling(throttle),
+    );
+    fill(&mut h, 1, 20).await;
+    let mut accepts = 0;
+    while accepts < 50 {
+        if call(&mut h.svc, ok()).await.is_ok() {
+            accepts += 1;
+        }
+    }
+    let m = h.handle.metrics();
+    assert_eq!((m.calls(), m.failed()), (71, 20), "a window that batched");
+    assert_eq!(
+        m.rejection_probability(),
+        Some(throttle.rejection_probability(71, 51))
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_the_readiness_mode_a_throttled_call_waits_a_bucket_and_draws_again() {
     let layer = builder()
         .adaptive_throttling(AdaptiveThrottle::new().window(secs(60)).seed(23))

@@ -264,3 +264,68 @@ fn outcome_and_the_classifier_traits_are_open_to_extension() {
     }
     assert_eq!(describe(Outcome::Ignored), "ignored");
 }
+
+/// Bodies admitted on this thread and finished on several others while the window holds a
+/// failure: each success joins the open batch from `Completion::record` (on its admitting lane's
+/// line, from whichever thread ends the body) and counts once, in the window and in the totals.
+#[tokio::test(start_paused = true)]
+async fn successes_at_the_end_of_bodies_finished_on_other_threads_each_count_once() {
+    const THREADS: usize = 6;
+    const BODIES: usize = 50;
+    let (layer, svc) = streams(
+        CircuitBreakerLayer::builder()
+            .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)).buckets(1))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0),
+    );
+    body(&svc, Outcome::Success).await.finish(); // under the lock: opens the batch
+    body(&svc, Outcome::Failure).await.finish();
+    let mut bodies = Vec::new();
+    for _ in 0..THREADS * BODIES {
+        bodies.push(body(&svc, Outcome::Success).await);
+    }
+    std::thread::scope(|scope| {
+        let mut bodies = bodies.into_iter();
+        for _ in 0..THREADS {
+            let mine: Vec<Body> = bodies.by_ref().take(BODIES).collect();
+            scope.spawn(move || mine.into_iter().for_each(Body::finish));
+        }
+    });
+    let m = layer.handle().metrics();
+    let successes = (THREADS * BODIES + 1) as u64;
+    assert_eq!((m.calls(), m.failed()), (successes + 1, 1));
+    assert_eq!(
+        (m.totals().successful(), m.totals().failed()),
+        (successes, 1)
+    );
+}
+
+/// A failure with a date while the window's successes batch: the lock folds the batched
+/// successes before it records the failure (they lower the rate), and the circuit it opens stays
+/// open until the date.
+#[tokio::test(start_paused = true)]
+async fn a_failure_with_a_date_while_successes_batch_counts_them_and_keeps_its_date() {
+    let builder = CircuitBreakerLayer::builder()
+        .sliding_window(tower_circuit_breaker::Window::time(Duration::from_secs(60)).buckets(1))
+        .minimum_calls(1)
+        .failure_rate_threshold(0.5)
+        .open_duration(OPEN);
+    let layer = builder.classify(Pushback).build().unwrap();
+    let mut svc = layer.layer(service_fn(answer));
+    for _ in 0..4 {
+        svc.ready().await.unwrap().call(None).await.unwrap(); // the first opens the batch
+    }
+    let mut failures = 0;
+    while layer.handle().state() == State::Closed {
+        svc.ready().await.unwrap().call(Some(60)).await.unwrap_err();
+        failures += 1;
+    }
+    assert_eq!(
+        failures, 4,
+        "4 of 8 is the rate: the batched successes counted"
+    );
+    let m = layer.handle().metrics();
+    assert_eq!((m.calls(), m.failed()), (8, 4));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(layer.handle().state(), State::Open, "60 s asked");
+}

@@ -737,3 +737,73 @@ async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_
     let totals = m.totals();
     assert_eq!(totals.successful() + totals.failed(), CALLERS as u64 * 120);
 }
+
+/// Calls admitted on one thread and completed on another (a response moved to another worker),
+/// on more threads than the breaker has lanes: a success that joins the batch is counted in its
+/// admitting lane's line while other threads count in the same line and failures fold it. The
+/// window holds every outcome once, and so do the lifetime totals, for a time window and a count
+/// window larger than the test. No runtime (see `window_outcomes_on_many_threads_are_each_counted_once`).
+#[test]
+fn batched_successes_completed_on_other_threads_than_their_admission_are_each_counted_once() {
+    use tower_circuit_breaker::Window;
+    for window in [
+        Window::time(Duration::from_secs(60)).buckets(1),
+        Window::count(1 << 20),
+    ] {
+        completed_elsewhere_are_each_counted_once(window);
+    }
+}
+
+fn completed_elsewhere_are_each_counted_once(window: tower_circuit_breaker::Window) {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 100;
+    const BATCH: usize = 40;
+    const EVERY_NTH_FAILS: usize = 25;
+    let layer = CircuitBreakerLayer::builder()
+        .sliding_window(window)
+        .minimum_calls(100)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..THREADS).map(|_| std::sync::mpsc::channel()).unzip();
+    std::thread::scope(|scope| {
+        for (i, received) in receivers.into_iter().enumerate() {
+            let mut svc = layer.layer(service_fn(|fail: bool| {
+                ready(if fail { Err("down") } else { Ok(()) })
+            }));
+            let next = senders[(i + 1) % THREADS].clone();
+            scope.spawn(move || {
+                for _ in 0..ROUNDS {
+                    let admitted: Vec<_> = (0..BATCH)
+                        .map(|j| {
+                            let fail = j % EVERY_NTH_FAILS == 0;
+                            let ready = futures::executor::block_on(svc.ready()).unwrap();
+                            (fail, ready.call(fail))
+                        })
+                        .collect();
+                    next.send(admitted).unwrap();
+                    for (fail, future) in received.recv().unwrap() {
+                        assert_eq!(futures::executor::block_on(future).is_err(), fail);
+                    }
+                }
+            });
+        }
+    });
+    let calls = (THREADS * ROUNDS * BATCH) as u64;
+    let failed = (THREADS * ROUNDS * BATCH.div_ceil(EVERY_NTH_FAILS)) as u64;
+    let metrics = handle.metrics();
+    assert_eq!(handle.state(), State::Closed, "{window:?}");
+    assert_eq!(
+        (metrics.calls(), metrics.failed()),
+        (calls, failed),
+        "{window:?}"
+    );
+    let totals = metrics.totals();
+    assert_eq!(
+        (totals.successful(), totals.failed()),
+        (calls - failed, failed),
+        "{window:?}"
+    );
+}

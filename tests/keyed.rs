@@ -137,6 +137,39 @@ async fn a_failing_host_opens_only_its_own_breaker() {
 
 /// An event names the keyed breaker it comes from: the layer's name and the key, as its handle
 /// does, so that one consumer of many keys' events can tell them apart.
+/// Each key's breaker batches its own successes while its window holds a failure: calls to two
+/// hosts interleaved, each host's window and totals count its own calls once.
+#[tokio::test(start_paused = true)]
+async fn each_keys_batched_successes_count_once_in_its_own_breaker() {
+    let (mut svc, handle) = hosts(
+        KeyedCircuitBreakerLayer::builder(host_of as KeyFn).breaker(
+            CircuitBreakerLayer::builder()
+                .sliding_window(tower_circuit_breaker::Window::time(secs(60)).buckets(1))
+                .minimum_calls(1)
+                .failure_rate_threshold(1.0),
+        ),
+    );
+    for host in [1, 2] {
+        call_now(&mut svc, to(host)).unwrap(); // under the lock: opens the host's batch
+        call_now(&mut svc, failing(host)).unwrap_err();
+    }
+    for i in 0..60 {
+        let host = 1 + i % 2;
+        call_now(&mut svc, to(host)).unwrap();
+    }
+    call_now(&mut svc, to(1)).unwrap();
+    for (host, successes) in [(1, 32), (2, 31)] {
+        let m = handle.get(&host).unwrap().metrics();
+        assert_eq!((m.calls(), m.failed()), (successes + 1, 1), "host {host}");
+        let totals = m.totals();
+        assert_eq!(
+            (totals.successful(), totals.failed()),
+            (successes, 1),
+            "host {host}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_keyed_breakers_events_carry_the_layers_name_and_its_key() {
     use futures::StreamExt;

@@ -307,6 +307,39 @@ async fn durations_are_a_histogram_by_outcome_when_asked_for() {
     assert_eq!(h.handle.metrics().slow(), 0);
 }
 
+/// While the window holds a failure, successes batch without the lock: with durations exported,
+/// each success is still timed and lands in the histogram, and the exported calls count it once.
+#[tokio::test(start_paused = true)]
+async fn successes_that_batch_after_a_failure_are_each_in_the_duration_histogram() {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[0.1, 1.0, 10.0])
+        .unwrap()
+        .build_recorder();
+    let mut h = exported(
+        &recorder,
+        builder()
+            .name("db")
+            .sliding_window(Window::time(secs(60)).buckets(1))
+            .minimum_calls(1)
+            .failure_rate_threshold(1.0)
+            .export_metrics(Export::new().durations(true)),
+    );
+    call(&mut h.svc, ok()).await.unwrap();
+    call(&mut h.svc, fail()).await.unwrap_err();
+    for _ in 0..20 {
+        call(&mut h.svc, ok().after(ms(50))).await.unwrap();
+    }
+    let samples = scrape(&recorder);
+    let count = value(
+        &samples,
+        "circuit_breaker_call_duration_seconds_count",
+        &[DB, ("outcome", "successful")],
+    );
+    assert_eq!(count, 21.0);
+    assert_eq!(calls(&samples, "successful"), 21.0);
+    assert_eq!(h.handle.metrics().calls(), 22);
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_durations_no_histogram_is_registered() {
     let recorder = PrometheusBuilder::new().build_recorder();

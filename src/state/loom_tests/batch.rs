@@ -59,6 +59,35 @@ fn successes_batched_on_two_lanes_racing_a_fold_are_each_counted_once() {
     });
 }
 
+/// What `Completion::record` does with a plain success that is not timed: `Lane::absorbs` tries
+/// the batch on the line of the lane that admitted the call (`lane`), and `complete` (the
+/// completing thread's lane) takes it if the batch refuses.
+fn record_inline(b: &Breaker, ticket: Ticket, lane: usize, at: u64) {
+    let mut now = now(b, at);
+    if !b.joins_batch(ticket, Outcome::Success, lane, &mut now) {
+        b.complete(ticket, Outcome::Success, None, None, &mut now);
+    }
+}
+
+/// A success admitted on lane 0 and completed on lane 1's thread (a response moved to another
+/// worker) joins lane 0's line from there, racing lane 0's own success on that line and a
+/// failure that folds the batch: the window counts all of them.
+#[test]
+fn a_success_joining_its_admitting_lanes_line_from_another_thread_is_counted_once() {
+    loom::model(|| {
+        let b = batching();
+        complete(&b, admit(&b, T0), Outcome::Success, T0); // opens the batch
+        let (s1, s2, f) = (admit(&b, T0), admit(&b, T0), admit(&b, T0));
+
+        let b2 = b.clone();
+        let t = thread::spawn(move || record_inline(&b2, s2, 0, T0 + 1));
+        record_inline(&b, s1, 0, T0 + 1);
+        complete(&b, f, Outcome::Failure, T0 + 2);
+        t.join().unwrap();
+        assert_eq!(window_at(&b, T0 + 3), (4, 1));
+    });
+}
+
 /// A success admitted before a transition races the transition (to Open, back to Closed, and an
 /// outcome of the new generation that opens a new batch): it is counted in the old window, or
 /// dropped as stale, never in the new generation's window.
