@@ -253,7 +253,8 @@ pub(crate) struct Counters {
 struct Line {
     counts: [StatU64; COUNTS],
     /// The lane's batch of plain successes (`batch`): in the room the counts leave on the line
-    /// that only this lane's thread writes.
+    /// that this lane's threads write (and, through `Lane::absorbs`, the completions of the calls
+    /// they admitted, wherever those complete).
     batch: AtomicU64,
 }
 
