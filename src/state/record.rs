@@ -63,7 +63,7 @@ impl Breaker {
         if self.words.throttles && ticket.kind() != TicketKind::Unrecorded {
             // Every dispatched call the breaker records counts, stale or not: the throttle
             // follows the dependency, not the state. A throttling breaker's successes all come
-            // here: `Lane::absorbs` never takes them (`set_clean`).
+            // here: `Lane::absorbs` never takes them (`set_clean`, `joins_batch`).
             self.throttle_record(outcome == Outcome::Success, now);
         }
         // A timely success that changes nothing takes no lock, timed or not; nor does one that
@@ -71,11 +71,7 @@ impl Breaker {
         if !slow && self.is_settled(ticket, outcome) {
             return;
         }
-        if !slow
-            && outcome == Outcome::Success
-            && ticket.kind() == TicketKind::Recorded
-            && self.batched(ticket.generation(), lane, now)
-        {
+        if !slow && self.batched(ticket, outcome, lane, now) {
             return;
         }
         match ticket.kind() {

@@ -91,19 +91,25 @@ impl Breaker {
         lane: usize,
         now: &mut Now<'_>,
     ) -> bool {
-        ticket.kind() == TicketKind::Recorded
-            && outcome == Outcome::Success
-            && !self.words.throttles
-            && self.batched(ticket.generation(), lane, now)
+        !self.words.throttles && self.batched(ticket, outcome, lane, now)
     }
 
-    /// Counts a plain success of `generation`, read at `now`, in the calling lane's batch: false
-    /// when it must be recorded under the lock.
+    /// Counts `outcome` of `ticket`, read at `now`, in lane `lane`'s batch if it is a plain
+    /// success of a recorded call: false when it must be recorded under the lock.
     #[inline]
-    pub(super) fn batched(&self, generation: Generation, lane: usize, now: &mut Now<'_>) -> bool {
+    pub(super) fn batched(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        lane: usize,
+        now: &mut Now<'_>,
+    ) -> bool {
+        if ticket.kind() != TicketKind::Recorded || outcome != Outcome::Success {
+            return false;
+        }
         // Acquire: the bounds and the state word read next are at least as new as this batch.
         let epoch = self.words.batch_epoch.load(Ordering::Acquire);
-        epoch & OPEN != 0 && self.join_batch(epoch, generation, lane, now)
+        epoch & OPEN != 0 && self.join_batch(epoch, ticket.generation(), lane, now)
     }
 
     fn join_batch(
