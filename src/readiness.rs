@@ -240,8 +240,7 @@ mod tests {
     use super::*;
 
     fn breaker() -> Arc<Breaker> {
-        let config = CircuitBreakerLayer::builder().validate_for_tests();
-        Arc::new(Breaker::new(Arc::new(config), None))
+        Arc::new(CircuitBreakerLayer::builder().breaker_for_tests())
     }
 
     /// Members come and go for a process's life (a keyed layer's breakers): a member that joins

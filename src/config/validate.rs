@@ -74,6 +74,12 @@ impl<C> Builder<C> {
         self.validate().expect("valid test configuration")
     }
 
+    /// An unnamed breaker of this configuration (tests of the state machine).
+    #[cfg(test)]
+    pub(crate) fn breaker_for_tests(&self) -> crate::state::Breaker {
+        crate::state::Breaker::new(std::sync::Arc::new(self.validate_for_tests()), None)
+    }
+
     pub(crate) fn validate(&self) -> Result<Config, ConfigError> {
         fn rate(field: &'static str, value: f64) -> Result<f64, ConfigError> {
             if value > 0.0 && value <= 1.0 {

@@ -365,10 +365,10 @@ mod tests {
     /// reconfiguration kept (or made) reads none for a failure.
     #[test]
     fn a_reconfigured_count_window_records_a_failure_without_reading_the_clock() {
+        use crate::state::Decision;
         use crate::state::clock::counts::during;
-        use crate::state::{Breaker, Decision};
         let count = || CircuitBreakerLayer::builder().sliding_window(crate::Window::count(10));
-        let b = Breaker::new(Arc::new(count().validate_for_tests()), None);
+        let b = count().breaker_for_tests();
         b.reconfigure(Arc::new(count().minimum_calls(5).validate_for_tests()));
         let mut now = b.now();
         let Decision::Admit(ticket) = b.admit(&mut now) else {

@@ -150,19 +150,13 @@ pub(crate) enum Forgettable {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use std::sync::Arc;
-
-    use super::*;
     use crate::CircuitBreakerLayer;
 
     #[test]
     fn a_rejection_nobody_asked_for_takes_no_lock_and_reads_no_clock() {
         use crate::state::clock::counts::during;
         use crate::state::{Decision, State};
-        let breaker = Breaker::new(
-            Arc::new(CircuitBreakerLayer::builder().validate_for_tests()),
-            None,
-        );
+        let breaker = CircuitBreakerLayer::builder().breaker_for_tests();
         breaker.force(State::ForcedOpen);
         let Decision::Reject(rejection) = breaker.admit(&mut breaker.now()) else {
             panic!("forced open: rejected");

@@ -171,7 +171,7 @@ mod tests {
     use crate::state::word::Ticket;
 
     fn breaker(builder: crate::Builder) -> Arc<Breaker> {
-        Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
+        Arc::new(builder.breaker_for_tests())
     }
 
     #[tokio::test(start_paused = true)]

@@ -43,8 +43,7 @@ mod thread {
 const T0: u64 = 1 << 50;
 
 fn breaker(builder: Builder) -> Arc<Breaker> {
-    let layer_config = builder.validate_for_tests();
-    Arc::new(Breaker::new(StdArc::new(layer_config), None))
+    Arc::new(builder.breaker_for_tests())
 }
 
 fn now(b: &Breaker, at: u64) -> Now<'_> {

@@ -277,12 +277,11 @@ fn a_stale_success_never_joins_a_count_windows_batch_of_a_later_generation() {
 /// and each success is recorded under the lock.
 #[test]
 fn a_learned_threshold_never_opens_a_batch_on_a_count_window() {
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::count(10))
         .minimum_calls(1)
         .learned_failure_threshold(crate::LearnedThreshold::new())
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     (0..5).for_each(|_| succeed(&b));
     fail(&b);
     for _ in 0..3 {
@@ -296,13 +295,12 @@ fn a_learned_threshold_never_opens_a_batch_on_a_count_window() {
 /// recorded under the lock, as slow; the plain successes after it batch.
 #[tokio::test(start_paused = true)]
 async fn a_slow_success_on_a_count_window_never_batches() {
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::count(10))
         .minimum_calls(1)
         .consecutive_failures(100)
         .slow_call_duration(Duration::from_secs(1))
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     fail(&b);
     assert!(is_open(&b));
     let Decision::Admit(ticket) = b.admit(&mut b.now()) else {
@@ -327,13 +325,12 @@ async fn a_throttle_beside_a_count_window_counts_every_batched_success() {
     let throttle = crate::AdaptiveThrottle::new()
         .window(Duration::from_secs(10))
         .min_requests_per_second(1.0);
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::count(100))
         .minimum_calls(1)
         .consecutive_failures(100)
         .adaptive_throttling(throttle)
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     // Admitted before any completes: the throttle rejects nothing yet.
     let tickets: Vec<_> = (0..20)
         .map(|_| match b.admit(&mut b.now()) {
@@ -362,14 +359,13 @@ async fn a_throttle_beside_a_count_window_counts_every_batched_success() {
 /// run of failures counts from the closing.
 #[tokio::test(start_paused = true)]
 async fn after_a_half_open_episode_closes_the_next_batch_holds_only_the_new_generation() {
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::count(4))
         .minimum_calls(1)
         .consecutive_failures(2)
         .open_duration(Duration::from_secs(1))
         .half_open_calls(1)
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     succeed(&b);
     fail(&b); // the batch stays open
     let Decision::Admit(old) = b.admit(&mut b.now()) else {
@@ -432,12 +428,11 @@ fn a_reconfiguration_to_a_learned_threshold_closes_the_batch_for_good() {
 /// open after the first) breaks the run, and the window holds all three outcomes.
 #[tokio::test(start_paused = true)]
 async fn a_time_windows_batched_success_between_two_failures_ends_the_run() {
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::time(Duration::from_secs(60)).buckets(60))
         .minimum_calls(1)
         .consecutive_failures(2)
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     succeed(&b);
     fail(&b);
     assert!(is_open(&b), "open after a failure");

@@ -17,7 +17,7 @@ fn batching() -> Arc<Breaker> {
         .sliding_window(crate::Window::time(Duration::from_secs(60)).buckets(60))
         .minimum_calls(1)
         .failure_rate_threshold(1.0);
-    Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None))
+    Arc::new(builder.breaker_for_tests())
 }
 
 fn succeed(b: &Breaker) {
@@ -82,7 +82,7 @@ async fn failures_recorded_after_a_bucket_counted_u32_max_outcomes_still_count_a
         .minimum_calls(1)
         // Five failures among 2^32 calls reach it.
         .failure_rate_threshold(1e-9);
-    let b = Arc::new(Breaker::new(Arc::new(builder.validate_for_tests()), None));
+    let b = Arc::new(builder.breaker_for_tests());
     while b.metrics().calls() < u64::from(u32::MAX) {
         succeed(&b); // under the lock: opens a batch
         assert!(is_open(&b));
@@ -146,12 +146,11 @@ fn fail(b: &Breaker) {
 
 /// A count window of `n` that opens on `consecutive` failures only.
 fn count_window(n: u32, consecutive: u32) -> Breaker {
-    let config = CircuitBreakerLayer::builder()
+    CircuitBreakerLayer::builder()
         .sliding_window(Window::count(n))
         .minimum_calls(1)
         .consecutive_failures(consecutive)
-        .validate_for_tests();
-    Breaker::new(Arc::new(config), None)
+        .breaker_for_tests()
 }
 
 /// DESIGN §3: consecutive failures are failures in a row. A success batched between two
@@ -207,11 +206,10 @@ fn a_lines_first_count_leaves_room_for_one_less_than_the_limit() {
 #[test]
 fn a_time_windows_successes_take_no_lock_within_a_bucket() {
     // One bucket of a minute: the loop below stays in it.
-    let config = CircuitBreakerLayer::builder()
+    let b = CircuitBreakerLayer::builder()
         .sliding_window(Window::time(Duration::from_secs(60)).buckets(1))
         .minimum_calls(1)
-        .validate_for_tests();
-    let b = Breaker::new(Arc::new(config), None);
+        .breaker_for_tests();
     succeed(&b); // recorded under the lock, which opens the batch
     let (_, locks) = during(|| (0..1_000).for_each(|_| succeed(&b)));
     assert_eq!(locks, 0);
