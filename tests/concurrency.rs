@@ -663,7 +663,9 @@ async fn dropped_and_panicking_calls_record_nothing_while_time_window_successes_
 /// every worker racing failures and successes, and a reader taking snapshots throughout, each
 /// snapshot is one a sequential order gives (a run of `c` failures is the newest `c` outcomes of
 /// the window, so it holds at least `min(c, n)` failures), and once only successes follow, the
-/// window holds nothing else and no run.
+/// window holds nothing else and no run. Each caller waits halfway through its mixed calls until
+/// the reader has taken a whole snapshot, so snapshots fall inside the race however the runtime
+/// schedules the reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_failures() {
     const WINDOW: u32 = 8;
@@ -682,10 +684,10 @@ async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_
         })
     }));
     let done = Arc::new(AtomicUsize::new(0));
+    let snapshots = Arc::new(AtomicUsize::new(0));
     let reader = {
-        let (handle, done) = (handle.clone(), done.clone());
+        let (handle, done, snapshots) = (handle.clone(), done.clone(), snapshots.clone());
         tokio::spawn(async move {
-            let mut snapshots = 0;
             while done.load(Ordering::SeqCst) < CALLERS {
                 let m = handle.metrics();
                 let run = u64::from(m.consecutive_failures().min(WINDOW));
@@ -694,21 +696,30 @@ async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_
                     "a run of failures outside the window: {m:?}"
                 );
                 assert!(m.calls() <= u64::from(WINDOW), "{m:?}");
-                snapshots += 1;
+                snapshots.fetch_add(1, Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }
-            snapshots
         })
     };
     let only_successes = Arc::new(Barrier::new(CALLERS));
     let callers: Vec<_> = (0..CALLERS)
         .map(|task| {
-            let (mut service, only_successes, done) =
-                (service.clone(), only_successes.clone(), done.clone());
+            let (mut service, only_successes, done, snapshots) = (
+                service.clone(),
+                only_successes.clone(),
+                done.clone(),
+                snapshots.clone(),
+            );
             tokio::spawn(async move {
                 for i in 0..100 {
                     let _ = service.ready().await?.call((i + task) % 3 == 0).await;
-                    if i % 10 == 0 {
+                    if i == 50 {
+                        // The count moves twice, so one snapshot began after this point.
+                        let seen = snapshots.load(Ordering::SeqCst);
+                        while snapshots.load(Ordering::SeqCst) < seen + 2 {
+                            tokio::task::yield_now().await;
+                        }
+                    } else if i % 10 == 0 {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -727,7 +738,7 @@ async fn a_count_windows_snapshots_stay_sequential_while_batched_successes_race_
             .expect("no caller panicked")
             .expect("closed throughout");
     }
-    assert!(reader.await.expect("every snapshot was sequential") > 0);
+    reader.await.expect("every snapshot was sequential");
     let m = handle.metrics();
     assert_eq!(m.state(), State::Closed);
     assert_eq!(
