@@ -146,7 +146,8 @@ impl Lanes {
     /// A reference to the breaker for an admitted call, through the calling thread's lane.
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
-        let lane = thread_lane();
+        // `thread_lane` is below `LANES`; the mask spares the bounds check.
+        let lane = thread_lane() % LANES;
         self.lanes[lane]
             .get_or_init(|| {
                 Arc::new(Lane {
