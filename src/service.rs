@@ -167,63 +167,6 @@ impl<S, C, F> CircuitBreaker<S, C, F> {
         let name = self.breaker.name().cloned();
         Rejected::new(rejection.state, rejection.retry_at, name)
     }
-
-    /// `poll_ready` of an admitted call: the inner service's readiness.
-    #[inline(always)]
-    fn poll_admitted<Req>(
-        &mut self,
-        ticket: Ticket,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), F::Error>>
-    where
-        S: Service<Req>,
-        F: Fallback<Req, S::Response, S::Error>,
-    {
-        // Held from here: if the inner service panics, a probe permit goes back.
-        let admission = Admission::new(self.breaker.lane(), ticket);
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                // `ready` is `None` here (`poll_ready` checked): forgetting it spares the drop
-                // code of a value that cannot be there, which the compiler keeps otherwise.
-                debug_assert!(self.ready.is_none());
-                std::mem::forget(self.ready.replace(Readiness::Admitted(admission)));
-                Poll::Ready(Ok(()))
-            }
-            // The admission is dropped: a probe permit goes back.
-            Poll::Ready(Err(e)) => Poll::Ready(Err(<F::Future as Answer<_, _>>::error(e))),
-            Poll::Pending => {
-                drop(admission);
-                self.wait(cx, &Decision::Admit(ticket));
-                Poll::Pending
-            }
-        }
-    }
-
-    /// `poll_ready` in every state but the fast path's.
-    #[inline(never)]
-    fn poll_ready_other<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), F::Error>>
-    where
-        S: Service<Req>,
-        F: Fallback<Req, S::Response, S::Error>,
-    {
-        let ticket = match self.breaker.admit(&mut self.breaker.now()) {
-            Decision::Admit(ticket) => ticket,
-            Decision::Reject(rejection) => {
-                let Some(gate) = self.gate.clone() else {
-                    return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx);
-                };
-                // The readiness mode: wait until a probe is possible. Registered before the
-                // panic group is read, so that a member's transition after the read wakes us.
-                self.wait(cx, &Decision::Reject(rejection));
-                if !gate.lets_through(self.breaker.breaker()) {
-                    return Poll::Pending;
-                }
-                // The group panics: through, unrecorded.
-                Ticket::unrecorded(rejection.generation)
-            }
-        };
-        self.poll_admitted::<Req>(ticket, cx)
-    }
 }
 
 impl<S, C, F, Req> Service<Req> for CircuitBreaker<S, C, F>
@@ -242,11 +185,36 @@ where
             // Readiness is stable until `call` uses it.
             return Poll::Ready(Ok(()));
         }
-        // The healthy closed path in line; every other state out of line, which keeps the
-        // caller's frame small.
-        match self.breaker.admit_fast() {
-            Some(ticket) => self.poll_admitted::<Req>(ticket, cx),
-            None => self.poll_ready_other::<Req>(cx),
+        let ticket = match self.breaker.admit(&mut self.breaker.now()) {
+            Decision::Admit(ticket) => ticket,
+            Decision::Reject(rejection) => {
+                let Some(gate) = self.gate.clone() else {
+                    return self.poll_fallback::<Req, S::Response, S::Error>(rejection, cx);
+                };
+                // The readiness mode: wait until a probe is possible. Registered before the
+                // panic group is read, so that a member's transition after the read wakes us.
+                self.wait(cx, &Decision::Reject(rejection));
+                if !gate.lets_through(self.breaker.breaker()) {
+                    return Poll::Pending;
+                }
+                // The group panics: through, unrecorded.
+                Ticket::unrecorded(rejection.generation)
+            }
+        };
+        // Held from here: if the inner service panics, a probe permit goes back.
+        let admission = Admission::new(self.breaker.lane(), ticket);
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.ready = Some(Readiness::Admitted(admission));
+                Poll::Ready(Ok(()))
+            }
+            // The admission is dropped: a probe permit goes back.
+            Poll::Ready(Err(e)) => Poll::Ready(Err(<F::Future as Answer<_, _>>::error(e))),
+            Poll::Pending => {
+                drop(admission);
+                self.wait(cx, &Decision::Admit(ticket));
+                Poll::Pending
+            }
         }
     }
 

@@ -146,8 +146,7 @@ impl Lanes {
     /// A reference to the breaker for an admitted call, through the calling thread's lane.
     #[inline]
     pub(crate) fn lane(&self) -> Arc<Lane> {
-        // `thread_lane` is below `LANES`; the mask spares the bounds check.
-        let lane = thread_lane() % LANES;
+        let lane = thread_lane();
         self.lanes[lane]
             .get_or_init(|| {
                 Arc::new(Lane {

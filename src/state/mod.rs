@@ -439,23 +439,10 @@ impl Breaker {
     #[inline]
     pub(crate) fn admit(&self, now: &mut Now<'_>) -> Decision {
         let word = self.load();
-        match self.admits_freely(word) {
-            Some(ticket) => Decision::Admit(ticket),
-            None => self.admit_other(word, now),
+        if (self.words.fast_admit >> word.tag()) & 1 != 0 {
+            return Decision::Admit(Ticket::new(word.generation(), TicketKind::Recorded));
         }
-    }
-
-    /// `admit`'s one-load fast path alone: a ticket when the state admits every call without
-    /// deciding anything (Closed without throttling, MetricsOnly), `None` for every other state.
-    #[inline]
-    pub(crate) fn admit_fast(&self) -> Option<Ticket> {
-        self.admits_freely(self.load())
-    }
-
-    #[inline]
-    fn admits_freely(&self, word: StateWord) -> Option<Ticket> {
-        ((self.words.fast_admit >> word.tag()) & 1 != 0)
-            .then(|| Ticket::new(word.generation(), TicketKind::Recorded))
+        self.admit_other(word, now)
     }
 
     /// Admission in Closed with adaptive throttling: a draw against the rejection probability.
