@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::redis::{RedisServer, namespace, shared_server, transition_to};
+use support::redis::{RedisServer, namespace, shared_server, transition_to, until};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_circuit_breaker::redis::{Fleet, Shared};
@@ -263,7 +263,12 @@ async fn instances_work_alone_while_redis_is_down_and_rejoin_when_it_is_back() {
         followed.is_some(),
         "a's opening is published once Redis is back"
     );
-    assert!(a.shared.is_reachable() && b.shared.is_reachable());
+    // b may hear a's opening on its subscription before its own next tick gets an answer (which
+    // is what marks it reachable): wait for both to rejoin rather than look once.
+    until(Duration::from_secs(5), "a or b never rejoined", || {
+        a.shared.is_reachable() && b.shared.is_reachable()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
