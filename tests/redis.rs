@@ -11,12 +11,20 @@ use std::time::Duration;
 use support::redis::{RedisServer, namespace, shared_server, transition_to, until};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_circuit_breaker::redis::{Fleet, Shared};
+use tower_circuit_breaker::redis::{Fleet, FleetBuilder, Shared};
 use tower_circuit_breaker::{Builder, CircuitBreakerLayer, Handle, State};
 
 /// The stated bound for a follower: one interval plus a round trip; with the slack of a loaded
 /// test machine.
 const FOLLOW: Duration = Duration::from_millis(50 + 450);
+/// A bound on a wait for something that a test's rule says happens, where the rule is not how
+/// fast (a guard against a hang, generous for a loaded machine).
+const EVENTUALLY: Duration = Duration::from_secs(5);
+/// The fleet's command timeout in the tests that are not about a slow or absent Redis. A loaded
+/// test machine can keep the server from answering within the default 250 ms, and an instance
+/// that counts Redis unreachable goes on alone (its own probes, its own openings): the outage
+/// behaviour, which the outage tests check with the default timeout.
+const PATIENT: Duration = Duration::from_secs(5);
 
 const OK: u8 = 0;
 const FAIL: u8 = 1;
@@ -66,10 +74,22 @@ struct Instance {
 }
 
 impl Instance {
+    /// An instance whose fleet waits [`PATIENT`] for each Redis command.
     async fn new(url: &str, ns: &str, builder: Builder, dependency: &Dependency) -> Instance {
+        let fleet = Fleet::builder(ns).timeout(PATIENT);
+        Instance::sharing(fleet, url, builder, dependency).await
+    }
+
+    /// An instance sharing through `fleet` (the outage tests: the default timeout).
+    async fn sharing(
+        fleet: FleetBuilder,
+        url: &str,
+        builder: Builder,
+        dependency: &Dependency,
+    ) -> Instance {
         let layer = builder.name("db").build().unwrap();
         let handle = layer.handle();
-        let fleet = Fleet::builder(ns).build(url).unwrap();
+        let fleet = fleet.build(url).unwrap();
         let shared = fleet.share(&handle).unwrap();
         let call = tower::util::BoxCloneSyncService::new(layer.layer(dependency.clone().service()));
         let instance = Instance {
@@ -189,7 +209,7 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
     dependency.set(FAIL);
     let _ = instances[0].call().await;
     for e in &mut events[1..] {
-        assert!(transition_to(e, State::Open, FOLLOW).await.is_some());
+        assert!(transition_to(e, State::Open, EVENTUALLY).await.is_some());
     }
     // The dependency hangs: probes stay in flight (their futures kept, so their permits too),
     // and every instance keeps calling.
@@ -215,7 +235,7 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
     // The dependency recovers: the owner's probes succeed, and the fleet closes.
     dependency.set(OK);
     for e in &mut events {
-        let closed = transition_to(e, State::Closed, Duration::from_secs(2)).await;
+        let closed = transition_to(e, State::Closed, EVENTUALLY).await;
         assert!(closed.is_some());
     }
     for call in calls {
@@ -232,8 +252,9 @@ async fn instances_work_alone_while_redis_is_down_and_rejoin_when_it_is_back() {
     let url = server.url();
     let ns = namespace("down");
     let dependency = Dependency::default();
-    let a = Instance::new(&url, &ns, builder(), &dependency).await;
-    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    // The default timeout: this test is about Redis being down.
+    let a = Instance::sharing(Fleet::builder(&ns), &url, builder(), &dependency).await;
+    let b = Instance::sharing(Fleet::builder(&ns), &url, builder(), &dependency).await;
     let mut b_events = b.handle.subscribe();
     server.kill();
     let start = Instant::now();
@@ -277,8 +298,9 @@ async fn a_slow_redis_never_slows_a_call_and_the_fleet_converges_after() {
     let url = server.url();
     let ns = namespace("slow");
     let dependency = Dependency::default();
-    let a = Instance::new(&url, &ns, builder(), &dependency).await;
-    let b = Instance::new(&url, &ns, builder(), &dependency).await;
+    // The default timeout: this test is about Redis answering late.
+    let a = Instance::sharing(Fleet::builder(&ns), &url, builder(), &dependency).await;
+    let b = Instance::sharing(Fleet::builder(&ns), &url, builder(), &dependency).await;
     let mut b_events = b.handle.subscribe();
     let client = ::redis::Client::open(url.as_str()).unwrap();
     let mut admin = client.get_multiplexed_async_connection().await.unwrap();
@@ -361,7 +383,7 @@ async fn foreign_data_under_our_keys_is_ignored_and_replaced() {
     for _ in 0..3 {
         let _ = a.call().await;
     }
-    let followed = transition_to(&mut b_events, State::Open, FOLLOW).await;
+    let followed = transition_to(&mut b_events, State::Open, EVENTUALLY).await;
     assert!(followed.is_some(), "a's opening replaced the garbage state");
     let state: String = ::redis::cmd("GET")
         .arg(format!("{prefix}state"))
