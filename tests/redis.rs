@@ -17,6 +17,12 @@ use tower_circuit_breaker::{Builder, CircuitBreakerLayer, Handle, State};
 /// The stated bound for a follower: one interval plus a round trip; with the slack of a loaded
 /// test machine.
 const FOLLOW: Duration = Duration::from_millis(50 + 450);
+/// The open interval of the probe tests, and their fleet's interval. Each instance claims the
+/// probe lease one fleet interval before its open interval ends, and one whose claim is still
+/// unanswered when its interval ends probes on its own (as when Redis is unreachable): a long
+/// fleet interval leaves a loaded machine time to answer every claim before then.
+const PROBES_OPEN: Duration = Duration::from_secs(1);
+const PROBES_INTERVAL: Duration = Duration::from_millis(500);
 /// A bound on a wait for something that a test's rule says happens, where the rule is not how
 /// fast (a guard against a hang, generous for a loaded machine).
 const EVENTUALLY: Duration = Duration::from_secs(5);
@@ -195,18 +201,22 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
     let builder = || {
         CircuitBreakerLayer::builder()
             .consecutive_failures(1)
-            .open_duration(Duration::from_millis(300))
+            .open_duration(PROBES_OPEN)
             .half_open_calls(2)
     };
     let dependency = Dependency::default();
     let mut instances = Vec::new();
     for _ in 0..3 {
+        let fleet = Fleet::builder(&ns)
+            .timeout(PATIENT)
+            .interval(PROBES_INTERVAL);
         instances.push(Arc::new(
-            Instance::new(&url, &ns, builder(), &dependency).await,
+            Instance::sharing(fleet, &url, builder(), &dependency).await,
         ));
     }
     let mut events: Vec<_> = instances.iter().map(|i| i.handle.subscribe()).collect();
     dependency.set(FAIL);
+    let opened = Instant::now();
     let _ = instances[0].call().await;
     for e in &mut events[1..] {
         assert!(transition_to(e, State::Open, EVENTUALLY).await.is_some());
@@ -216,7 +226,7 @@ async fn one_instance_probes_for_the_fleet_and_every_instance_closes_on_its_resu
     dependency.set(HANG);
     let before = dependency.calls();
     let mut calls = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(900);
+    let deadline = opened + PROBES_OPEN + Duration::from_millis(600);
     while Instant::now() < deadline {
         for instance in &instances {
             let instance = instance.clone();

@@ -12,12 +12,16 @@ use futures::StreamExt;
 use support::redis::{namespace, shared_server, transition_to, until};
 use tokio::time::Instant;
 use tower::{BoxError, Layer, ServiceExt};
-use tower_circuit_breaker::redis::{Fleet, SharedKeyed};
+use tower_circuit_breaker::redis::{Fleet, FleetBuilder, SharedKeyed};
 use tower_circuit_breaker::{Builder, CircuitBreakerLayer, KeyedHandle, State};
 
 /// The stated bound for a follower: one interval plus a round trip; with the slack of a loaded
 /// test machine.
 const FOLLOW: Duration = Duration::from_millis(50 + 450);
+/// The open interval of the probe test, and its fleet's interval (see tests/redis.rs: each
+/// instance claims a key's probe lease one fleet interval before the key's open interval ends).
+const PROBES_OPEN: Duration = Duration::from_secs(1);
+const PROBES_INTERVAL: Duration = Duration::from_millis(500);
 /// A bound on a wait for something that a test's rule says happens, where the rule is not how
 /// fast (a guard against a hang, generous for a loaded machine).
 const EVENTUALLY: Duration = Duration::from_secs(5);
@@ -75,6 +79,18 @@ struct Instance {
 impl Instance {
     /// An instance whose fleet waits [`PATIENT`] for each Redis command.
     async fn new(url: &str, ns: &str, builder: Builder, max_keys: usize, d: &Dependency) -> Self {
+        let fleet = Fleet::builder(ns).timeout(PATIENT);
+        Instance::sharing(fleet, url, builder, max_keys, d).await
+    }
+
+    /// An instance sharing through `fleet`.
+    async fn sharing(
+        fleet: FleetBuilder,
+        url: &str,
+        builder: Builder,
+        max_keys: usize,
+        d: &Dependency,
+    ) -> Self {
         let layer =
             tower_circuit_breaker::KeyedCircuitBreakerLayer::builder(|k: &String| k.clone())
                 .breaker(builder.name("hosts"))
@@ -82,12 +98,7 @@ impl Instance {
                 .build()
                 .unwrap();
         let hosts = layer.handle();
-        let shared = Fleet::builder(ns)
-            .timeout(PATIENT)
-            .build(url)
-            .unwrap()
-            .share_keyed(&hosts)
-            .unwrap();
+        let shared = fleet.build(url).unwrap().share_keyed(&hosts).unwrap();
         let d = d.clone();
         let service = tower::service_fn(move |key: String| {
             let d = d.clone();
@@ -216,13 +227,16 @@ async fn one_instance_probes_each_key_for_the_fleet() {
     let builder = || {
         CircuitBreakerLayer::builder()
             .consecutive_failures(1)
-            .open_duration(Duration::from_millis(300))
+            .open_duration(PROBES_OPEN)
             .half_open_calls(2)
     };
     let d = Dependency::default();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        let instance = Instance::new(&url, &ns, builder(), 100, &d).await;
+        let fleet = Fleet::builder(&ns)
+            .timeout(PATIENT)
+            .interval(PROBES_INTERVAL);
+        let instance = Instance::sharing(fleet, &url, builder(), 100, &d).await;
         instance.call("a").await.unwrap();
         instances.push(Arc::new(instance));
     }
@@ -231,6 +245,7 @@ async fn one_instance_probes_each_key_for_the_fleet() {
         .map(|i| i.hosts.get(&"a".to_owned()).unwrap().subscribe())
         .collect();
     d.fail("a", true);
+    let opened = Instant::now();
     let _ = instances[0].call("a").await;
     for e in &mut events[1..] {
         assert!(transition_to(e, State::Open, EVENTUALLY).await.is_some());
@@ -240,7 +255,7 @@ async fn one_instance_probes_each_key_for_the_fleet() {
     d.fail("a", false);
     let before = d.calls("a");
     let mut calls = Vec::new();
-    let deadline = Instant::now() + Duration::from_millis(900);
+    let deadline = opened + PROBES_OPEN + Duration::from_millis(600);
     while Instant::now() < deadline {
         for instance in &instances {
             let instance = instance.clone();
