@@ -98,6 +98,24 @@ impl Browser {
         self.send(method, &path, body).await
     }
 
+    /// A command on the element `css` matches (`/element/{id}{path}`), found again and retried
+    /// if it fails: the page rebuilds its tables every second, so an element found just before a
+    /// refresh is stale by the time the command reaches it. Within 10 s.
+    async fn on_element(&self, css: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+        let started = Instant::now();
+        loop {
+            let id = self.wait_for(css).await;
+            let path = format!("/element/{id}{path}");
+            if let Some(value) = self.command(method, &path, body.clone()).await {
+                return value;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{method} {path} on `{css}` failed"
+            );
+        }
+    }
+
     /// The element `css` matches, once it exists (within 10 s: the page refreshes every second).
     async fn wait_for(&self, css: &str) -> String {
         let started = Instant::now();
@@ -176,33 +194,20 @@ async fn the_page_shows_a_breaker_open_and_a_click_on_reset_closes_it() {
     browser
         .wait_for("tr[data-name='payments'][data-state='open']")
         .await;
-    let badge = browser
-        .wait_for("tr[data-name='payments'] span.state")
-        .await;
+    let badge = "tr[data-name='payments'] span.state";
     let colour = browser
-        .command(
-            "GET",
-            &format!("/element/{badge}/css/background-color"),
-            None,
-        )
-        .await
-        .unwrap();
+        .on_element(badge, "GET", "/css/background-color", None)
+        .await;
     assert_eq!(colour, "rgba(198, 40, 40, 1)", "open is red");
-    let text = browser
-        .command("GET", &format!("/element/{badge}/text"), None)
-        .await
-        .unwrap();
+    let text = browser.on_element(badge, "GET", "/text", None).await;
     assert_eq!(text, "open");
     browser.wait_for("#transitions td span.open").await;
 
     // A click on its reset button closes it.
-    let reset = browser
-        .wait_for("tr[data-name='payments'] button[data-action='reset']")
-        .await;
+    let reset = "tr[data-name='payments'] button[data-action='reset']";
     browser
-        .command("POST", &format!("/element/{reset}/click"), Some(json!({})))
-        .await
-        .unwrap();
+        .on_element(reset, "POST", "/click", Some(json!({})))
+        .await;
     browser
         .wait_for("tr[data-name='payments'][data-state='closed']")
         .await;
