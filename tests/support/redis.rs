@@ -87,10 +87,20 @@ pub fn shared_server() -> (String, Option<RedisServer>) {
 }
 
 /// A namespace of this test's own, so that tests sharing one server never share keys.
+///
+/// The process id alone is not enough: the server outlives the process, its keys live for an
+/// hour, and a later test process may get the same id (a long suite, or repeated runs) and find
+/// what an earlier one left under its keys. The time the process first asked tells them apart.
 pub fn namespace(test: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
     format!(
-        "test-{}-{}-{}",
+        "test-{}-{started:x}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed),
         test
