@@ -367,7 +367,10 @@ async fn foreign_data_under_a_keys_record_is_ignored_and_replaced() {
     let ns = namespace("keyed-garbage");
     let prefix = format!("tcb:1:{{{ns}:hosts:a}}:");
     let client = ::redis::Client::open(url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    // Not the client's default 500 ms response timeout: a loaded machine can exceed it.
+    let patient = ::redis::AsyncConnectionConfig::new().set_response_timeout(Some(PATIENT));
+    let connection = client.get_multiplexed_async_connection_with_config(&patient);
+    let mut c = connection.await.unwrap();
     let mut pipe = ::redis::pipe();
     pipe.cmd("HSET")
         .arg(format!("{prefix}state"))
