@@ -21,8 +21,8 @@ const FOLLOW: Duration = Duration::from_millis(50 + 450);
 /// probe lease one fleet interval before its open interval ends, and one whose claim is still
 /// unanswered when its interval ends probes on its own (as when Redis is unreachable): a long
 /// fleet interval leaves a loaded machine time to answer every claim before then.
-const PROBES_OPEN: Duration = Duration::from_secs(1);
-const PROBES_INTERVAL: Duration = Duration::from_millis(500);
+const PROBES_OPEN: Duration = Duration::from_secs(2);
+const PROBES_INTERVAL: Duration = Duration::from_millis(1500);
 /// A bound on a wait for something that a test's rule says happens, where the rule is not how
 /// fast (a guard against a hang, generous for a loaded machine).
 const EVENTUALLY: Duration = Duration::from_secs(5);

@@ -20,8 +20,8 @@ use tower_circuit_breaker::{Builder, CircuitBreakerLayer, KeyedHandle, State};
 const FOLLOW: Duration = Duration::from_millis(50 + 450);
 /// The open interval of the probe test, and its fleet's interval (see tests/redis.rs: each
 /// instance claims a key's probe lease one fleet interval before the key's open interval ends).
-const PROBES_OPEN: Duration = Duration::from_secs(1);
-const PROBES_INTERVAL: Duration = Duration::from_millis(500);
+const PROBES_OPEN: Duration = Duration::from_secs(2);
+const PROBES_INTERVAL: Duration = Duration::from_millis(1500);
 /// A bound on a wait for something that a test's rule says happens, where the rule is not how
 /// fast (a guard against a hang, generous for a loaded machine).
 const EVENTUALLY: Duration = Duration::from_secs(5);
